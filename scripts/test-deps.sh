@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Installs / prepares the real MTAs used by rcptsync's integration tests.
+#
+#   eval "$(scripts/test-deps.sh)"     # as root, Debian 12
+#
+# - apt-installs postfix (+lmdb, +cdb maps), libnss-wrapper, swaks, tinycdb
+#   (apt-get update only when something is missing; postfix gets
+#   "No configuration", so no system instance is configured or started);
+# - downloads Exim's .debs and extracts them under target/test-deps/exim-root
+#   WITHOUT installing them (exim4 conflicts with postfix);
+# - writes nss_wrapper passwd/group files that add the compiled-in
+#   "Debian-exim" user;
+# - prints `export` lines on stdout. Everything else goes to stderr.
+# Idempotent: a second run does no network access and takes well under a second.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="$ROOT/target/test-deps"
+DEBS="$OUT/debs"
+EXIM_ROOT="$OUT/exim-root"
+NSS="$OUT/nss"
+
+APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb)
+EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
+
+log() { echo "test-deps: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+
+is_installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
+}
+
+mkdir -p "$OUT"
+APT_LOG="$OUT/apt.log"
+# run a command with its output in $APT_LOG; show the log on failure
+quiet() {
+  if ! "$@" >>"$APT_LOG" 2>&1; then
+    log "FAILED: $* (output follows)"
+    tail -n 50 "$APT_LOG" >&2
+    return 1
+  fi
+}
+
+apt_updated=0
+apt_update() {
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    quiet apt-get update -q
+    apt_updated=1
+  fi
+}
+
+# --- 1. system packages -----------------------------------------------------
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  is_installed "$p" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  apt_update
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  # (the postfix-lmdb/-cdb postinst print "postconf: fatal: open /etc/postfix/main.cf";
+  #  harmless: they still register themselves in /etc/postfix/dynamicmaps.cf)
+  quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${APT_PKGS[@]}"
+else
+  log "apt packages already installed"
+fi
+
+# --- 2. Exim, extracted but not installed -----------------------------------
+mkdir -p "$DEBS" "$EXIM_ROOT" "$NSS"
+if [ ! -f "$EXIM_ROOT/.extracted" ]; then
+  have_all=1
+  for p in "${EXIM_PKGS[@]}"; do
+    compgen -G "$DEBS/${p}_*.deb" >/dev/null || have_all=0
+  done
+  if [ "$have_all" -eq 0 ]; then
+    log "downloading: ${EXIM_PKGS[*]}"
+    # apt-get download as root prints "W: Download is performed unsandboxed as root".
+    # (as root it warns "Download is performed unsandboxed as root"; harmless)
+    if ! (cd "$DEBS" && apt-get download -q "${EXIM_PKGS[@]}") >>"$APT_LOG" 2>&1; then
+      apt_update
+      (cd "$DEBS" && quiet apt-get download -q "${EXIM_PKGS[@]}")
+    fi
+  fi
+  log "extracting exim into $EXIM_ROOT"
+  rm -rf "$EXIM_ROOT"
+  mkdir -p "$EXIM_ROOT"
+  for p in "${EXIM_PKGS[@]}"; do
+    for deb in "$DEBS/${p}"_*.deb; do
+      dpkg -x "$deb" "$EXIM_ROOT"
+    done
+  done
+  # setuid would make the re-exec'd exim run in secure mode (ignores LD_LIBRARY_PATH).
+  chmod u-s,g-s "$EXIM_ROOT/usr/sbin/exim4"
+  touch "$EXIM_ROOT/.extracted"
+else
+  log "exim already extracted"
+fi
+
+EXIM_BIN="$EXIM_ROOT/usr/sbin/exim4"
+[ -x "$EXIM_BIN" ] || die "no exim binary at $EXIM_BIN"
+libidn="$(find "$EXIM_ROOT" -name 'libidn.so.12' | head -n1)"
+[ -n "$libidn" ] || die "libidn.so.12 not found under $EXIM_ROOT"
+EXIM_LIBS="$(dirname "$libidn")"
+
+NSS_WRAPPER_LIB="$(dpkg -L libnss-wrapper | grep -E '/libnss_wrapper\.so$' | head -n1 || true)"
+[ -n "$NSS_WRAPPER_LIB" ] && [ -e "$NSS_WRAPPER_LIB" ] || die "libnss_wrapper.so not found"
+
+# --- 3. nss_wrapper files with the compiled-in Debian-exim user -----------
+free_id() { # first id >= 900 free in both passwd and group
+  local id=900
+  while getent passwd "$id" >/dev/null || getent group "$id" >/dev/null; do
+    id=$((id + 1))
+  done
+  echo "$id"
+}
+tmp_passwd="$NSS/passwd.tmp.$$"
+tmp_group="$NSS/group.tmp.$$"
+getent passwd >"$tmp_passwd"
+getent group >"$tmp_group"
+if ! getent passwd Debian-exim >/dev/null || ! getent group Debian-exim >/dev/null; then
+  if getent group Debian-exim >/dev/null; then
+    gid="$(getent group Debian-exim | cut -d: -f3)"
+  else
+    gid="$(free_id)"
+    echo "Debian-exim:x:$gid:" >>"$tmp_group"
+  fi
+  if ! getent passwd Debian-exim >/dev/null; then
+    uid="$gid"
+    if getent passwd "$uid" >/dev/null; then uid="$(free_id)"; fi
+    echo "Debian-exim:x:$uid:$gid::/var/spool/exim4:/usr/sbin/nologin" >>"$tmp_passwd"
+  fi
+fi
+mv -f "$tmp_passwd" "$NSS/passwd"
+mv -f "$tmp_group" "$NSS/group"
+
+# --- 4. result ---------------------------------------------------------------
+exim_version="$(LD_LIBRARY_PATH="$EXIM_LIBS" LD_PRELOAD="$NSS_WRAPPER_LIB" \
+  NSS_WRAPPER_PASSWD="$NSS/passwd" NSS_WRAPPER_GROUP="$NSS/group" \
+  "$EXIM_BIN" -bV -C /dev/null 2>/dev/null | sed -n 's/^Exim version \([^ ]*\).*/\1/p' || true)"
+[ -n "$exim_version" ] || die "extracted exim does not run (try: LD_LIBRARY_PATH=$EXIM_LIBS $EXIM_BIN -bV)"
+log "ready: postfix $(postconf -dh mail_version), exim $exim_version"
+emit() { printf 'export %s=%q\n' "$1" "$2"; }
+emit RCPTSYNC_TEST_REAL_MTA 1
+emit RCPTSYNC_TEST_EXIM "$EXIM_BIN"
+emit RCPTSYNC_TEST_EXIM_LIBS "$EXIM_LIBS"
+emit RCPTSYNC_TEST_NSS_WRAPPER "$NSS_WRAPPER_LIB"
+emit RCPTSYNC_TEST_NSS_PASSWD "$NSS/passwd"
+emit RCPTSYNC_TEST_NSS_GROUP "$NSS/group"

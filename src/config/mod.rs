@@ -1,0 +1,932 @@
+//! Configuration: the TOML file an operator writes, and its validation.
+//!
+//! Loading is split in two stages, as in Vector: [`load`] reads and parses the file
+//! and validates it **purely** (no network, no connecting), collecting *every* error
+//! with its config path (`source[2].path: …`) so one `rcptsync check` run shows them
+//! all. Connecting to sources is a separate, optional stage (`check` without
+//! `--offline`). Unknown keys are errors everywhere: a typo must never silently turn
+//! a protection off.
+
+pub mod secret;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::address::{parse_address, parse_catchall, parse_domain};
+use crate::profile::Catalog;
+use crate::writer::template::{BuiltinTemplate, TemplateRef};
+
+/// Default config path when neither `-c` nor `$RCPTSYNC_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rcptsync/rcptsync.toml";
+/// How long a run waits for another run to finish, by default.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rcptsync";
+
+/// One problem found in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the key, e.g. `source[2].path`; empty for file-level errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All problems found in one configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{}: {n} configuration error{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration. Paths are absolute (relative ones in the file are
+/// taken relative to the file's own directory).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    /// How long a run waits for another run's lock before failing.
+    pub lock_timeout: Duration,
+    pub policy: PolicyConfig,
+    pub guard: GuardConfig,
+    pub sources: Vec<SourceConfig>,
+    pub outputs: Vec<OutputConfig>,
+    pub daemon: Option<DaemonConfig>,
+    pub catalog: Catalog,
+}
+
+/// `[policy]`: what the final list is made of.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Keep only recipients in these domains (exact match, IDNA-normalised).
+    /// Omitted: keep every domain the sources produce.
+    pub domains: Option<Vec<String>>,
+    /// Addresses (or `@domain` catch-alls) that are always published.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Glob patterns (`*`, `?`, `[...]`) matched against the lowercase address
+    /// (`@domain` for a catch-all); matches are removed.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// What the guard does when a source fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSourceFailure {
+    /// Use the source's last-known-good slice; fail only if there is none.
+    #[default]
+    KeepLastGood,
+    /// Fail the whole run; nothing is written.
+    Abort,
+}
+
+/// `[guard]`: the checks that stop a worse list from being published by accident.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Refuse a list with fewer entries than this.
+    #[serde(default = "default_min_recipients")]
+    pub min_recipients: u64,
+    /// Refuse a list that removes more than this percentage of the last applied list.
+    #[serde(default = "default_max_removed_percent")]
+    pub max_removed_percent: f64,
+    /// What a failed source does to the run.
+    #[serde(default)]
+    pub on_source_failure: OnSourceFailure,
+}
+
+fn default_min_recipients() -> u64 {
+    1
+}
+fn default_max_removed_percent() -> f64 {
+    10.0
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            min_recipients: default_min_recipients(),
+            max_removed_percent: default_max_removed_percent(),
+            on_source_failure: OnSourceFailure::default(),
+        }
+    }
+}
+
+/// `[[source]]`: a named connector instance.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub profile: Option<String>,
+    pub spec: SourceSpec,
+}
+
+/// The closed set of source kinds, each with its own keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceSpec {
+    File(FileSourceSpec),
+}
+
+impl SourceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::File(_) => "file",
+        }
+    }
+}
+
+/// Kinds known to the contract but not built into this version.
+const PLANNED_KINDS: &[&str] = &["ldap", "graph", "google", "sql"];
+
+/// `kind = "file"`: one address per line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceSpec {
+    /// The file to read. Blank lines and `#` comments are ignored; only the first
+    /// whitespace-separated field of a line counts (an existing Postfix map works).
+    pub path: PathBuf,
+    /// Whether a line `@domain` declares a catch-all domain (default true). When
+    /// false such lines are refused with a warning.
+    #[serde(default = "yes")]
+    pub catchalls: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `postmap` database types rcptsync can build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapType {
+    Hash,
+    Btree,
+    Lmdb,
+    Cdb,
+}
+
+impl MapType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MapType::Hash => "hash",
+            MapType::Btree => "btree",
+            MapType::Lmdb => "lmdb",
+            MapType::Cdb => "cdb",
+        }
+    }
+
+    /// The suffix `postmap` appends to the source file name.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            MapType::Hash | MapType::Btree => ".db",
+            MapType::Lmdb => ".lmdb",
+            MapType::Cdb => ".cdb",
+        }
+    }
+}
+
+/// `[[output]]` as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    name: String,
+    template: Option<String>,
+    template_file: Option<PathBuf>,
+    path: PathBuf,
+    postmap: Option<MapType>,
+    check: Option<Vec<String>>,
+    reload: Option<Vec<String>>,
+    mode: Option<String>,
+    hook_timeout: Option<String>,
+}
+
+/// A validated output.
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    pub name: String,
+    pub template: TemplateRef,
+    pub path: PathBuf,
+    pub postmap: Option<MapType>,
+    pub check: Option<Vec<String>>,
+    pub reload: Option<Vec<String>>,
+    /// Mode for a newly created file; an existing file keeps its own.
+    pub mode: Option<u32>,
+    pub hook_timeout: Duration,
+}
+
+/// Default timeout for `postmap`, `check` and `reload`.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `[daemon]`: parsed now so that configs written for the daemon validate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub schedule: Option<String>,
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    lock_timeout: Option<String>,
+    profile_dir: Option<PathBuf>,
+    template_dir: Option<PathBuf>,
+    policy: Option<toml::Value>,
+    guard: Option<toml::Value>,
+    #[serde(default)]
+    source: Vec<toml::Value>,
+    #[serde(default)]
+    output: Vec<toml::Value>,
+    daemon: Option<toml::Value>,
+}
+
+/// Where the config file is: `-c`, else `$RCPTSYNC_CONFIG`, else the default.
+pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("RCPTSYNC_CONFIG") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// Reads, parses and validates a config file. Never touches the network.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |message: String| ConfigErrors {
+        file: path.to_path_buf(),
+        errors: vec![ConfigError {
+            path: String::new(),
+            message,
+        }],
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let base = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let mut cfg = parse(&text, &base).map_err(|errors| ConfigErrors {
+        file: path.to_path_buf(),
+        errors,
+    })?;
+    cfg.file = path.to_path_buf();
+    Ok(cfg)
+}
+
+/// Parses and validates config text; relative paths are taken against `base`.
+pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_error(text, "", &e)])?;
+    let mut v = Validator {
+        errors: Vec::new(),
+        base: base.to_path_buf(),
+    };
+
+    let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+    let state_dir = raw
+        .state_dir
+        .map(abs)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let profile_dir = raw.profile_dir.map(abs);
+    let template_dir = raw.template_dir.map(abs);
+
+    let catalog = match Catalog::load(profile_dir.as_deref(), template_dir.as_deref()) {
+        Ok(c) => c,
+        Err(errs) => {
+            for (path, message) in errs {
+                v.push(path, message);
+            }
+            Catalog::embedded()
+        }
+    };
+
+    let lock_timeout = match raw.lock_timeout.as_deref().map(parse_duration) {
+        None => DEFAULT_LOCK_TIMEOUT,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            v.push("lock_timeout", e);
+            DEFAULT_LOCK_TIMEOUT
+        }
+    };
+    let policy: PolicyConfig = raw
+        .policy
+        .and_then(|p| v.section("policy", p))
+        .unwrap_or_default();
+    v.validate_policy(&policy);
+    let guard: GuardConfig = raw
+        .guard
+        .and_then(|g| v.section("guard", g))
+        .unwrap_or_default();
+    if !(0.0..=100.0).contains(&guard.max_removed_percent) {
+        v.push(
+            "guard.max_removed_percent",
+            "must be between 0 and 100".into(),
+        );
+    }
+
+    let mut sources = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, value) in raw.source.into_iter().enumerate() {
+        let at = format!("source[{i}]");
+        if let Some(s) = v.source(&at, value, &catalog) {
+            if !names.insert(s.name.clone()) {
+                v.push(
+                    format!("{at}.name"),
+                    format!("duplicate source name {:?}", s.name),
+                );
+            }
+            sources.push(s);
+        }
+    }
+    if sources.is_empty() && !v.errors.iter().any(|e| e.path.starts_with("source")) {
+        v.push("source", "at least one [[source]] is required".into());
+    }
+
+    let mut outputs = Vec::new();
+    let mut out_names = BTreeSet::new();
+    let mut out_paths = BTreeSet::new();
+    for (i, value) in raw.output.into_iter().enumerate() {
+        let at = format!("output[{i}]");
+        if let Some(o) = v.output(&at, value, &catalog) {
+            if !out_names.insert(o.name.clone()) {
+                v.push(
+                    format!("{at}.name"),
+                    format!("duplicate output name {:?}", o.name),
+                );
+            }
+            if !out_paths.insert(o.path.clone()) {
+                v.push(
+                    format!("{at}.path"),
+                    format!("{} is used by another output", o.path.display()),
+                );
+            }
+            outputs.push(o);
+        }
+    }
+    if outputs.is_empty() && !v.errors.iter().any(|e| e.path.starts_with("output")) {
+        v.push("output", "at least one [[output]] is required".into());
+    }
+
+    let daemon = raw
+        .daemon
+        .and_then(|d| v.section::<DaemonConfig>("daemon", d));
+
+    if !v.errors.is_empty() {
+        return Err(v.errors);
+    }
+    Ok(Config {
+        file: PathBuf::new(),
+        state_dir,
+        lock_timeout,
+        policy,
+        guard,
+        sources,
+        outputs,
+        daemon,
+        catalog,
+    })
+}
+
+struct Validator {
+    errors: Vec<ConfigError>,
+    base: PathBuf,
+}
+
+impl Validator {
+    fn push(&mut self, path: impl Into<String>, message: String) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message,
+        });
+    }
+
+    fn abs(&self, p: PathBuf) -> PathBuf {
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    /// Deserialises one section, recording the error under its path.
+    fn section<T: for<'de> Deserialize<'de>>(&mut self, at: &str, value: toml::Value) -> Option<T> {
+        match T::deserialize(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.push(at, clean_serde_message(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn validate_policy(&mut self, p: &PolicyConfig) {
+        for (i, d) in p.domains.iter().flatten().enumerate() {
+            if let Err(e) = parse_domain(d) {
+                self.push(format!("policy.domains[{i}]"), format!("{d:?} {e}"));
+            }
+        }
+        if p.domains.as_ref().is_some_and(|d| d.is_empty()) {
+            self.push(
+                "policy.domains",
+                "is empty, so every recipient would be dropped; remove the key to keep all domains"
+                    .into(),
+            );
+        }
+        for (i, a) in p.include.iter().enumerate() {
+            let parsed = if a.starts_with('@') {
+                parse_catchall(a)
+            } else {
+                parse_address(a)
+            };
+            if let Err(e) = parsed {
+                self.push(format!("policy.include[{i}]"), format!("{a:?} {e}"));
+            }
+        }
+        for (i, g) in p.exclude.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                self.push(
+                    format!("policy.exclude[{i}]"),
+                    format!("{g:?} is not a valid glob: {e}"),
+                );
+            }
+        }
+    }
+
+    fn source(&mut self, at: &str, value: toml::Value, catalog: &Catalog) -> Option<SourceConfig> {
+        let toml::Value::Table(mut table) = value else {
+            self.push(at, "must be a table".into());
+            return None;
+        };
+        let name = match table.remove("name") {
+            Some(toml::Value::String(s)) => Some(s),
+            Some(_) => {
+                self.push(format!("{at}.name"), "must be a string".into());
+                None
+            }
+            None => {
+                self.push(format!("{at}.name"), "is required".into());
+                None
+            }
+        };
+        if let Some(n) = &name
+            && !valid_name(n)
+        {
+            self.push(
+                    format!("{at}.name"),
+                    format!("{n:?} may only contain letters, digits, '.', '_' and '-' (it names state files)"),
+                );
+        }
+        let kind = match table.get("kind") {
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(_) => {
+                self.push(format!("{at}.kind"), "must be a string".into());
+                return None;
+            }
+            None => {
+                self.push(
+                    format!("{at}.kind"),
+                    "is required (file, ldap, graph, google or sql)".into(),
+                );
+                return None;
+            }
+        };
+        if PLANNED_KINDS.contains(&kind.as_str()) {
+            self.push(
+                format!("{at}.kind"),
+                format!("kind {kind:?} is not available in this version of rcptsync"),
+            );
+            return None;
+        }
+        let profile = match table.remove("profile") {
+            Some(toml::Value::String(p)) => {
+                match catalog.profile(&p) {
+                    None => self.push(
+                        format!("{at}.profile"),
+                        format!(
+                            "unknown profile {p:?}; known: {}",
+                            catalog.profile_names().join(", ")
+                        ),
+                    ),
+                    Some(prof) if prof.kind != kind => self.push(
+                        format!("{at}.profile"),
+                        format!("profile {p:?} is for kind {:?}, not {kind:?}", prof.kind),
+                    ),
+                    Some(prof) => {
+                        // The source's own keys win over the profile's defaults.
+                        for (k, v) in &prof.defaults {
+                            table.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
+                    }
+                }
+                Some(p)
+            }
+            Some(_) => {
+                self.push(format!("{at}.profile"), "must be a string".into());
+                None
+            }
+            None => None,
+        };
+        let spec = match SourceSpec::deserialize(toml::Value::Table(table)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.push(at.to_string(), clean_serde_message(&e.to_string()));
+                return None;
+            }
+        };
+        let spec = match spec {
+            SourceSpec::File(mut f) => {
+                f.path = self.abs(f.path);
+                SourceSpec::File(f)
+            }
+        };
+        Some(SourceConfig {
+            name: name?,
+            profile,
+            spec,
+        })
+    }
+
+    fn output(&mut self, at: &str, value: toml::Value, catalog: &Catalog) -> Option<OutputConfig> {
+        let raw = self.section::<RawOutput>(at, value)?;
+        let before = self.errors.len();
+        if !valid_name(&raw.name) {
+            self.push(
+                format!("{at}.name"),
+                format!(
+                    "{:?} may only contain letters, digits, '.', '_' and '-'",
+                    raw.name
+                ),
+            );
+        }
+        let template = match (&raw.template, &raw.template_file) {
+            (Some(_), Some(_)) => {
+                self.push(
+                    format!("{at}.template"),
+                    "set template or template_file, not both".into(),
+                );
+                None
+            }
+            (None, None) => {
+                self.push(
+                    format!("{at}.template"),
+                    format!(
+                        "is required (one of {}), or set template_file",
+                        BuiltinTemplate::names().join(", ")
+                    ),
+                );
+                None
+            }
+            (Some(name), None) => match catalog.template(name) {
+                Some(t) => Some(t),
+                None => {
+                    self.push(
+                        format!("{at}.template"),
+                        format!(
+                            "unknown template {name:?}; built-in: {}",
+                            BuiltinTemplate::names().join(", ")
+                        ),
+                    );
+                    None
+                }
+            },
+            (None, Some(file)) => {
+                let file = self.abs(file.clone());
+                match std::fs::read_to_string(&file) {
+                    Ok(src) => Some(TemplateRef::user(file.display().to_string(), src)),
+                    Err(e) => {
+                        self.push(
+                            format!("{at}.template_file"),
+                            format!("cannot read {}: {e}", file.display()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(t) = &template
+            && let Err(e) = t.compile_check()
+        {
+            self.push(format!("{at}.template"), e);
+        }
+        if let (Some(map), Some(t)) = (raw.postmap, &template)
+            && !t.is_key_value()
+        {
+            self.push(
+                    format!("{at}.postmap"),
+                    format!(
+                        "postmap {} needs 'key value' lines; use template \"postfix\" or \"postfix-domains\"",
+                        map.as_str()
+                    ),
+                );
+        }
+        for (key, argv) in [("check", &raw.check), ("reload", &raw.reload)] {
+            if let Some(argv) = argv
+                && (argv.is_empty() || argv[0].is_empty())
+            {
+                self.push(
+                    format!("{at}.{key}"),
+                    "must be a non-empty argv list, e.g. [\"postfix\", \"reload\"]".into(),
+                );
+            }
+        }
+        let mode = match &raw.mode {
+            None => None,
+            Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+                Ok(v) if v <= 0o777 => Some(v),
+                _ => {
+                    self.push(
+                        format!("{at}.mode"),
+                        format!("{m:?} is not an octal file mode like \"0640\""),
+                    );
+                    None
+                }
+            },
+        };
+        let hook_timeout = match &raw.hook_timeout {
+            None => DEFAULT_HOOK_TIMEOUT,
+            Some(s) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(format!("{at}.hook_timeout"), e);
+                    DEFAULT_HOOK_TIMEOUT
+                }
+            },
+        };
+        let path = self.abs(raw.path.clone());
+        if path.file_name().is_none() {
+            self.push(format!("{at}.path"), "must name a file".into());
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(OutputConfig {
+            name: raw.name,
+            template: template?,
+            path,
+            postmap: raw.postmap,
+            check: raw.check,
+            reload: raw.reload,
+            mode,
+            hook_timeout,
+        })
+    }
+}
+
+/// Names that are safe as file names in `state_dir`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Parses durations such as `90s`, `5m`, `72h`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like \"30s\" or \"5m\": {e}"))
+}
+
+fn clean_serde_message(msg: &str) -> String {
+    msg.trim().replace('\n', " ")
+}
+
+/// Turns a TOML parse error into a ConfigError with line and column.
+fn toml_error(text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
+    let mut message = e.message().to_string();
+    if let Some(span) = e.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count() + 1)
+            .unwrap_or(1);
+        message = format!("line {line}, column {col}: {message}");
+    }
+    ConfigError {
+        path: path.to_string(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        match parse(text, Path::new("/etc/rcptsync")) {
+            Ok(c) => c,
+            Err(e) => panic!("unexpected errors: {e:?}"),
+        }
+    }
+
+    fn parse_err(text: &str) -> Vec<String> {
+        match parse(text, Path::new("/etc/rcptsync")) {
+            Ok(_) => panic!("config was accepted"),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        state_dir = "state"
+        [[source]]
+        name = "list"
+        kind = "file"
+        path = "recipients.txt"
+        [[output]]
+        name = "postfix"
+        template = "postfix"
+        path = "/etc/postfix/relay_recipients"
+        postmap = "lmdb"
+        reload = ["postfix", "reload"]
+    "#;
+
+    #[test]
+    fn minimal_config_with_defaults() {
+        let c = parse_ok(MINIMAL);
+        assert_eq!(c.state_dir, PathBuf::from("/etc/rcptsync/state"));
+        assert_eq!(c.guard.min_recipients, 1);
+        assert_eq!(c.guard.max_removed_percent, 10.0);
+        assert_eq!(c.guard.on_source_failure, OnSourceFailure::KeepLastGood);
+        let SourceSpec::File(f) = &c.sources[0].spec;
+        assert_eq!(f.path, PathBuf::from("/etc/rcptsync/recipients.txt"));
+        assert!(f.catchalls);
+        assert_eq!(c.outputs[0].postmap, Some(MapType::Lmdb));
+        assert_eq!(c.outputs[0].hook_timeout, DEFAULT_HOOK_TIMEOUT);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let errs = parse_err(
+            r#"
+            [policy]
+            domains = ["example.com", "bad domain"]
+            include = ["a@@b"]
+            exclude = ["[unclosed"]
+            [guard]
+            max_removed_percent = 150
+            [[source]]
+            name = "a"
+            kind = "file"
+            path = "x"
+            colour = "blue"
+            [[source]]
+            name = "a b"
+            kind = "file"
+            path = "y"
+            [[source]]
+            name = "c"
+            kind = "ldap"
+            [[output]]
+            name = "o"
+            template = "nope"
+            path = "/tmp/o"
+            [[output]]
+            name = "p"
+            template = "exim"
+            path = "/tmp/p"
+            postmap = "hash"
+            mode = "999"
+            reload = []
+            hook_timeout = "soon"
+            "#,
+        );
+        let want = [
+            "policy.domains[1]: \"bad domain\" contains whitespace",
+            "policy.include[0]: \"a@@b\" has more than one '@'",
+            "policy.exclude[0]: \"[unclosed\" is not a valid glob",
+            "guard.max_removed_percent: must be between 0 and 100",
+            "source[0]: unknown field `colour`",
+            "source[1].name: \"a b\" may only contain",
+            "source[2].kind: kind \"ldap\" is not available",
+            "output[0].template: unknown template \"nope\"",
+            "output[1].postmap: postmap hash needs 'key value' lines",
+            "output[1].reload: must be a non-empty argv list",
+            "output[1].mode: \"999\" is not an octal file mode",
+            "output[1].hook_timeout: \"soon\" is not a duration",
+        ];
+        for w in want {
+            assert!(
+                errs.iter().any(|e| e.starts_with(w)),
+                "missing {w:?} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line_number() {
+        let errs = parse_err("state_dir = \"x\"\n[policy\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("line 2, column"), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_an_error() {
+        let errs = parse_err("statedir = \"x\"\n");
+        assert!(errs[0].contains("unknown field `statedir`"), "{errs:?}");
+    }
+
+    #[test]
+    fn sources_and_outputs_are_required_and_unique() {
+        let errs = parse_err("");
+        assert_eq!(
+            errs,
+            [
+                "source: at least one [[source]] is required",
+                "output: at least one [[output]] is required"
+            ]
+        );
+        let dup = format!(
+            "{MINIMAL}\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"b\"\n[[output]]\nname = \"postfix\"\ntemplate = \"plain\"\npath = \"/etc/postfix/relay_recipients\"\n"
+        );
+        let errs = parse_err(&dup);
+        assert!(
+            errs.contains(&"source[1].name: duplicate source name \"list\"".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"output[1].name: duplicate output name \"postfix\"".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("output[1].path: /etc/postfix/relay_recipients is used")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn profile_defaults_are_overridden_by_source_keys() {
+        let c = parse_ok(&MINIMAL.replace(
+            "kind = \"file\"",
+            "kind = \"file\"\nprofile = \"plain-list\"",
+        ));
+        let SourceSpec::File(f) = &c.sources[0].spec;
+        assert!(!f.catchalls, "profile default applies");
+        let c = parse_ok(&MINIMAL.replace(
+            "kind = \"file\"",
+            "kind = \"file\"\nprofile = \"plain-list\"\ncatchalls = true",
+        ));
+        let SourceSpec::File(f) = &c.sources[0].spec;
+        assert!(f.catchalls, "source key wins");
+        let errs =
+            parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"nosuch\""));
+        assert!(
+            errs[0].starts_with("source[0].profile: unknown profile \"nosuch\"; known: plain-list"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn durations_and_names() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("x").is_err());
+        assert!(valid_name("corp-ad_1.x"));
+        assert!(
+            !valid_name("../x") && !valid_name("") && !valid_name(".hidden") && !valid_name("a/b")
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! `kind = "file"`: one address per line.
+//!
+//! Blank lines and `#` comments are ignored, and only the first whitespace-separated
+//! field of a line counts, so an existing Postfix map (`address OK`) can be a
+//! source as it is. A line `@domain` declares a catch-all domain, unless the source
+//! sets `catchalls = false`.
+
+use crate::config::FileSourceSpec;
+use crate::connector::{Connector, Fetched, SourceError};
+use crate::policy::{Locator, RawItem, RawKind, Rejected};
+
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    spec: FileSourceSpec,
+}
+
+impl FileSource {
+    pub fn new(spec: FileSourceSpec) -> FileSource {
+        FileSource { spec }
+    }
+
+    fn read(&self) -> Result<Vec<u8>, SourceError> {
+        std::fs::read(&self.spec.path)
+            .map_err(|e| SourceError::new(format!("cannot read {}: {e}", self.spec.path.display())))
+    }
+}
+
+/// Splits file contents into raw items. Pure, for tests and benchmarks.
+pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
+    let mut out = Fetched {
+        items: Vec::with_capacity(bytes.len() / 24),
+        rejected: Vec::new(),
+    };
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let lineno = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let field = match line
+            .split(|b| b.is_ascii_whitespace())
+            .find(|f| !f.is_empty())
+        {
+            Some(f) => f,
+            None => continue,
+        };
+        if field[0] == b'#' {
+            continue;
+        }
+        let value = match std::str::from_utf8(field) {
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                out.rejected.push(Rejected {
+                    value: String::from_utf8_lossy(field).into_owned(),
+                    locator: Locator::Line(lineno),
+                    reason: "is not valid UTF-8".into(),
+                });
+                continue;
+            }
+        };
+        let kind = if value.starts_with('@') {
+            if !catchalls {
+                out.rejected.push(Rejected {
+                    value,
+                    locator: Locator::Line(lineno),
+                    reason: "is a catch-all line, and this source sets catchalls = false".into(),
+                });
+                continue;
+            }
+            RawKind::CatchAll
+        } else {
+            RawKind::Address
+        };
+        out.items.push(RawItem {
+            value,
+            kind,
+            locator: Locator::Line(lineno),
+        });
+    }
+    out
+}
+
+impl Connector for FileSource {
+    async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read().map(|b| parse(&b, this.spec.catchalls)))
+            .await
+            .map_err(|e| SourceError::new(format!("reader task failed: {e}")))?
+    }
+
+    async fn check(&self) -> Result<String, SourceError> {
+        let this = self.clone();
+        let f = tokio::task::spawn_blocking(move || {
+            this.read().map(|b| parse(&b, this.spec.catchalls))
+        })
+        .await
+        .map_err(|e| SourceError::new(format!("reader task failed: {e}")))??;
+        Ok(format!(
+            "{}: {} entries, {} refused",
+            self.spec.path.display(),
+            f.items.len(),
+            f.rejected.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_field_comments_blank_lines_and_catchalls() {
+        let text = b"# a comment\n\nalice@example.com\n  Bob@Example.com OK\n@example.org\t OK\n   # indented comment\nbad\xffbyte@example.com\n";
+        let f = parse(text, true);
+        let got: Vec<_> = f
+            .items
+            .iter()
+            .map(|i| (i.value.as_str(), i.kind, i.locator.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("alice@example.com", RawKind::Address, Locator::Line(3)),
+                ("Bob@Example.com", RawKind::Address, Locator::Line(4)),
+                ("@example.org", RawKind::CatchAll, Locator::Line(5)),
+            ]
+        );
+        assert_eq!(f.rejected.len(), 1);
+        assert_eq!(f.rejected[0].locator, Locator::Line(7));
+        assert_eq!(f.rejected[0].reason, "is not valid UTF-8");
+    }
+
+    #[test]
+    fn catchall_lines_refused_when_disabled() {
+        let f = parse(b"@example.org\na@example.org\n", false);
+        assert_eq!(f.items.len(), 1);
+        assert!(f.rejected[0].reason.contains("catchalls = false"));
+    }
+
+    #[test]
+    fn crlf_and_no_final_newline() {
+        let f = parse(b"a@example.com\r\nb@example.com", true);
+        assert_eq!(
+            f.items.iter().map(|i| i.value.as_str()).collect::<Vec<_>>(),
+            ["a@example.com", "b@example.com"]
+        );
+    }
+}

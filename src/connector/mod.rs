@@ -1,0 +1,70 @@
+//! Connectors: read-only drivers that pull raw recipient values from one kind of
+//! directory. They do not validate or filter (that is the policy's job); they only
+//! say what the source contains and where each value was found, and they fail
+//! loudly rather than return a partial result.
+
+pub mod file;
+
+use std::future::Future;
+
+use crate::config::{SourceConfig, SourceSpec};
+use crate::policy::{RawItem, Rejected};
+
+/// What one fetch produced.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub items: Vec<RawItem>,
+    /// Values the connector itself had to refuse (e.g. not UTF-8).
+    pub rejected: Vec<Rejected>,
+}
+
+/// Why a source could not be read. The message says what to fix; it never
+/// contains a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    pub message: String,
+}
+
+impl SourceError {
+    pub fn new(message: impl Into<String>) -> SourceError {
+        SourceError {
+            message: message.into(),
+        }
+    }
+}
+
+/// The read-only interface every driver implements.
+pub trait Connector {
+    /// Reads the whole recipient set. Anything short of a complete read is an error.
+    fn fetch(&self) -> impl Future<Output = Result<Fetched, SourceError>> + Send;
+    /// Connects and does the smallest read that proves the source works; returns
+    /// a one-line description for `rcptsync check`.
+    fn check(&self) -> impl Future<Output = Result<String, SourceError>> + Send;
+}
+
+/// A built connector for one `[[source]]`.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(file::FileSource),
+}
+
+impl Source {
+    pub fn build(cfg: &SourceConfig) -> Source {
+        match &cfg.spec {
+            SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
+        }
+    }
+
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
+        match self {
+            Source::File(s) => s.fetch().await,
+        }
+    }
+
+    pub async fn check(&self) -> Result<String, SourceError> {
+        match self {
+            Source::File(s) => s.check().await,
+        }
+    }
+}

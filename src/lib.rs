@@ -1,0 +1,13 @@
+//! rcptsync: keeps a backup MX's list of valid recipients in sync with the
+//! organisation's directories. See README.md for the why and the how.
+
+pub mod cli;
+pub mod config;
+pub mod connector;
+pub mod policy;
+pub mod profile;
+pub mod report;
+pub mod run;
+pub mod state;
+pub mod why;
+pub mod writer;

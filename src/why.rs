@@ -1,0 +1,145 @@
+//! `rcptsync why ADDRESS`: explains the decision for one address, in the words
+//! an operator needs: which source and object produced it, or which rule dropped it.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::policy::address::{Entry, parse_address, parse_catchall};
+use crate::policy::{Drop, Policy, RecipientList};
+use crate::run::Gathered;
+
+/// The answer: accepted or not, and the explanation lines.
+#[derive(Debug)]
+pub struct Answer {
+    pub accepted: bool,
+    pub text: String,
+}
+
+pub fn explain(
+    cfg: &Config,
+    input: &str,
+    gathered: &[Gathered],
+    list: &RecipientList,
+    published: Option<bool>,
+) -> Answer {
+    let parsed = if input.starts_with('@') {
+        parse_catchall(input)
+    } else {
+        parse_address(input)
+    };
+    let entry = match parsed {
+        Ok(e) => e,
+        Err(e) => {
+            return Answer {
+                accepted: false,
+                text: format!("REJECTED {input:?}: it {e}, so rcptsync would never publish it\n"),
+            };
+        }
+    };
+    let policy = Policy::new(&cfg.policy);
+    let mut t = String::new();
+    let names = list.source_names();
+    let describe = |o: &crate::policy::Origin| -> String {
+        let name = names
+            .get(o.source as usize)
+            .map(String::as_str)
+            .unwrap_or("?");
+        let kind = gathered
+            .iter()
+            .find(|g| g.name == name)
+            .map(|g| g.kind)
+            .unwrap_or("config");
+        format!("source {name} ({kind}), {}", o.locator)
+    };
+
+    let accepted;
+    if let Ok(i) = list.addresses().binary_search(&entry) {
+        accepted = true;
+        let _ = writeln!(t, "ACCEPTED {entry}");
+        for o in list.address_origins(i) {
+            let _ = writeln!(t, "  from {}", describe(o));
+        }
+    } else if let Ok(i) = list.catchalls().binary_search(&catchall_of(&entry)) {
+        accepted = true;
+        let _ = writeln!(t, "ACCEPTED {entry} by the catch-all @{}", entry.domain());
+        for o in list.catchall_origins(i) {
+            let _ = writeln!(t, "  from {}", describe(o));
+        }
+    } else {
+        accepted = false;
+        let _ = writeln!(t, "REJECTED {entry}: it is not in the final list");
+    }
+    if input != entry.as_str() {
+        let _ = writeln!(t, "  (normalised from {input:?})");
+    }
+
+    // What each source said about it, including what the policy dropped.
+    let mut seen = false;
+    for g in gathered {
+        for (e, loc) in &g.entries {
+            if *e != entry && !(e.is_catchall() && e.domain() == entry.domain()) {
+                continue;
+            }
+            seen = true;
+            match policy.check(e) {
+                Ok(()) if !accepted => {
+                    let _ = writeln!(t, "  source {} ({}), {loc} has {e}", g.name, g.kind);
+                }
+                Ok(()) => {}
+                Err(Drop::Domain) => {
+                    let _ = writeln!(
+                        t,
+                        "  source {} ({}), {loc}: {e} dropped: {} is not in policy.domains",
+                        g.name,
+                        g.kind,
+                        e.domain()
+                    );
+                }
+                Err(Drop::Exclude(i)) => {
+                    let _ = writeln!(
+                        t,
+                        "  source {} ({}), {loc}: {e} dropped by policy.exclude[{i}] = {:?}",
+                        g.name,
+                        g.kind,
+                        policy.exclude_pattern(i)
+                    );
+                }
+            }
+        }
+        for r in &g.rejected {
+            if r.value.to_lowercase().contains(entry.as_str()) {
+                seen = true;
+                let _ = writeln!(
+                    t,
+                    "  source {} ({}), {}: value {:?} refused: it {}",
+                    g.name, g.kind, r.locator, r.value, r.reason
+                );
+            }
+        }
+        if let Some(err) = &g.error {
+            let _ = writeln!(t, "  note: {err} (status {:?})", g.status);
+        }
+    }
+    if !accepted && !seen {
+        let _ = writeln!(
+            t,
+            "  no source lists it, and no catch-all covers {}",
+            entry.domain()
+        );
+    }
+    match published {
+        Some(true) => {
+            let _ = writeln!(t, "  the last published list contains it");
+        }
+        Some(false) => {
+            let _ = writeln!(t, "  the last published list does not contain it");
+        }
+        None => {}
+    }
+    Answer { accepted, text: t }
+}
+
+fn catchall_of(e: &Entry) -> Entry {
+    // The domain of a valid entry is a valid catch-all domain.
+    parse_catchall(e.domain()).unwrap_or_else(|_| e.clone())
+}

@@ -1,0 +1,458 @@
+//! Putting rendered bytes on disk so that a reader never sees a partial file.
+//!
+//! For each changed output: write a temp file in the target directory (so rename is
+//! atomic), give it the final mode and owner, fsync it, build the `postmap` database
+//! from the temp file, then move the database and then the text file into place by
+//! rename and fsync the directory. The previous versions are kept as hard links
+//! until the hooks have passed, so a failed `check` or `reload` puts them back
+//! byte for byte. A crash at any instant leaves the old or the new complete file;
+//! leftovers (`.NAME.rcptsync-*`) are removed by the next run.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::MapType;
+use crate::writer::hook::{self, HookError};
+
+/// Mode of a new output when the config sets none.
+pub const DEFAULT_MODE: u32 = 0o644;
+
+/// A failure while writing one output. Names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{path}: {what}: {err}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        err: io::Error,
+    },
+    #[error("output directory {0} does not exist; create it or fix the output's path")]
+    NoDir(PathBuf),
+    #[error("postmap failed for {path}: {err}")]
+    Postmap { path: PathBuf, err: HookError },
+    #[error("postmap did not create {0}")]
+    NoMap(PathBuf),
+}
+
+fn io_at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CommitError + 'a {
+    move |err| CommitError::Io {
+        path: path.to_path_buf(),
+        what,
+        err,
+    }
+}
+
+/// The files of one output: the text file and, with `postmap`, its database.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub path: PathBuf,
+    pub postmap: Option<MapType>,
+    pub mode: Option<u32>,
+    pub hook_timeout: Duration,
+}
+
+impl Target {
+    fn dir(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
+    fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Path of the postmap database.
+    pub fn map_path(&self) -> Option<PathBuf> {
+        self.postmap.map(|m| with_suffix(&self.path, m.suffix()))
+    }
+
+    fn temp(&self, tag: &str) -> PathBuf {
+        self.dir()
+            .join(format!(".{}.rcptsync-{tag}", self.file_name()))
+    }
+
+    /// Whether the files on disk already hold exactly `bytes` (and a current map).
+    pub fn is_current(&self, bytes: &[u8]) -> Result<bool, CommitError> {
+        let meta = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(CommitError::Io {
+                    path: self.path.clone(),
+                    what: "cannot stat",
+                    err: e,
+                });
+            }
+        };
+        if meta.len() != bytes.len() as u64 {
+            return Ok(false);
+        }
+        let on_disk = fs::read(&self.path).map_err(io_at(&self.path, "cannot read"))?;
+        if on_disk != bytes {
+            return Ok(false);
+        }
+        if let Some(map) = self.map_path() {
+            // A missing or older database (deleted, or a crash between the renames
+            // of an earlier run) must be rebuilt even though the text is current.
+            match fs::metadata(&map) {
+                Ok(m)
+                    if m.mtime() > meta.mtime()
+                        || (m.mtime() == meta.mtime() && m.mtime_nsec() >= meta.mtime_nsec()) => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes temp files and backups left by a run that was killed.
+    pub fn clean_leftovers(&self) {
+        let prefix = format!(".{}.rcptsync-", self.file_name());
+        let map_prefix = self.map_path().map(|m| {
+            format!(
+                ".{}.rcptsync-",
+                m.file_name().unwrap_or_default().to_string_lossy()
+            )
+        });
+        let Ok(rd) = fs::read_dir(self.dir()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(&prefix)
+                || map_prefix.as_deref().is_some_and(|p| name.starts_with(p));
+            if ours {
+                tracing::info!(file = %e.path().display(), "removing leftover from an interrupted run");
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Writes `bytes` to a complete temp file (and database) next to the target.
+    pub fn stage(&self, bytes: &[u8]) -> Result<Staged, CommitError> {
+        let dir = self.dir();
+        if !dir.is_dir() {
+            return Err(CommitError::NoDir(dir.to_path_buf()));
+        }
+        self.clean_leftovers();
+        let existing = fs::metadata(&self.path).ok();
+        let mode = existing
+            .as_ref()
+            .map(|m| m.permissions().mode() & 0o7777)
+            .or(self.mode)
+            .unwrap_or(DEFAULT_MODE);
+        let tmp = self.temp("new");
+        let written = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            if let Some(m) = &existing {
+                preserve_owner(&f, m)?;
+            }
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            f.sync_all()
+        })();
+        if let Err(err) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(CommitError::Io {
+                path: tmp,
+                what: "cannot write temp file",
+                err,
+            });
+        }
+        let mut staged = Staged {
+            target: self.clone(),
+            tmp_text: tmp,
+            tmp_map: None,
+            done: false,
+        };
+        if let Some(map) = self.postmap {
+            let arg = format!("{}:{}", map.as_str(), staged.tmp_text.display());
+            let argv = vec!["postmap".to_string(), arg];
+            hook::run(&argv, self.hook_timeout).map_err(|err| CommitError::Postmap {
+                path: self.path.clone(),
+                err,
+            })?;
+            let built = with_suffix(&staged.tmp_text, map.suffix());
+            if !built.exists() {
+                return Err(CommitError::NoMap(built));
+            }
+            sync_file(&built).map_err(io_at(&built, "cannot fsync"))?;
+            staged.tmp_map = Some(built);
+        }
+        Ok(staged)
+    }
+}
+
+/// Complete new files beside the target, not yet visible. Dropped without
+/// [`Staged::install`], they are removed.
+#[derive(Debug)]
+pub struct Staged {
+    target: Target,
+    tmp_text: PathBuf,
+    tmp_map: Option<PathBuf>,
+    done: bool,
+}
+
+/// One file moved into place, with the previous version kept for rollback.
+#[derive(Debug)]
+struct Swap {
+    path: PathBuf,
+    backup: Option<PathBuf>,
+}
+
+/// New files in place, old ones kept until [`Installed::finish`] or
+/// [`Installed::rollback`].
+#[derive(Debug)]
+pub struct Installed {
+    target: Target,
+    swaps: Vec<Swap>,
+}
+
+impl Staged {
+    /// Moves the database, then the text file, into place. Readers of either see
+    /// the old or the new complete version at every instant.
+    pub fn install(mut self) -> Result<Installed, CommitError> {
+        let mut swaps = Vec::new();
+        let mut pairs = Vec::new();
+        if let (Some(tmp_map), Some(map)) = (self.tmp_map.clone(), self.target.map_path()) {
+            pairs.push((tmp_map, map));
+        }
+        pairs.push((self.tmp_text.clone(), self.target.path.clone()));
+        for (tmp, dest) in pairs {
+            match swap_in(&tmp, &dest) {
+                Ok(s) => swaps.push(s),
+                Err(e) => {
+                    let partial = Installed {
+                        target: self.target.clone(),
+                        swaps,
+                    };
+                    let _ = partial.rollback();
+                    return Err(e);
+                }
+            }
+        }
+        self.done = true;
+        sync_dir(self.target.dir()).map_err(io_at(self.target.dir(), "cannot fsync directory"))?;
+        Ok(Installed {
+            target: self.target.clone(),
+            swaps,
+        })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp_text);
+            if let Some(m) = &self.tmp_map {
+                let _ = fs::remove_file(m);
+            }
+        }
+    }
+}
+
+impl Installed {
+    /// Keeps the new files; removes the backups.
+    pub fn finish(self) {
+        for s in &self.swaps {
+            if let Some(b) = &s.backup {
+                let _ = fs::remove_file(b);
+            }
+        }
+    }
+
+    /// Puts the previous files back (or removes the new ones if there were none).
+    pub fn rollback(self) -> Result<(), CommitError> {
+        let mut first_err = None;
+        // Text first, then the database: the reverse of install.
+        for s in self.swaps.iter().rev() {
+            let r = match &s.backup {
+                Some(b) => fs::rename(b, &s.path)
+                    .map_err(io_at(&s.path, "cannot restore previous version")),
+                None => fs::remove_file(&s.path).map_err(io_at(&s.path, "cannot remove new file")),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        let _ = sync_dir(self.target.dir());
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn swap_in(tmp: &Path, dest: &Path) -> Result<Swap, CommitError> {
+    let backup = if dest.exists() {
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let b = dest.with_file_name(format!(".{name}.rcptsync-old"));
+        let _ = fs::remove_file(&b);
+        // A hard link keeps the old inode reachable without copying it.
+        if fs::hard_link(dest, &b).is_err() {
+            fs::copy(dest, &b)
+                .map_err(io_at(dest, "cannot keep a copy of the previous version"))?;
+        }
+        Some(b)
+    } else {
+        None
+    };
+    fs::rename(tmp, dest).map_err(io_at(dest, "cannot rename new version into place"))?;
+    Ok(Swap {
+        path: dest.to_path_buf(),
+        backup,
+    })
+}
+
+fn preserve_owner(f: &File, old: &fs::Metadata) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let me = f.metadata()?;
+    if me.uid() == old.uid() && me.gid() == old.gid() {
+        return Ok(());
+    }
+    // SAFETY: fchown on a descriptor we own.
+    let rc = unsafe { libc::fchown(f.as_raw_fd(), old.uid(), old.gid()) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        tracing::warn!(uid = old.uid(), gid = old.gid(), error = %err, "cannot keep the output's owner; the new file is owned by rcptsync's user");
+    }
+    Ok(())
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn sync_file(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+fn sync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(dir: &Path) -> Target {
+        Target {
+            path: dir.join("out"),
+            postmap: None,
+            mode: None,
+            hook_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn new_file_gets_default_or_configured_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let t = target(d.path());
+        assert!(!t.is_current(b"x\n").unwrap());
+        t.stage(b"x\n").unwrap().install().unwrap().finish();
+        assert_eq!(fs::read(&t.path).unwrap(), b"x\n");
+        assert_eq!(
+            fs::metadata(&t.path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert!(t.is_current(b"x\n").unwrap());
+        let t2 = Target {
+            path: d.path().join("exim"),
+            mode: Some(0o640),
+            ..t.clone()
+        };
+        t2.stage(b"y\n").unwrap().install().unwrap().finish();
+        assert_eq!(
+            fs::metadata(&t2.path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn existing_mode_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let t = Target {
+            mode: Some(0o600),
+            ..target(d.path())
+        };
+        fs::write(&t.path, "old\n").unwrap();
+        fs::set_permissions(&t.path, fs::Permissions::from_mode(0o604)).unwrap();
+        t.stage(b"new\n").unwrap().install().unwrap().finish();
+        assert_eq!(
+            fs::metadata(&t.path).unwrap().permissions().mode() & 0o777,
+            0o604
+        );
+    }
+
+    #[test]
+    fn rollback_restores_old_bytes_and_inode() {
+        let d = tempfile::tempdir().unwrap();
+        let t = target(d.path());
+        fs::write(&t.path, "old\n").unwrap();
+        let ino = fs::metadata(&t.path).unwrap().ino();
+        let inst = t.stage(b"new\n").unwrap().install().unwrap();
+        assert_eq!(fs::read(&t.path).unwrap(), b"new\n");
+        inst.rollback().unwrap();
+        assert_eq!(fs::read(&t.path).unwrap(), b"old\n");
+        assert_eq!(fs::metadata(&t.path).unwrap().ino(), ino);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn rollback_of_a_new_file_removes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let t = target(d.path());
+        t.stage(b"new\n")
+            .unwrap()
+            .install()
+            .unwrap()
+            .rollback()
+            .unwrap();
+        assert!(!t.path.exists());
+    }
+
+    #[test]
+    fn dropped_stage_leaves_nothing_and_leftovers_are_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let t = target(d.path());
+        drop(t.stage(b"new\n").unwrap());
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+        fs::write(d.path().join(".out.rcptsync-new"), "partial").unwrap();
+        fs::write(d.path().join(".out.rcptsync-old"), "old").unwrap();
+        fs::write(d.path().join(".other.rcptsync-new"), "not ours").unwrap();
+        t.clean_leftovers();
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [".other.rcptsync-new"]);
+    }
+
+    #[test]
+    fn missing_directory_is_a_clear_error() {
+        let t = target(Path::new("/nonexistent/dir"));
+        let e = t.stage(b"x").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "output directory /nonexistent/dir does not exist; create it or fix the output's path"
+        );
+    }
+}

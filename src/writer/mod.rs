@@ -1,0 +1,236 @@
+//! Writers: render every output (pure), compare with disk, and commit the changed
+//! ones as one transaction with their hooks.
+//!
+//! Commit order: stage every changed output (temp files and databases complete
+//! before anything is visible); install them; run each output's `check`; run each
+//! distinct `reload` once. If anything fails, every installed output is put back
+//! byte for byte, and reloads that already ran are run again so the MTA picks the
+//! old files up again. Hooks run only for outputs whose bytes changed.
+
+pub mod commit;
+pub mod hook;
+pub mod template;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::config::OutputConfig;
+use crate::policy::RecipientList;
+use commit::{Installed, Staged, Target};
+
+/// One output after rendering and comparing with disk.
+#[derive(Debug)]
+pub struct Rendered {
+    pub bytes: Vec<u8>,
+    pub changed: bool,
+    /// Lines only in the new version, and only in the old one (with `--diff`).
+    pub diff: Option<(Vec<String>, Vec<String>)>,
+}
+
+/// What happened to one output.
+#[derive(Debug, Clone)]
+pub struct OutputOutcome {
+    pub name: String,
+    pub path: PathBuf,
+    pub changed: bool,
+    pub reloaded: bool,
+    pub error: Option<String>,
+}
+
+pub fn target(o: &OutputConfig) -> Target {
+    Target {
+        path: o.path.clone(),
+        postmap: o.postmap,
+        mode: o.mode,
+        hook_timeout: o.hook_timeout,
+    }
+}
+
+/// Renders every output and compares it with what is on disk. Outputs are
+/// independent, so they are rendered in parallel.
+pub fn render_all(
+    outputs: &[OutputConfig],
+    list: &Arc<RecipientList>,
+    want_diff: bool,
+) -> Vec<Result<Rendered, String>> {
+    outputs
+        .par_iter()
+        .map(|o| {
+            let bytes = o
+                .template
+                .render(list)
+                .map_err(|e| format!("output {}: {e}", o.name))?;
+            let changed = !target(o)
+                .is_current(&bytes)
+                .map_err(|e| format!("output {}: {e}", o.name))?;
+            let diff = (want_diff && changed).then(|| line_diff(&o.path, &bytes));
+            Ok(Rendered {
+                bytes,
+                changed,
+                diff,
+            })
+        })
+        .collect()
+}
+
+fn line_diff(path: &std::path::Path, new: &[u8]) -> (Vec<String>, Vec<String>) {
+    let old = std::fs::read(path).unwrap_or_default();
+    let old_text = String::from_utf8_lossy(&old);
+    let new_text = String::from_utf8_lossy(new);
+    let old_set: HashSet<&str> = old_text.lines().collect();
+    let new_set: HashSet<&str> = new_text.lines().collect();
+    let mut added: Vec<String> = new_text
+        .lines()
+        .filter(|l| !old_set.contains(l))
+        .map(String::from)
+        .collect();
+    let mut removed: Vec<String> = old_text
+        .lines()
+        .filter(|l| !new_set.contains(l))
+        .map(String::from)
+        .collect();
+    added.sort();
+    added.dedup();
+    removed.sort();
+    removed.dedup();
+    (added, removed)
+}
+
+/// Writes every changed output, runs the hooks, and rolls everything back on any
+/// failure. Returns one outcome per output, in config order.
+pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<OutputOutcome> {
+    let mut outcomes: Vec<OutputOutcome> = outputs
+        .iter()
+        .zip(rendered)
+        .map(|(o, r)| OutputOutcome {
+            name: o.name.clone(),
+            path: o.path.clone(),
+            changed: r.changed,
+            reloaded: false,
+            error: None,
+        })
+        .collect();
+    // Leftovers of a killed run go even when nothing changes: a stray hard link to
+    // an old map would hide the change from Postfix's "table has changed" check.
+    for o in outputs {
+        target(o).clean_leftovers();
+    }
+    let changed: Vec<usize> = (0..outputs.len())
+        .filter(|&i| rendered[i].changed)
+        .collect();
+    if changed.is_empty() {
+        return outcomes;
+    }
+
+    // 1. Stage: all temp files and databases complete before anything is visible.
+    let staged: Vec<(usize, Result<Staged, commit::CommitError>)> = changed
+        .par_iter()
+        .map(|&i| (i, target(&outputs[i]).stage(&rendered[i].bytes)))
+        .collect();
+    let mut ready = Vec::new();
+    let mut failed = false;
+    for (i, s) in staged {
+        match s {
+            Ok(s) => ready.push((i, s)),
+            Err(e) => {
+                outcomes[i].error = Some(e.to_string());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        // Dropping the staged files removes them; nothing was visible.
+        return abandon(
+            outcomes,
+            &changed,
+            "not written because another output failed",
+        );
+    }
+
+    // 2. Install and check, output by output.
+    let mut installed: Vec<(usize, Installed)> = Vec::new();
+    for (i, s) in ready {
+        match s.install() {
+            Ok(inst) => installed.push((i, inst)),
+            Err(e) => {
+                outcomes[i].error = Some(e.to_string());
+                failed = true;
+                break;
+            }
+        }
+        if let Some(argv) = &outputs[i].check
+            && let Err(e) = hook::run(argv, outputs[i].hook_timeout)
+        {
+            outcomes[i].error = Some(format!("check failed, previous version restored: {e}"));
+            failed = true;
+            break;
+        }
+    }
+
+    // 3. Reload: each distinct command once, after every output is in place.
+    let mut reloaded_cmds: Vec<&Vec<String>> = Vec::new();
+    if !failed {
+        for &(i, _) in &installed {
+            let Some(argv) = &outputs[i].reload else {
+                continue;
+            };
+            if reloaded_cmds.contains(&argv) {
+                outcomes[i].reloaded = true;
+                continue;
+            }
+            match hook::run(argv, outputs[i].hook_timeout) {
+                Ok(()) => {
+                    reloaded_cmds.push(argv);
+                    outcomes[i].reloaded = true;
+                }
+                Err(e) => {
+                    outcomes[i].error =
+                        Some(format!("reload failed, previous version restored: {e}"));
+                    failed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    if !failed {
+        for (_, inst) in installed {
+            inst.finish();
+        }
+        return outcomes;
+    }
+
+    // Roll back every installed output, then let the MTAs that already reloaded
+    // see the old files again.
+    for (i, inst) in installed {
+        if let Err(e) = inst.rollback() {
+            let msg = format!("ROLLBACK FAILED: {e}");
+            tracing::error!(output = %outputs[i].name, "{msg}");
+            outcomes[i].error.get_or_insert(msg);
+        }
+    }
+    for argv in reloaded_cmds {
+        if let Err(e) = hook::run(argv, outputs[0].hook_timeout) {
+            tracing::error!(command = %argv.join(" "), error = %e, "reload after rollback failed");
+        }
+    }
+    for o in &mut outcomes {
+        o.reloaded = false;
+    }
+    abandon(
+        outcomes,
+        &changed,
+        "rolled back because another output failed",
+    )
+}
+
+fn abandon(mut outcomes: Vec<OutputOutcome>, changed: &[usize], why: &str) -> Vec<OutputOutcome> {
+    for &i in changed {
+        outcomes[i].changed = false;
+        outcomes[i].error.get_or_insert_with(|| why.to_string());
+    }
+    outcomes
+}

@@ -1,0 +1,123 @@
+//! Real Exim: the `exim` output in an ACL (`recipients = lsearch*@;FILE`), tested
+//! with `exim -bh`, a fake SMTP session on stdin that runs the real ACLs.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::postfix::enabled;
+use crate::util::{TestDir, config_with};
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
+}
+
+fn exim_rcpt(dir: &Path, list: &Path, domains: &str, rcpts: &[&str]) -> Vec<String> {
+    let exim = env("RCPTSYNC_TEST_EXIM");
+    let conf = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exim/exim.conf.in"),
+    )
+    .unwrap()
+    .replace("@EXIM@", &exim)
+    .replace("@DIR@", &dir.display().to_string())
+    .replace("@DOMAINS@", domains)
+    .replace("@LIST@", &list.display().to_string());
+    let conf_path = dir.join("exim.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut session = String::from("EHLO client.example.net\r\nMAIL FROM:<sender@example.net>\r\n");
+    for r in rcpts {
+        session.push_str(&format!("RCPT TO:<{r}>\r\n"));
+    }
+    session.push_str("QUIT\r\n");
+    let mut child = Command::new(&exim)
+        .arg("-C")
+        .arg(&conf_path)
+        .args(["-bh", "192.0.2.1"])
+        .env("LD_LIBRARY_PATH", env("RCPTSYNC_TEST_EXIM_LIBS"))
+        .env("LD_PRELOAD", env("RCPTSYNC_TEST_NSS_WRAPPER"))
+        .env("NSS_WRAPPER_PASSWD", env("RCPTSYNC_TEST_NSS_PASSWD"))
+        .env("NSS_WRAPPER_GROUP", env("RCPTSYNC_TEST_NSS_GROUP"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run exim");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(session.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Replies after the greeting: EHLO (multi-line), MAIL, RCPT..., QUIT.
+    let finals: Vec<String> = stdout
+        .lines()
+        .filter(|l| {
+            l.len() >= 4
+                && l.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                && l.as_bytes()[3] == b' '
+        })
+        .map(String::from)
+        .collect();
+    assert!(
+        finals.len() >= 3 + rcpts.len(),
+        "unexpected exim output:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    finals[3..3 + rcpts.len()].to_vec()
+}
+
+#[test]
+fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
+    if !enabled("exim_accepts_listed_rejects_unlisted_and_honours_catchall") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    std::fs::create_dir_all(t.join("exim")).unwrap();
+    t.write(
+        "recipients.txt",
+        "alice@example.test\nBob@Example.TEST\n@other.test\n",
+    );
+    t.config(&config_with("[[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/recipients\"\n[guard]\nmax_removed_percent = 100\n", ""));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let list = t.join("out/recipients");
+    let r = exim_rcpt(
+        &t.join("exim"),
+        &list,
+        "example.test : other.test",
+        &[
+            "alice@example.test",
+            "BOB@example.test",
+            "nobody@example.test",
+            "Anyone@Other.TEST",
+            "x@elsewhere.test",
+        ],
+    );
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert!(r[1].starts_with("250"), "{r:?}");
+    assert_eq!(
+        r[2],
+        "550 5.1.1 <nobody@example.test> User unknown in relay recipient table"
+    );
+    assert!(r[3].starts_with("250"), "catch-all: {r:?}");
+    assert!(r[4].starts_with("550 5.7.1"), "{r:?}");
+
+    t.write("recipients.txt", "bob@example.test\ncarol@example.test\n");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let r = exim_rcpt(
+        &t.join("exim"),
+        &list,
+        "example.test : other.test",
+        &[
+            "carol@example.test",
+            "alice@example.test",
+            "anyone@other.test",
+        ],
+    );
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert!(r[1].starts_with("550 5.1.1"), "{r:?}");
+    assert!(r[2].starts_with("550 5.1.1"), "catch-all removed: {r:?}");
+}

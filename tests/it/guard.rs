@@ -1,0 +1,229 @@
+//! The guard and the source-failure rules, end to end through the binary.
+
+use crate::util::{TestDir, config_with};
+
+const OUT: &str =
+    "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n";
+
+fn addrs(n: usize) -> String {
+    (0..n).map(|i| format!("user{i}@example.com\n")).collect()
+}
+
+fn setup(extra: &str, recipients: &str) -> TestDir {
+    let t = TestDir::new();
+    t.write("recipients.txt", recipients);
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.config(&config_with(OUT, extra));
+    t
+}
+
+#[test]
+fn shrink_over_the_limit_is_refused_and_outputs_stay() {
+    let t = setup("[guard]\nmax_removed_percent = 10\n", &addrs(100));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/relay_recipients");
+    // 10 % removed is allowed ...
+    t.write("recipients.txt", &addrs(90));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let after_ten = t.read("out/relay_recipients");
+    assert_ne!(before, after_ten);
+    // ... 11 of 90 (12.2 %) is not.
+    t.write("recipients.txt", &addrs(79));
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(3);
+    let v = r.json();
+    assert_eq!(v["guard"]["ok"], false);
+    assert_eq!(
+        v["guard"]["reason"],
+        "11 of 90 entries (12.2%) would be removed, more than guard.max_removed_percent = 10"
+    );
+    assert_eq!(v["removed"], 11);
+    assert_eq!(v["changed"], false);
+    assert_eq!(t.read("out/relay_recipients"), after_ten);
+    // The baseline did not move: the same list is refused again.
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(3);
+    // --force publishes it and says so.
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--force", "--format", "json"]);
+    r.expect(0);
+    assert!(
+        r.json()["guard"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("overridden by --force")
+    );
+    assert_eq!(t.read("out/relay_recipients").lines().count(), 80);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+}
+
+#[test]
+fn empty_result_is_refused_even_on_first_run() {
+    let t = setup("[guard]\nmin_recipients = 0\n", "# nothing here\n");
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(3);
+    assert!(
+        r.stdout.contains("guard   REFUSED: the new list is empty"),
+        "{}",
+        r.stdout
+    );
+    assert!(!t.join("out/relay_recipients").exists());
+}
+
+#[test]
+fn all_invalid_entries_never_make_an_empty_map() {
+    let t = setup("", &addrs(3));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/relay_recipients");
+    t.write(
+        "recipients.txt",
+        "evil@example.com OK\t\n\"x y\"@example.com\n",
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(3);
+    assert_eq!(t.read("out/relay_recipients"), before);
+}
+
+#[test]
+fn min_recipients() {
+    let t = setup("[guard]\nmin_recipients = 5\n", &addrs(4));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(3);
+    assert!(
+        r.stdout.contains("fewer than guard.min_recipients = 5"),
+        "{}",
+        r.stdout
+    );
+    t.write("recipients.txt", &addrs(5));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+}
+
+#[test]
+fn failed_source_keeps_last_good_slice() {
+    let t = setup("", &addrs(5));
+    t.write("second.txt", "second@example.com\n");
+    t.config(&format!(
+        "{}\n[[source]]\nname = \"second\"\nkind = \"file\"\npath = \"second.txt\"\n",
+        config_with(OUT, "")
+    ));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/relay_recipients");
+    std::fs::remove_file(t.join("second.txt")).unwrap();
+    let r = t.run(&[
+        "sync",
+        "-c",
+        "rcptsync.toml",
+        "--format",
+        "json",
+        "--detailed-exitcode",
+    ]);
+    r.expect(0);
+    let v = r.json();
+    assert_eq!(v["sources"][1]["status"], "last_good");
+    assert_eq!(v["sources"][1]["recipients"], 1);
+    assert!(
+        v["sources"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("source second (file): cannot read"),
+        "{v}"
+    );
+    assert_eq!(v["changed"], false);
+    assert_eq!(t.read("out/relay_recipients"), before);
+    // The other source still contributes its changes.
+    t.write("recipients.txt", &addrs(6));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(
+        t.read("out/relay_recipients")
+            .contains("second@example.com OK")
+    );
+    assert!(
+        t.read("out/relay_recipients")
+            .contains("user5@example.com OK")
+    );
+}
+
+#[test]
+fn failed_source_without_last_good_fails_the_run() {
+    let t = setup("", &addrs(5));
+    std::fs::remove_file(t.join("recipients.txt")).unwrap();
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(1);
+    let v = r.json();
+    assert_eq!(v["sources"][0]["status"], "failed");
+    assert!(
+        v["sources"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no last-known-good copy exists yet"),
+        "{v}"
+    );
+    assert!(!t.join("out/relay_recipients").exists());
+}
+
+#[test]
+fn abort_policy_fails_the_run_and_writes_nothing() {
+    let t = setup("[guard]\non_source_failure = \"abort\"\n", &addrs(5));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/relay_recipients");
+    std::fs::remove_file(t.join("recipients.txt")).unwrap();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(
+        r.stdout
+            .contains("FAILED: nothing written: source list (file): cannot read"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(t.read("out/relay_recipients"), before);
+    // --force overrides the guard, never a failed source.
+    t.run(&["sync", "-c", "rcptsync.toml", "--force"]).expect(1);
+}
+
+#[test]
+fn corrupt_baseline_refuses_until_forced() {
+    let t = setup("", &addrs(5));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let p = t.join("state/applied.list");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, &text[..text.len() - 5]).unwrap();
+    t.write("recipients.txt", &addrs(6));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(3);
+    assert!(
+        r.stdout.contains("applied.list is corrupt: truncated"),
+        "{}",
+        r.stdout
+    );
+    t.run(&["sync", "-c", "rcptsync.toml", "--force"]).expect(0);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+}
+
+#[test]
+fn two_runs_never_overlap() {
+    let t = setup("lock_timeout = \"1s\"", &addrs(5));
+    std::fs::create_dir_all(t.join("state")).unwrap();
+    // Hold the lock from this process, as a running sync would.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(t.join("state/lock"))
+        .unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on our own descriptor.
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    std::fs::write(t.join("state/lock"), "4242\n").unwrap();
+    let started = std::time::Instant::now();
+    let r = crate::util::Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).output().unwrap());
+    r.expect(1);
+    assert!(
+        r.stderr.contains("another rcptsync run holds the lock") && r.stderr.contains("(pid 4242)"),
+        "{}",
+        r.stderr
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert!(!t.join("out/relay_recipients").exists());
+    drop(f);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the `rcptsync` binary driven as an operator or a pipeline
+//! would drive it. Real Postfix and Exim tests run when `RCPTSYNC_TEST_REAL_MTA=1`
+//! (set by `scripts/test.sh`, which installs them).
+
+mod cli;
+mod crash;
+mod exim;
+mod golden;
+mod guard;
+mod outputs;
+mod postfix;
+mod smtp;
+mod util;
