@@ -8,24 +8,15 @@ use std::path::Path;
 fn embed(dir: &str, ext: &str, name: &str, out: &mut String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     println!("cargo:rerun-if-changed={}", root.display());
-    let mut files: Vec<_> = std::fs::read_dir(&root)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut files: Vec<_> =
+        std::fs::read_dir(&root).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     files.retain(|p| p.extension().and_then(|e| e.to_str()) == Some(ext));
     files.sort();
     writeln!(out, "pub static {name}: &[(&str, &str)] = &[").unwrap();
     for p in files {
         println!("cargo:rerun-if-changed={}", p.display());
-        let stem = p
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .expect("utf-8 file name");
-        writeln!(
-            out,
-            "    ({stem:?}, include_str!({:?})),",
-            p.display().to_string()
-        )
-        .unwrap();
+        let stem = p.file_stem().and_then(|s| s.to_str()).expect("utf-8 file name");
+        writeln!(out, "    ({stem:?}, include_str!({:?})),", p.display().to_string()).unwrap();
     }
     writeln!(out, "];").unwrap();
 }

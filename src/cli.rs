@@ -129,18 +129,13 @@ pub fn main() -> u8 {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    exit::OK
-                }
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
                 _ => exit::USAGE,
             };
         }
     };
     init_logging(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rcptsync: cannot start the async runtime: {e}");
@@ -181,34 +176,19 @@ fn print(text: &str) {
 
 async fn run_command(cmd: Command) -> u8 {
     match cmd {
-        Command::Sync {
-            config,
-            dry_run,
-            diff,
-            force,
-            format,
-            detailed_exitcode,
-        } => {
+        Command::Sync { config, dry_run, diff, force, format, detailed_exitcode } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let opts = SyncOptions {
-                dry_run,
-                diff,
-                force,
-            };
+            let opts = SyncOptions { dry_run, diff, force };
             match run::sync(&cfg, opts).await {
                 Ok(mut report) => {
                     report.dry_run = dry_run;
                     if diff {
                         let d = report.diff_text();
                         // With JSON on stdout, the diff goes to stderr to keep stdout parseable.
-                        if format == Format::Json {
-                            eprint!("{d}")
-                        } else {
-                            print(&d)
-                        }
+                        if format == Format::Json { eprint!("{d}") } else { print(&d) }
                     }
                     match format {
                         Format::Json => print(&format!("{}\n", report.to_json())),
@@ -242,28 +222,12 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
         if cfg.outputs.len() == 1 { "" } else { "s" },
     );
     for s in &cfg.sources {
-        let profile = s
-            .profile
-            .as_deref()
-            .map(|p| format!(", profile {p}"))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "  source {} ({}{profile})\n",
-            s.name,
-            s.spec.kind()
-        ));
+        let profile = s.profile.as_deref().map(|p| format!(", profile {p}")).unwrap_or_default();
+        out.push_str(&format!("  source {} ({}{profile})\n", s.name, s.spec.kind()));
     }
     for o in &cfg.outputs {
-        let map = o
-            .postmap
-            .map(|m| format!(", postmap {}", m.as_str()))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "  output {} -> {} (template {}{map})\n",
-            o.name,
-            o.path.display(),
-            o.template.name
-        ));
+        let map = o.postmap.map(|m| format!(", postmap {}", m.as_str())).unwrap_or_default();
+        out.push_str(&format!("  output {} -> {} (template {}{map})\n", o.name, o.path.display(), o.template.name));
     }
     if offline {
         print(&out);
@@ -275,46 +239,26 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
             Ok(desc) => out.push_str(&format!("  ok      source {}: {desc}\n", s.name)),
             Err(e) => {
                 failed = true;
-                out.push_str(&format!(
-                    "  FAILED  source {} ({}): {e}\n",
-                    s.name,
-                    s.spec.kind()
-                ));
+                out.push_str(&format!("  FAILED  source {} ({}): {e}\n", s.name, s.spec.kind()));
             }
         }
     }
     for o in &cfg.outputs {
         let dir = o.path.parent().unwrap_or(std::path::Path::new("."));
         match probe_dir(dir) {
-            Ok(()) => out.push_str(&format!(
-                "  ok      output {}: {} is writable\n",
-                o.name,
-                dir.display()
-            )),
+            Ok(()) => out.push_str(&format!("  ok      output {}: {} is writable\n", o.name, dir.display())),
             Err(e) => {
                 failed = true;
-                out.push_str(&format!(
-                    "  FAILED  output {}: {}: {e}\n",
-                    o.name,
-                    dir.display()
-                ));
+                out.push_str(&format!("  FAILED  output {}: {}: {e}\n", o.name, dir.display()));
             }
         }
         if o.postmap.is_some() && !in_path("postmap") {
             failed = true;
-            out.push_str(&format!(
-                "  FAILED  output {}: postmap is not on PATH\n",
-                o.name
-            ));
+            out.push_str(&format!("  FAILED  output {}: postmap is not on PATH\n", o.name));
         }
     }
-    match StateDir::open(&cfg.state_dir, true)
-        .and_then(|s| s.lock(std::time::Duration::ZERO).map(|_| ()))
-    {
-        Ok(()) => out.push_str(&format!(
-            "  ok      state_dir {} is usable\n",
-            cfg.state_dir.display()
-        )),
+    match StateDir::open(&cfg.state_dir, true).and_then(|s| s.lock(std::time::Duration::ZERO).map(|_| ())) {
+        Ok(()) => out.push_str(&format!("  ok      state_dir {} is usable\n", cfg.state_dir.display())),
         Err(e) => {
             failed = true;
             out.push_str(&format!("  FAILED  state_dir: {e}\n"));
@@ -331,15 +275,11 @@ fn probe_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn in_path(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file())).unwrap_or(false)
 }
 
 /// Fetch + merge with the normal source-failure rules; never writes.
-async fn gather_and_merge(
-    cfg: &Config,
-) -> Result<(Vec<run::Gathered>, crate::policy::RecipientList), u8> {
+async fn gather_and_merge(cfg: &Config) -> Result<(Vec<run::Gathered>, crate::policy::RecipientList), u8> {
     let state = match StateDir::open(&cfg.state_dir, false) {
         Ok(s) => s,
         Err(e) => {
@@ -410,23 +350,14 @@ async fn why(arg: &ConfigArg, address: &str) -> u8 {
     let published = published_contains(&cfg, address);
     let answer = crate::why::explain(&cfg, address, &gathered, &list, published);
     print(&answer.text);
-    if answer.accepted {
-        exit::OK
-    } else {
-        exit::FAILURE
-    }
+    if answer.accepted { exit::OK } else { exit::FAILURE }
 }
 
 /// Whether the last applied list (state) covers the address, if it can be read.
 fn published_contains(cfg: &Config, address: &str) -> Option<bool> {
     let state = StateDir::open(&cfg.state_dir, false).ok()?;
     let (_, entries) = state.read_list(&state.applied_path()).ok()??;
-    let e = if address.starts_with('@') {
-        parse_catchall(address)
-    } else {
-        parse_address(address)
-    }
-    .ok()?;
+    let e = if address.starts_with('@') { parse_catchall(address) } else { parse_address(address) }.ok()?;
     let catchall = parse_catchall(e.domain()).ok()?;
     Some(entries.binary_search(&e).is_ok() || entries.binary_search(&catchall).is_ok())
         .map(|found| found || entries.iter().any(|x: &Entry| x == &e))

@@ -59,26 +59,15 @@ impl Catalog {
         }
         let templates = embedded::TEMPLATES
             .iter()
-            .map(|(name, text)| {
-                (
-                    name.to_string(),
-                    TemplateRef::embedded(name, Arc::from(*text)),
-                )
-            })
+            .map(|(name, text)| (name.to_string(), TemplateRef::embedded(name, Arc::from(*text))))
             .collect();
-        Catalog {
-            profiles,
-            templates,
-        }
+        Catalog { profiles, templates }
     }
 
     /// The embedded catalog with files from the override directories on top: a file
     /// `NAME.toml` in `profile_dir` replaces or adds profile NAME, a file `NAME.j2` in
     /// `template_dir` replaces or adds template NAME.
-    pub fn load(
-        profile_dir: Option<&Path>,
-        template_dir: Option<&Path>,
-    ) -> Result<Catalog, LoadErrors> {
+    pub fn load(profile_dir: Option<&Path>, template_dir: Option<&Path>) -> Result<Catalog, LoadErrors> {
         let mut cat = Catalog::embedded();
         let mut errors = Vec::new();
         if let Some(dir) = profile_dir {
@@ -93,17 +82,10 @@ impl Catalog {
         }
         if let Some(dir) = template_dir {
             for (name, path, text) in read_dir_files(dir, "j2", "template_dir", &mut errors) {
-                cat.templates.insert(
-                    name.clone(),
-                    TemplateRef::overridden(&name, path, Arc::from(text)),
-                );
+                cat.templates.insert(name.clone(), TemplateRef::overridden(&name, path, Arc::from(text)));
             }
         }
-        if errors.is_empty() {
-            Ok(cat)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(cat) } else { Err(errors) }
     }
 
     pub fn profile(&self, name: &str) -> Option<&Profile> {
@@ -139,12 +121,7 @@ fn parse_profile(name: &str, text: &str, origin: &str) -> Result<Profile, String
     })
 }
 
-fn read_dir_files(
-    dir: &Path,
-    ext: &str,
-    key: &str,
-    errors: &mut LoadErrors,
-) -> Vec<(String, String, String)> {
+fn read_dir_files(dir: &Path, ext: &str, key: &str, errors: &mut LoadErrors) -> Vec<(String, String, String)> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
@@ -181,23 +158,15 @@ mod tests {
             let p = parse_profile(name, text, "embedded").unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!p.description.is_empty(), "{name} has no description");
         }
-        assert_eq!(
-            Catalog::embedded().profile_names().len(),
-            embedded::PROFILES.len()
-        );
+        assert_eq!(Catalog::embedded().profile_names().len(), embedded::PROFILES.len());
     }
 
     #[test]
     fn every_builtin_template_is_embedded() {
         let cat = Catalog::embedded();
         for name in crate::writer::template::BuiltinTemplate::names() {
-            let t = cat
-                .template(name)
-                .unwrap_or_else(|| panic!("template {name} not embedded"));
-            assert!(
-                t.fast_path().is_some(),
-                "{name} should use its compiled renderer"
-            );
+            let t = cat.template(name).unwrap_or_else(|| panic!("template {name} not embedded"));
+            assert!(t.fast_path().is_some(), "{name} should use its compiled renderer");
         }
     }
 
@@ -209,19 +178,12 @@ mod tests {
             "kind = \"file\"\ndescription = \"mine\"\n[defaults]\ncatchalls = true\n",
         )
         .unwrap();
-        std::fs::write(
-            dir.path().join("extra.toml"),
-            "kind = \"file\"\ndescription = \"x\"\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("extra.toml"), "kind = \"file\"\ndescription = \"x\"\n").unwrap();
         std::fs::write(dir.path().join("ignored.txt"), "not a profile").unwrap();
         let cat = Catalog::load(Some(dir.path()), None).unwrap();
         let p = cat.profile("plain-list").unwrap();
         assert_eq!(p.description, "mine");
-        assert_eq!(
-            p.defaults.get("catchalls"),
-            Some(&toml::Value::Boolean(true))
-        );
+        assert_eq!(p.defaults.get("catchalls"), Some(&toml::Value::Boolean(true)));
         assert!(p.origin.ends_with("plain-list.toml"));
         assert!(cat.profile("extra").is_some());
         assert!(cat.profile("ignored").is_none());
@@ -230,36 +192,21 @@ mod tests {
     #[test]
     fn broken_override_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("bad.toml"),
-            "kind = \"file\"\n[defaults]\nname = \"x\"\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "kind = \"file\"\n[defaults]\nname = \"x\"\n").unwrap();
         std::fs::write(dir.path().join("worse.toml"), "kind = ").unwrap();
         let errs = Catalog::load(Some(dir.path()), None).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(
-            errs[0]
-                .1
-                .contains("bad.toml: [defaults] may not set \"name\""),
-            "{errs:?}"
-        );
+        assert!(errs[0].1.contains("bad.toml: [defaults] may not set \"name\""), "{errs:?}");
         assert!(errs[1].1.contains("worse.toml"), "{errs:?}");
         let errs = Catalog::load(Some(Path::new("/nonexistent/profiles")), None).unwrap_err();
-        assert!(
-            errs[0].1.starts_with("cannot read /nonexistent/profiles"),
-            "{errs:?}"
-        );
+        assert!(errs[0].1.starts_with("cannot read /nonexistent/profiles"), "{errs:?}");
     }
 
     #[test]
     fn template_override_loses_the_fast_path() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("postfix.j2"),
-            "{% for r in recipients %}{{ r.address }} RELAY\n{% endfor %}",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("postfix.j2"), "{% for r in recipients %}{{ r.address }} RELAY\n{% endfor %}")
+            .unwrap();
         let cat = Catalog::load(None, Some(dir.path())).unwrap();
         let t = cat.template("postfix").unwrap();
         assert!(t.fast_path().is_none());

@@ -98,10 +98,7 @@ impl Report {
             recipients: 0,
             added: 0,
             removed: 0,
-            guard: GuardReport {
-                ok: true,
-                reason: None,
-            },
+            guard: GuardReport { ok: true, reason: None },
             sources,
             outputs: cfg
                 .outputs
@@ -132,8 +129,7 @@ impl Report {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise report: {e}\"}}"))
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise report: {e}\"}}"))
     }
 
     /// The diff of every changed output, as `+ line` / `- line`.
@@ -143,14 +139,7 @@ impl Report {
             let Some((added, removed)) = &o.diff else {
                 continue;
             };
-            let _ = writeln!(
-                s,
-                "--- {} ({}): +{} -{}",
-                o.name,
-                o.path.display(),
-                added.len(),
-                removed.len()
-            );
+            let _ = writeln!(s, "--- {} ({}): +{} -{}", o.name, o.path.display(), added.len(), removed.len());
             for l in removed {
                 let _ = writeln!(s, "- {l}");
             }
@@ -172,14 +161,8 @@ impl Report {
             .unwrap_or(0)
             .max(self.outputs.iter().map(|o| o.name.len()).max().unwrap_or(0));
         for x in &self.sources {
-            let _ = write!(
-                s,
-                "source  {:w$}  {:6}  {:9}  {:>9} entries",
-                x.name,
-                x.kind,
-                x.status.as_str(),
-                x.recipients
-            );
+            let _ =
+                write!(s, "source  {:w$}  {:6}  {:9}  {:>9} entries", x.name, x.kind, x.status.as_str(), x.recipients);
             if let Some(e) = &x.error {
                 let _ = write!(s, "  ({e})");
             }
@@ -197,22 +180,14 @@ impl Report {
             }
             _ => {}
         }
-        let _ = writeln!(
-            s,
-            "list    {} entries (+{} -{})",
-            self.recipients, self.added, self.removed
-        );
+        let _ = writeln!(s, "list    {} entries (+{} -{})", self.recipients, self.added, self.removed);
         match (&self.guard.ok, &self.guard.reason) {
             (true, None) => {}
             (true, Some(r)) => {
                 let _ = writeln!(s, "guard   {r}");
             }
             (false, r) => {
-                let _ = writeln!(
-                    s,
-                    "guard   REFUSED: {}; outputs left unchanged",
-                    r.as_deref().unwrap_or("?")
-                );
+                let _ = writeln!(s, "guard   REFUSED: {}; outputs left unchanged", r.as_deref().unwrap_or("?"));
             }
         }
         if self.outcome != Outcome::GuardRefused {

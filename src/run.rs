@@ -13,7 +13,10 @@ use crate::policy::address::Entry;
 use crate::policy::guard::{self, Baseline, Delta, Verdict};
 use crate::policy::{Located, Locator, Policy, RecipientList, Rejected, normalise};
 use crate::report::{GuardReport, Outcome, OutputReport, Report, SourceReport, SourceStatus};
-use crate::state::{StateDir, StateError, fingerprint};
+use crate::state::{
+    OutputRecord, PendingFile, RUN_RECORD_VERSION, RunRecord, SourceRecord, StateDir, StateError, fingerprint,
+    hash_bytes, hash_file,
+};
 use crate::writer;
 
 /// Flags of one `sync`.
@@ -45,40 +48,50 @@ pub enum RunError {
 /// Fetches every source concurrently and validates what they return. A failed
 /// source falls back to its last-known-good slice when the config says so.
 pub async fn gather(cfg: &Config, state: &StateDir) -> Vec<Gathered> {
+    let fetched = fetch_all(cfg).await;
+    validate(cfg, state, fetched)
+}
+
+/// What each source returned, in config order, with how long it took.
+pub type FetchResults = Vec<(Result<Fetched, SourceError>, Duration)>;
+
+/// Fetches every source concurrently.
+pub async fn fetch_all(cfg: &Config) -> FetchResults {
     let mut set = JoinSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         let source = Source::build(s);
-        let name = s.name.clone();
         set.spawn(async move {
             let started = Instant::now();
             let r = source.fetch().await;
-            (i, name, r, started.elapsed())
+            (i, r, started.elapsed())
         });
     }
     let mut fetched: Vec<Option<(Result<Fetched, SourceError>, Duration)>> =
         (0..cfg.sources.len()).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
         match joined {
-            Ok((i, _, r, took)) => fetched[i] = Some((r, took)),
+            Ok((i, r, took)) => fetched[i] = Some((r, took)),
             Err(e) => tracing::error!(error = %e, "source task failed"),
         }
     }
+    fetched
+        .into_iter()
+        .map(|f| f.unwrap_or_else(|| (Err(SourceError::new("fetch task did not complete")), Duration::ZERO)))
+        .collect()
+}
+
+/// Validates what the sources returned; a failed source falls back to its
+/// last-known-good slice when the config says so.
+pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Gathered> {
     let mut out = Vec::with_capacity(cfg.sources.len());
-    for (s, f) in cfg.sources.iter().zip(fetched) {
+    for (s, (result, took)) in cfg.sources.iter().zip(fetched) {
         let kind = s.spec.kind();
-        let (result, took) = f.unwrap_or_else(|| {
-            (
-                Err(SourceError::new("fetch task did not complete")),
-                Duration::ZERO,
-            )
-        });
         match result {
             Ok(f) => {
-                let Fetched {
-                    items,
-                    mut rejected,
-                } = f;
+                let Fetched { items, mut rejected } = f;
+                let t = Instant::now();
                 let (entries, bad) = tokio::task::block_in_place(|| normalise(items));
+                tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, "validated");
                 rejected.extend(bad);
                 for r in &rejected {
                     tracing::warn!(source = %s.name, object = %r.locator, value = ?r.value, "dropped invalid entry: it {}", r.reason);
@@ -98,28 +111,21 @@ pub async fn gather(cfg: &Config, state: &StateDir) -> Vec<Gathered> {
                 tracing::error!(source = %s.name, kind, error = %e, "source failed");
                 let (status, entries, error) = match cfg.guard.on_source_failure {
                     OnSourceFailure::Abort => (SourceStatus::Failed, Vec::new(), msg),
-                    OnSourceFailure::KeepLastGood => {
-                        match state.read_list(&state.slice_path(&s.name)) {
-                            Ok(Some((_, entries))) => {
-                                tracing::warn!(source = %s.name, entries = entries.len(), "using the last-known-good copy");
-                                let entries = entries
-                                    .into_iter()
-                                    .map(|e| (e, Locator::LastGood))
-                                    .collect();
-                                (SourceStatus::LastGood, entries, msg)
-                            }
-                            Ok(None) => (
-                                SourceStatus::Failed,
-                                Vec::new(),
-                                format!("{msg}; no last-known-good copy exists yet"),
-                            ),
-                            Err(se) => (
-                                SourceStatus::Failed,
-                                Vec::new(),
-                                format!("{msg}; the last-known-good copy is unusable: {se}"),
-                            ),
+                    OnSourceFailure::KeepLastGood => match state.read_list(&state.slice_path(&s.name)) {
+                        Ok(Some((_, entries))) => {
+                            tracing::warn!(source = %s.name, entries = entries.len(), "using the last-known-good copy");
+                            let entries = entries.into_iter().map(|e| (e, Locator::LastGood)).collect();
+                            (SourceStatus::LastGood, entries, msg)
                         }
-                    }
+                        Ok(None) => {
+                            (SourceStatus::Failed, Vec::new(), format!("{msg}; no last-known-good copy exists yet"))
+                        }
+                        Err(se) => (
+                            SourceStatus::Failed,
+                            Vec::new(),
+                            format!("{msg}; the last-known-good copy is unusable: {se}"),
+                        ),
+                    },
                 };
                 out.push(Gathered {
                     name: s.name.clone(),
@@ -138,12 +144,14 @@ pub async fn gather(cfg: &Config, state: &StateDir) -> Vec<Gathered> {
 /// Merges gathered sources under the policy.
 pub fn merge(cfg: &Config, gathered: &[Gathered]) -> (RecipientList, Vec<usize>) {
     let policy = Policy::new(&cfg.policy);
-    policy.apply(
-        gathered
-            .iter()
-            .map(|g| (g.name.clone(), g.entries.clone()))
-            .collect(),
-    )
+    policy.apply(gathered.iter().map(|g| (g.name.clone(), g.entries.clone())).collect())
+}
+
+/// Merges gathered sources under the policy, consuming their entries (the sync
+/// path: a million-entry source is not copied).
+pub fn merge_owned(cfg: &Config, gathered: &mut [Gathered]) -> (RecipientList, Vec<usize>) {
+    let policy = Policy::new(&cfg.policy);
+    policy.apply(gathered.iter_mut().map(|g| (g.name.clone(), std::mem::take(&mut g.entries))).collect())
 }
 
 fn source_reports(gathered: &[Gathered]) -> Vec<SourceReport> {
@@ -180,20 +188,23 @@ fn sorted_entries(list: &RecipientList) -> Vec<&str> {
 pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     let started = Instant::now();
     let state = StateDir::open(&cfg.state_dir, !opts.dry_run)?;
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(state.lock(cfg.lock_timeout)?)
-    };
+    let _lock = if opts.dry_run { None } else { Some(state.lock(cfg.lock_timeout)?) };
 
-    let gathered = gather(cfg, &state).await;
+    let fetched = fetch_all(cfg).await;
+    let config_fp = config_fingerprint(cfg);
+    let raw_fps: Vec<Option<String>> = fetched.iter().map(|(r, _)| r.as_ref().ok().map(raw_fingerprint)).collect();
+    if let Some(mut report) = tokio::task::block_in_place(|| unchanged(cfg, &state, &config_fp, &raw_fps)) {
+        report.elapsed = started.elapsed();
+        return Ok(report);
+    }
+    let mut gathered = validate(cfg, &state, fetched);
+    let refused: Vec<usize> = gathered.iter().map(|g| g.rejected.len()).collect();
     let mut report = Report::new(source_reports(&gathered), cfg);
     let failed: Vec<&str> = gathered
         .iter()
         .filter(|g| {
             g.status == SourceStatus::Failed
-                || (g.status != SourceStatus::Ok
-                    && cfg.guard.on_source_failure == OnSourceFailure::Abort)
+                || (g.status != SourceStatus::Ok && cfg.guard.on_source_failure == OnSourceFailure::Abort)
         })
         .filter_map(|g| g.error.as_deref())
         .collect();
@@ -202,12 +213,15 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
         return Ok(report);
     }
 
+    let t = Instant::now();
     let list = tokio::task::block_in_place(|| {
-        let (list, dropped) = merge(cfg, &gathered);
+        let (list, dropped) = merge_owned(cfg, &mut gathered);
         report_drops(&gathered, &dropped);
         Arc::new(list)
     });
     drop(gathered);
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, entries = list.len(), "merged");
+    let t = Instant::now();
     report.recipients = list.len();
 
     // Guard against the last applied list.
@@ -215,13 +229,7 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     let new_fp = fingerprint(entries.iter().copied());
     let applied_path = state.applied_path();
     let (baseline, delta) = match state.read_header(&applied_path) {
-        Ok(None) => (
-            Baseline::None,
-            Delta {
-                added: entries.len(),
-                removed: 0,
-            },
-        ),
+        Ok(None) => (Baseline::None, Delta { added: entries.len(), removed: 0 }),
         Ok(Some(h)) if h.fingerprint == new_fp && h.count == entries.len() => {
             (Baseline::Applied { count: h.count }, Delta::default())
         }
@@ -230,13 +238,7 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
                 let d = guard::delta(old.iter().map(Entry::as_str), entries.iter().copied());
                 (Baseline::Applied { count: h.count }, d)
             }
-            Ok(None) => (
-                Baseline::None,
-                Delta {
-                    added: entries.len(),
-                    removed: 0,
-                },
-            ),
+            Ok(None) => (Baseline::None, Delta { added: entries.len(), removed: 0 }),
             Err(e) => (Baseline::Unreadable(e.to_string()), Delta::default()),
         },
         Err(e) => (Baseline::Unreadable(e.to_string()), Delta::default()),
@@ -244,15 +246,9 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     report.added = delta.added;
     report.removed = delta.removed;
     let verdict: Verdict = guard::evaluate(&cfg.guard, list.len(), &baseline, delta, opts.force);
-    report.guard = GuardReport {
-        ok: verdict.ok,
-        reason: verdict.reason.clone(),
-    };
+    report.guard = GuardReport { ok: verdict.ok, reason: verdict.reason.clone() };
     if verdict.forced {
-        tracing::warn!(
-            reason = verdict.reason.as_deref().unwrap_or(""),
-            "guard overridden by --force"
-        );
+        tracing::warn!(reason = verdict.reason.as_deref().unwrap_or(""), "guard overridden by --force");
     }
     if !verdict.ok {
         tracing::error!(
@@ -264,8 +260,9 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     }
 
     // Render and compare with disk.
-    let rendered =
-        tokio::task::block_in_place(|| writer::render_all(&cfg.outputs, &list, opts.diff));
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "guard evaluated");
+    let t = Instant::now();
+    let rendered = tokio::task::block_in_place(|| writer::render_all(&cfg.outputs, &list, opts.diff));
     let mut ready = Vec::new();
     let mut errors = Vec::new();
     for r in rendered {
@@ -298,7 +295,12 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
         return Ok(report);
     }
 
-    let outcomes = tokio::task::block_in_place(|| writer::commit_all(&cfg.outputs, &ready));
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "rendered and compared");
+    let t = Instant::now();
+    let (outcomes, staged_state) = tokio::task::block_in_place(|| {
+        rayon::join(|| writer::commit_all(&cfg.outputs, &ready), || stage_state(&state, &list, &entries, &new_fp))
+    });
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "committed");
     let mut failures = Vec::new();
     for (rep, o) in report.outputs.iter_mut().zip(outcomes) {
         rep.changed = o.changed;
@@ -318,10 +320,146 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     }
 
     // Record the new baseline and last-known-good slices, only when they differ.
-    tokio::task::block_in_place(|| record_state(&state, &list, &entries, &new_fp))?;
+    let t = Instant::now();
+    for f in staged_state? {
+        f.install()?;
+    }
+    if raw_fps.iter().all(Option::is_some) {
+        let record = RunRecord {
+            version: RUN_RECORD_VERSION,
+            config: config_fp,
+            sources: report
+                .sources
+                .iter()
+                .zip(&raw_fps)
+                .zip(&refused)
+                .map(|((s, fp), refused)| SourceRecord {
+                    name: s.name.clone(),
+                    raw: fp.clone().unwrap_or_default(),
+                    entries: s.recipients,
+                    refused: *refused,
+                })
+                .collect(),
+            recipients: list.len(),
+            list: new_fp.clone(),
+            outputs: cfg
+                .outputs
+                .iter()
+                .zip(&ready)
+                .map(|(o, r)| OutputRecord {
+                    name: o.name.clone(),
+                    path: o.path.clone(),
+                    len: r.bytes.len() as u64,
+                    hash: hash_bytes(&r.bytes),
+                })
+                .collect(),
+        };
+        tokio::task::block_in_place(|| state.write_record(&record))?;
+    }
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "state recorded");
+    drop(entries);
+    dispose((list, ready));
     report.outcome = Outcome::Success;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Frees a large structure on another thread. A million small allocations take
+/// tens of milliseconds to free; a one-shot CLI run exits without waiting, a
+/// daemon frees them in the background.
+fn dispose<T: Send + 'static>(garbage: T) {
+    let spawned = std::thread::Builder::new().name("rcptsync-free".into()).spawn(move || drop(garbage));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "could not free in the background");
+    }
+}
+
+/// Fingerprint of everything in the configuration that shapes the outputs.
+fn config_fingerprint(cfg: &Config) -> String {
+    let text = format!("rcptsync {} {cfg:?}", env!("CARGO_PKG_VERSION"));
+    hash_bytes(text.as_bytes())
+}
+
+/// Fingerprint of what a source returned, before validation.
+fn raw_fingerprint(f: &Fetched) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let items = f.items.iter().map(|i| (i.value.as_str(), i.kind as u8));
+    let rejected = f.rejected.iter().map(|r| (r.value.as_str(), 0xff));
+    for (v, k) in items.chain(rejected) {
+        if buf.len() + v.len() + 2 > buf.capacity() {
+            h.update(&buf);
+            buf.clear();
+        }
+        buf.extend_from_slice(v.as_bytes());
+        buf.push(0);
+        buf.push(k);
+    }
+    h.update(&buf);
+    format!("{:032x}", h.digest128())
+}
+
+/// The report of a run with nothing to do, or None when anything differs from
+/// the last successful run (configuration, any source's raw data, the published
+/// list, or any output's bytes on disk).
+fn unchanged(cfg: &Config, state: &StateDir, config_fp: &str, raw_fps: &[Option<String>]) -> Option<Report> {
+    let rec = state.read_record()?;
+    if rec.config != config_fp || rec.sources.len() != raw_fps.len() || rec.outputs.len() != cfg.outputs.len() {
+        return None;
+    }
+    for ((s, r), fp) in cfg.sources.iter().zip(&rec.sources).zip(raw_fps) {
+        if s.name != r.name || fp.as_deref() != Some(r.raw.as_str()) {
+            return None;
+        }
+    }
+    if state.read_header(&state.applied_path()).ok()??.fingerprint != rec.list {
+        return None;
+    }
+    for (o, r) in cfg.outputs.iter().zip(&rec.outputs) {
+        if o.name != r.name || o.path != r.path {
+            return None;
+        }
+        let meta = std::fs::metadata(&o.path).ok()?;
+        if meta.len() != r.len {
+            return None;
+        }
+        if let Some(map) = writer::target(o).map_path() {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(map).ok()?;
+            if (m.mtime(), m.mtime_nsec()) < (meta.mtime(), meta.mtime_nsec()) {
+                return None;
+            }
+        }
+        let (len, hash) = hash_file(&o.path).ok()?;
+        if len != r.len || hash != r.hash {
+            return None;
+        }
+    }
+    for s in &rec.sources {
+        if s.refused > 0 {
+            tracing::warn!(source = %s.name, refused = s.refused, "source data unchanged since the last run, which dropped invalid entries (see that run's log)");
+        }
+    }
+    tracing::info!(
+        entries = rec.recipients,
+        "sources and configuration unchanged since the last run and every output verified: nothing to do"
+    );
+    let mut report = Report::new(
+        rec.sources
+            .iter()
+            .zip(&cfg.sources)
+            .map(|(r, s)| SourceReport {
+                name: r.name.clone(),
+                kind: s.spec.kind().to_string(),
+                status: SourceStatus::Ok,
+                recipients: r.entries,
+                error: None,
+            })
+            .collect(),
+        cfg,
+    );
+    report.recipients = rec.recipients;
+    Some(report)
 }
 
 fn report_drops(gathered: &[Gathered], dropped: &[usize]) {
@@ -332,55 +470,47 @@ fn report_drops(gathered: &[Gathered], dropped: &[usize]) {
     }
 }
 
-fn record_state(
+/// Writes, to fsynced temp files, the state files that differ from what is on
+/// disk: the new baseline and each source's last-known-good slice. Done while
+/// the outputs are being committed; installed only if the commit succeeds.
+fn stage_state(
     state: &StateDir,
     list: &RecipientList,
     entries: &[&str],
     new_fp: &str,
-) -> Result<(), StateError> {
+) -> Result<Vec<PendingFile>, StateError> {
+    let mut pending = Vec::new();
     let applied = state.applied_path();
-    if state
-        .read_header(&applied)
-        .ok()
-        .flatten()
-        .is_none_or(|h| h.fingerprint != new_fp)
-    {
-        state.write_list(&applied, "applied-list", entries)?;
+    if state.read_header(&applied).ok().flatten().is_none_or(|h| h.fingerprint != new_fp) {
+        pending.push(state.stage_list(&applied, "applied-list", entries, Some(new_fp))?.1);
     }
-    // Each source's slice of the final list, in the same sorted order.
+    // Each source's slice of the final list, built in the list's sorted order
+    // (addresses and catch-alls merged), so no sorting is needed.
     let names = list.source_names();
     let mut slices: Vec<Vec<&str>> = vec![Vec::new(); names.len()];
-    for (i, e) in list.addresses().iter().enumerate() {
-        push_unique(
-            &mut slices,
-            list.address_origins(i).iter().map(|o| o.source),
-            e.as_str(),
-        );
+    let (a, c) = (list.addresses(), list.catchalls());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < c.len() {
+        if j >= c.len() || (i < a.len() && a[i].as_str() < c[j].as_str()) {
+            push_unique(&mut slices, list.address_origins(i).iter().map(|o| o.source), a[i].as_str());
+            i += 1;
+        } else {
+            push_unique(&mut slices, list.catchall_origins(j).iter().map(|o| o.source), c[j].as_str());
+            j += 1;
+        }
     }
-    for (i, e) in list.catchalls().iter().enumerate() {
-        push_unique(
-            &mut slices,
-            list.catchall_origins(i).iter().map(|o| o.source),
-            e.as_str(),
-        );
-    }
-    for (name, mut slice) in names.iter().zip(slices) {
+    for (name, slice) in names.iter().zip(slices) {
         if name == crate::policy::INCLUDE_SOURCE {
             continue;
         }
-        slice.sort_unstable();
         let path = state.slice_path(name);
-        let fp = fingerprint(slice.iter().copied());
-        if state
-            .read_header(&path)
-            .ok()
-            .flatten()
-            .is_none_or(|h| h.fingerprint != fp)
-        {
-            state.write_list(&path, "source-slice", &slice)?;
+        // A source that produced the whole list has the list's fingerprint.
+        let fp = if slice.len() == entries.len() { new_fp.to_string() } else { fingerprint(slice.iter().copied()) };
+        if state.read_header(&path).ok().flatten().is_none_or(|h| h.fingerprint != fp) {
+            pending.push(state.stage_list(&path, "source-slice", &slice, Some(&fp))?.1);
         }
     }
-    Ok(())
+    Ok(pending)
 }
 
 fn push_unique<'a>(slices: &mut [Vec<&'a str>], sources: impl Iterator<Item = u16>, e: &'a str) {

@@ -11,7 +11,7 @@
 //! fsync, rename, fsync directory), and the directory is created mode 0700.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -27,29 +27,30 @@ pub enum StateError {
     #[error("state directory {path}: {err}")]
     Io { path: PathBuf, err: io::Error },
     #[error("another rcptsync run holds the lock {path}{holder}; waited {waited:?}")]
-    Locked {
-        path: PathBuf,
-        holder: String,
-        waited: Duration,
-    },
+    Locked { path: PathBuf, holder: String, waited: Duration },
     #[error("state file {path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
-    move |err| StateError::Io {
-        path: path.to_path_buf(),
-        err,
-    }
+    move |err| StateError::Io { path: path.to_path_buf(), err }
 }
 
-/// 128-bit fingerprint of a sorted entry list (xxh3 over the lines).
+/// 128-bit fingerprint of a sorted entry list: xxh3 over the lines as they are
+/// stored (`entry\n` each). Entries are gathered into a buffer first, because
+/// feeding the hasher a few bytes at a time costs more than the hashing.
 pub fn fingerprint<'a>(entries: impl IntoIterator<Item = &'a str>) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     for e in entries {
-        h.update(e.as_bytes());
-        h.update(b"\n");
+        if buf.len() + e.len() + 1 > buf.capacity() {
+            h.update(&buf);
+            buf.clear();
+        }
+        buf.extend_from_slice(e.as_bytes());
+        buf.push(b'\n');
     }
+    h.update(&buf);
     format!("{:032x}", h.digest128())
 }
 
@@ -76,15 +77,9 @@ impl StateDir {
     /// Opens the directory, creating it (0700) when `create` is set.
     pub fn open(root: &Path, create: bool) -> Result<StateDir, StateError> {
         if create {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(root.join("sources"))
-                .map_err(io_err(root))?;
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(root.join("sources")).map_err(io_err(root))?;
         }
-        Ok(StateDir {
-            root: root.to_path_buf(),
-        })
+        Ok(StateDir { root: root.to_path_buf() })
     }
 
     pub fn root(&self) -> &Path {
@@ -127,11 +122,7 @@ impl StateDir {
                     .and_then(|s| s.trim().parse::<u32>().ok())
                     .map(|pid| format!(" (pid {pid})"))
                     .unwrap_or_default();
-                return Err(StateError::Locked {
-                    path,
-                    holder,
-                    waited: wait,
-                });
+                return Err(StateError::Locked { path, holder, waited: wait });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -147,10 +138,7 @@ impl StateDir {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(StateError::Io {
-                    path: path.to_path_buf(),
-                    err: e,
-                });
+                return Err(StateError::Io { path: path.to_path_buf(), err: e });
             }
         };
         let mut buf = [0u8; 256];
@@ -165,22 +153,13 @@ impl StateDir {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(StateError::Corrupt {
-                    path: path.to_path_buf(),
-                    why: "not UTF-8".into(),
-                });
+                return Err(StateError::Corrupt { path: path.to_path_buf(), why: "not UTF-8".into() });
             }
             Err(e) => {
-                return Err(StateError::Io {
-                    path: path.to_path_buf(),
-                    err: e,
-                });
+                return Err(StateError::Io { path: path.to_path_buf(), err: e });
             }
         };
-        let corrupt = |why: String| StateError::Corrupt {
-            path: path.to_path_buf(),
-            why,
-        };
+        let corrupt = |why: String| StateError::Corrupt { path: path.to_path_buf(), why };
         let mut lines = text.split_terminator('\n');
         let header = parse_header(path, lines.next().unwrap_or_default())?;
         if !text.ends_with('\n') {
@@ -188,16 +167,11 @@ impl StateDir {
         }
         let mut entries = Vec::with_capacity(header.count);
         for (i, line) in lines.enumerate() {
-            let e = Entry::parse_canonical(line)
-                .map_err(|e| corrupt(format!("line {}: {line:?} {e}", i + 2)))?;
+            let e = Entry::parse_canonical(line).map_err(|e| corrupt(format!("line {}: {line:?} {e}", i + 2)))?;
             entries.push(e);
         }
         if entries.len() != header.count {
-            return Err(corrupt(format!(
-                "header says {} entries, file has {}",
-                header.count,
-                entries.len()
-            )));
+            return Err(corrupt(format!("header says {} entries, file has {}", header.count, entries.len())));
         }
         let fp = fingerprint(entries.iter().map(Entry::as_str));
         if fp != header.fingerprint {
@@ -210,60 +184,74 @@ impl StateDir {
     }
 
     /// Writes a sorted, unique list atomically; returns its header.
-    pub fn write_list(
+    pub fn write_list(&self, path: &Path, kind: &str, sorted: &[&str]) -> Result<ListHeader, StateError> {
+        let (header, pending) = self.stage_list(path, kind, sorted, None)?;
+        pending.install()?;
+        Ok(header)
+    }
+
+    /// Writes a sorted, unique list to a complete, fsynced temp file beside `path`;
+    /// [`PendingFile::install`] makes it visible. `fingerprint` may be passed when
+    /// the caller has computed it already.
+    pub fn stage_list(
         &self,
         path: &Path,
         kind: &str,
         sorted: &[&str],
-    ) -> Result<ListHeader, StateError> {
-        let header = ListHeader {
-            count: sorted.len(),
-            fingerprint: fingerprint(sorted.iter().copied()),
-        };
-        let dir = path.parent().unwrap_or(&self.root);
+        fingerprint_hint: Option<&str>,
+    ) -> Result<(ListHeader, PendingFile), StateError> {
+        let fp = fingerprint_hint.map(str::to_string).unwrap_or_else(|| fingerprint(sorted.iter().copied()));
+        let header = ListHeader { count: sorted.len(), fingerprint: fp };
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let tmp = dir.join(format!(
             ".{}.tmp.{}",
             path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
             std::process::id()
         ));
-        let result = (|| -> io::Result<()> {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            writeln!(
-                w,
-                "# rcptsync {kind} {VERSION} count={} fingerprint={}",
-                header.count, header.fingerprint
-            )?;
-            for e in sorted {
-                w.write_all(e.as_bytes())?;
-                w.write_all(b"\n")?;
-            }
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(err) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(StateError::Io {
-                path: path.to_path_buf(),
-                err,
-            });
+        let mut text = Vec::with_capacity(sorted.iter().map(|e| e.len() + 1).sum::<usize>() + 128);
+        let _ = writeln!(text, "# rcptsync {kind} {VERSION} count={} fingerprint={}", header.count, header.fingerprint);
+        for e in sorted {
+            text.extend_from_slice(e.as_bytes());
+            text.push(b'\n');
         }
-        Ok(header)
+        let pending = PendingFile { tmp, path: path.to_path_buf(), dir, installed: false };
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&pending.tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()
+        })();
+        result.map_err(|err| StateError::Io { path: path.to_path_buf(), err })?;
+        Ok((header, pending))
+    }
+}
+
+/// A complete state file waiting to be renamed into place; removed if dropped.
+#[derive(Debug)]
+pub struct PendingFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    installed: bool,
+}
+
+impl PendingFile {
+    pub fn install(mut self) -> Result<(), StateError> {
+        let r = fs::rename(&self.tmp, &self.path).and_then(|_| File::open(&self.dir)?.sync_all());
+        self.installed = r.is_ok();
+        r.map_err(|err| StateError::Io { path: self.path.clone(), err })
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
 fn parse_header(path: &Path, line: &str) -> Result<ListHeader, StateError> {
-    let corrupt = |why: String| StateError::Corrupt {
-        path: path.to_path_buf(),
-        why,
-    };
+    let corrupt = |why: String| StateError::Corrupt { path: path.to_path_buf(), why };
     let mut parts = line.split(' ');
     if parts.next() != Some("#") || parts.next() != Some("rcptsync") {
         return Err(corrupt("missing rcptsync header".into()));
@@ -272,9 +260,7 @@ fn parse_header(path: &Path, line: &str) -> Result<ListHeader, StateError> {
     match parts.next() {
         Some(VERSION) => {}
         Some(v) => {
-            return Err(corrupt(format!(
-                "format {v} is not supported by this version (expected {VERSION})"
-            )));
+            return Err(corrupt(format!("format {v} is not supported by this version (expected {VERSION})")));
         }
         None => return Err(corrupt("header has no version".into())),
     }
@@ -288,9 +274,7 @@ fn parse_header(path: &Path, line: &str) -> Result<ListHeader, StateError> {
         }
     }
     match (count, fp) {
-        (Some(count), Some(fingerprint)) if fingerprint.len() == 32 => {
-            Ok(ListHeader { count, fingerprint })
-        }
+        (Some(count), Some(fingerprint)) if fingerprint.len() == 32 => Ok(ListHeader { count, fingerprint }),
         _ => Err(corrupt("header lacks count or fingerprint".into())),
     }
 }
@@ -308,20 +292,12 @@ mod tests {
         assert_eq!(mode, 0o700);
         let p = s.applied_path();
         assert!(s.read_list(&p).unwrap().is_none());
-        let h = s
-            .write_list(&p, "applied-list", &["@x.org", "a@x.com", "b@x.com"])
-            .unwrap();
+        let h = s.write_list(&p, "applied-list", &["@x.org", "a@x.com", "b@x.com"]).unwrap();
         assert_eq!(s.read_header(&p).unwrap(), Some(h.clone()));
         let (h2, entries) = s.read_list(&p).unwrap().unwrap();
         assert_eq!(h2, h);
-        assert_eq!(
-            entries.iter().map(Entry::as_str).collect::<Vec<_>>(),
-            ["@x.org", "a@x.com", "b@x.com"]
-        );
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(entries.iter().map(Entry::as_str).collect::<Vec<_>>(), ["@x.org", "a@x.com", "b@x.com"]);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]
@@ -329,8 +305,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::open(d.path(), true).unwrap();
         let p = s.applied_path();
-        s.write_list(&p, "applied-list", &["a@x.com", "b@x.com"])
-            .unwrap();
+        s.write_list(&p, "applied-list", &["a@x.com", "b@x.com"]).unwrap();
         let good = fs::read_to_string(&p).unwrap();
         let cases = [
             (good[..good.len() - 3].to_string(), "truncated"),
@@ -343,10 +318,7 @@ mod tests {
         for (text, want) in cases {
             fs::write(&p, &text).unwrap();
             let e = s.read_list(&p).unwrap_err().to_string();
-            assert!(
-                e.contains(want) && e.contains("applied.list"),
-                "{want}: {e}"
-            );
+            assert!(e.contains(want) && e.contains("applied.list"), "{want}: {e}");
         }
     }
 
@@ -357,11 +329,104 @@ mod tests {
         let held = s.lock(Duration::ZERO).unwrap();
         let e = s.lock(Duration::from_millis(250)).unwrap_err().to_string();
         assert!(
-            e.contains("another rcptsync run holds the lock")
-                && e.contains(&format!("pid {}", std::process::id())),
+            e.contains("another rcptsync run holds the lock") && e.contains(&format!("pid {}", std::process::id())),
             "{e}"
         );
         drop(held);
         s.lock(Duration::ZERO).unwrap();
+    }
+}
+
+/// What the last successful run consumed and produced. When a new run fetches
+/// exactly the same raw data under the same configuration and every output on
+/// disk still hashes to what was written, the run has nothing to do: it skips
+/// validation, merging and rendering (the way `make` skips an up-to-date target),
+/// which keeps unchanged runs cheap enough for short schedules.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunRecord {
+    pub version: u32,
+    /// rcptsync version + configuration (including templates and profiles).
+    pub config: String,
+    pub sources: Vec<SourceRecord>,
+    /// Entries in the published list, and its fingerprint (as in applied.list).
+    pub recipients: usize,
+    pub list: String,
+    pub outputs: Vec<OutputRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceRecord {
+    pub name: String,
+    /// Fingerprint of the raw values the source returned.
+    pub raw: String,
+    pub entries: usize,
+    pub refused: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputRecord {
+    pub name: String,
+    pub path: PathBuf,
+    pub len: u64,
+    /// xxh3-128 of the bytes written.
+    pub hash: String,
+}
+
+pub const RUN_RECORD_VERSION: u32 = 1;
+
+/// xxh3-128 of a byte slice, as hex.
+pub fn hash_bytes(b: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b))
+}
+
+/// xxh3-128 of a file's contents, streamed.
+pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, format!("{:032x}", h.digest128())))
+}
+
+impl StateDir {
+    pub fn record_path(&self) -> PathBuf {
+        self.root.join("last-run.json")
+    }
+
+    /// The last run's record; None when missing or unreadable (a full run follows).
+    pub fn read_record(&self) -> Option<RunRecord> {
+        let text = fs::read(self.record_path()).ok()?;
+        let r: RunRecord = serde_json::from_slice(&text).ok()?;
+        (r.version == RUN_RECORD_VERSION).then_some(r)
+    }
+
+    /// Writes the record atomically, unless it is already on disk unchanged.
+    pub fn write_record(&self, r: &RunRecord) -> Result<(), StateError> {
+        if self.read_record().as_ref() == Some(r) {
+            return Ok(());
+        }
+        let path = self.record_path();
+        let tmp = self.root.join(format!(".last-run.json.tmp.{}", std::process::id()));
+        let text = serde_json::to_vec_pretty(r)
+            .map_err(|e| StateError::Io { path: path.clone(), err: io::Error::other(e) })?;
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.root)?.sync_all()
+        })();
+        result.map_err(|err| {
+            let _ = fs::remove_file(&tmp);
+            StateError::Io { path, err }
+        })
     }
 }

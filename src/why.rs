@@ -22,11 +22,7 @@ pub fn explain(
     list: &RecipientList,
     published: Option<bool>,
 ) -> Answer {
-    let parsed = if input.starts_with('@') {
-        parse_catchall(input)
-    } else {
-        parse_address(input)
-    };
+    let parsed = if input.starts_with('@') { parse_catchall(input) } else { parse_address(input) };
     let entry = match parsed {
         Ok(e) => e,
         Err(e) => {
@@ -40,15 +36,8 @@ pub fn explain(
     let mut t = String::new();
     let names = list.source_names();
     let describe = |o: &crate::policy::Origin| -> String {
-        let name = names
-            .get(o.source as usize)
-            .map(String::as_str)
-            .unwrap_or("?");
-        let kind = gathered
-            .iter()
-            .find(|g| g.name == name)
-            .map(|g| g.kind)
-            .unwrap_or("config");
+        let name = names.get(o.source as usize).map(String::as_str).unwrap_or("?");
+        let kind = gathered.iter().find(|g| g.name == name).map(|g| g.kind).unwrap_or("config");
         format!("source {name} ({kind}), {}", o.locator)
     };
 
@@ -121,11 +110,7 @@ pub fn explain(
         }
     }
     if !accepted && !seen {
-        let _ = writeln!(
-            t,
-            "  no source lists it, and no catch-all covers {}",
-            entry.domain()
-        );
+        let _ = writeln!(t, "  no source lists it, and no catch-all covers {}", entry.domain());
     }
     match published {
         Some(true) => {

@@ -37,11 +37,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -55,12 +51,7 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        write!(
-            f,
-            "{}: {n} configuration error{}",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{}: {n} configuration error{}", self.file.display(), if n == 1 { "" } else { "s" })?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
         }
@@ -289,27 +280,13 @@ pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let fail = |message: String| ConfigErrors {
         file: path.to_path_buf(),
-        errors: vec![ConfigError {
-            path: String::new(),
-            message,
-        }],
+        errors: vec![ConfigError { path: String::new(), message }],
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let base = path
-        .parent()
-        .map(|p| {
-            if p.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                p
-            }
-        })
-        .unwrap_or(Path::new("."));
+    let base =
+        path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    let mut cfg = parse(&text, &base).map_err(|errors| ConfigErrors {
-        file: path.to_path_buf(),
-        errors,
-    })?;
+    let mut cfg = parse(&text, &base).map_err(|errors| ConfigErrors { file: path.to_path_buf(), errors })?;
     cfg.file = path.to_path_buf();
     Ok(cfg)
 }
@@ -317,16 +294,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates config text; relative paths are taken against `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_error(text, "", &e)])?;
-    let mut v = Validator {
-        errors: Vec::new(),
-        base: base.to_path_buf(),
-    };
+    let mut v = Validator { errors: Vec::new(), base: base.to_path_buf() };
 
     let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-    let state_dir = raw
-        .state_dir
-        .map(abs)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let state_dir = raw.state_dir.map(abs).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let profile_dir = raw.profile_dir.map(abs);
     let template_dir = raw.template_dir.map(abs);
 
@@ -348,20 +319,11 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
             DEFAULT_LOCK_TIMEOUT
         }
     };
-    let policy: PolicyConfig = raw
-        .policy
-        .and_then(|p| v.section("policy", p))
-        .unwrap_or_default();
+    let policy: PolicyConfig = raw.policy.and_then(|p| v.section("policy", p)).unwrap_or_default();
     v.validate_policy(&policy);
-    let guard: GuardConfig = raw
-        .guard
-        .and_then(|g| v.section("guard", g))
-        .unwrap_or_default();
+    let guard: GuardConfig = raw.guard.and_then(|g| v.section("guard", g)).unwrap_or_default();
     if !(0.0..=100.0).contains(&guard.max_removed_percent) {
-        v.push(
-            "guard.max_removed_percent",
-            "must be between 0 and 100".into(),
-        );
+        v.push("guard.max_removed_percent", "must be between 0 and 100".into());
     }
 
     let mut sources = Vec::new();
@@ -370,10 +332,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         let at = format!("source[{i}]");
         if let Some(s) = v.source(&at, value, &catalog) {
             if !names.insert(s.name.clone()) {
-                v.push(
-                    format!("{at}.name"),
-                    format!("duplicate source name {:?}", s.name),
-                );
+                v.push(format!("{at}.name"), format!("duplicate source name {:?}", s.name));
             }
             sources.push(s);
         }
@@ -389,16 +348,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         let at = format!("output[{i}]");
         if let Some(o) = v.output(&at, value, &catalog) {
             if !out_names.insert(o.name.clone()) {
-                v.push(
-                    format!("{at}.name"),
-                    format!("duplicate output name {:?}", o.name),
-                );
+                v.push(format!("{at}.name"), format!("duplicate output name {:?}", o.name));
             }
             if !out_paths.insert(o.path.clone()) {
-                v.push(
-                    format!("{at}.path"),
-                    format!("{} is used by another output", o.path.display()),
-                );
+                v.push(format!("{at}.path"), format!("{} is used by another output", o.path.display()));
             }
             outputs.push(o);
         }
@@ -407,24 +360,12 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         v.push("output", "at least one [[output]] is required".into());
     }
 
-    let daemon = raw
-        .daemon
-        .and_then(|d| v.section::<DaemonConfig>("daemon", d));
+    let daemon = raw.daemon.and_then(|d| v.section::<DaemonConfig>("daemon", d));
 
     if !v.errors.is_empty() {
         return Err(v.errors);
     }
-    Ok(Config {
-        file: PathBuf::new(),
-        state_dir,
-        lock_timeout,
-        policy,
-        guard,
-        sources,
-        outputs,
-        daemon,
-        catalog,
-    })
+    Ok(Config { file: PathBuf::new(), state_dir, lock_timeout, policy, guard, sources, outputs, daemon, catalog })
 }
 
 struct Validator {
@@ -434,18 +375,11 @@ struct Validator {
 
 impl Validator {
     fn push(&mut self, path: impl Into<String>, message: String) {
-        self.errors.push(ConfigError {
-            path: path.into(),
-            message,
-        });
+        self.errors.push(ConfigError { path: path.into(), message });
     }
 
     fn abs(&self, p: PathBuf) -> PathBuf {
-        if p.is_absolute() {
-            p
-        } else {
-            self.base.join(p)
-        }
+        if p.is_absolute() { p } else { self.base.join(p) }
     }
 
     /// Deserialises one section, recording the error under its path.
@@ -468,26 +402,18 @@ impl Validator {
         if p.domains.as_ref().is_some_and(|d| d.is_empty()) {
             self.push(
                 "policy.domains",
-                "is empty, so every recipient would be dropped; remove the key to keep all domains"
-                    .into(),
+                "is empty, so every recipient would be dropped; remove the key to keep all domains".into(),
             );
         }
         for (i, a) in p.include.iter().enumerate() {
-            let parsed = if a.starts_with('@') {
-                parse_catchall(a)
-            } else {
-                parse_address(a)
-            };
+            let parsed = if a.starts_with('@') { parse_catchall(a) } else { parse_address(a) };
             if let Err(e) = parsed {
                 self.push(format!("policy.include[{i}]"), format!("{a:?} {e}"));
             }
         }
         for (i, g) in p.exclude.iter().enumerate() {
             if let Err(e) = globset::Glob::new(g) {
-                self.push(
-                    format!("policy.exclude[{i}]"),
-                    format!("{g:?} is not a valid glob: {e}"),
-                );
+                self.push(format!("policy.exclude[{i}]"), format!("{g:?} is not a valid glob: {e}"));
             }
         }
     }
@@ -512,9 +438,9 @@ impl Validator {
             && !valid_name(n)
         {
             self.push(
-                    format!("{at}.name"),
-                    format!("{n:?} may only contain letters, digits, '.', '_' and '-' (it names state files)"),
-                );
+                format!("{at}.name"),
+                format!("{n:?} may only contain letters, digits, '.', '_' and '-' (it names state files)"),
+            );
         }
         let kind = match table.get("kind") {
             Some(toml::Value::String(s)) => s.clone(),
@@ -523,18 +449,12 @@ impl Validator {
                 return None;
             }
             None => {
-                self.push(
-                    format!("{at}.kind"),
-                    "is required (file, ldap, graph, google or sql)".into(),
-                );
+                self.push(format!("{at}.kind"), "is required (file, ldap, graph, google or sql)".into());
                 return None;
             }
         };
         if PLANNED_KINDS.contains(&kind.as_str()) {
-            self.push(
-                format!("{at}.kind"),
-                format!("kind {kind:?} is not available in this version of rcptsync"),
-            );
+            self.push(format!("{at}.kind"), format!("kind {kind:?} is not available in this version of rcptsync"));
             return None;
         }
         let profile = match table.remove("profile") {
@@ -542,10 +462,7 @@ impl Validator {
                 match catalog.profile(&p) {
                     None => self.push(
                         format!("{at}.profile"),
-                        format!(
-                            "unknown profile {p:?}; known: {}",
-                            catalog.profile_names().join(", ")
-                        ),
+                        format!("unknown profile {p:?}; known: {}", catalog.profile_names().join(", ")),
                     ),
                     Some(prof) if prof.kind != kind => self.push(
                         format!("{at}.profile"),
@@ -579,11 +496,7 @@ impl Validator {
                 SourceSpec::File(f)
             }
         };
-        Some(SourceConfig {
-            name: name?,
-            profile,
-            spec,
-        })
+        Some(SourceConfig { name: name?, profile, spec })
     }
 
     fn output(&mut self, at: &str, value: toml::Value, catalog: &Catalog) -> Option<OutputConfig> {
@@ -592,27 +505,18 @@ impl Validator {
         if !valid_name(&raw.name) {
             self.push(
                 format!("{at}.name"),
-                format!(
-                    "{:?} may only contain letters, digits, '.', '_' and '-'",
-                    raw.name
-                ),
+                format!("{:?} may only contain letters, digits, '.', '_' and '-'", raw.name),
             );
         }
         let template = match (&raw.template, &raw.template_file) {
             (Some(_), Some(_)) => {
-                self.push(
-                    format!("{at}.template"),
-                    "set template or template_file, not both".into(),
-                );
+                self.push(format!("{at}.template"), "set template or template_file, not both".into());
                 None
             }
             (None, None) => {
                 self.push(
                     format!("{at}.template"),
-                    format!(
-                        "is required (one of {}), or set template_file",
-                        BuiltinTemplate::names().join(", ")
-                    ),
+                    format!("is required (one of {}), or set template_file", BuiltinTemplate::names().join(", ")),
                 );
                 None
             }
@@ -621,10 +525,7 @@ impl Validator {
                 None => {
                     self.push(
                         format!("{at}.template"),
-                        format!(
-                            "unknown template {name:?}; built-in: {}",
-                            BuiltinTemplate::names().join(", ")
-                        ),
+                        format!("unknown template {name:?}; built-in: {}", BuiltinTemplate::names().join(", ")),
                     );
                     None
                 }
@@ -634,10 +535,7 @@ impl Validator {
                 match std::fs::read_to_string(&file) {
                     Ok(src) => Some(TemplateRef::user(file.display().to_string(), src)),
                     Err(e) => {
-                        self.push(
-                            format!("{at}.template_file"),
-                            format!("cannot read {}: {e}", file.display()),
-                        );
+                        self.push(format!("{at}.template_file"), format!("cannot read {}: {e}", file.display()));
                         None
                     }
                 }
@@ -652,12 +550,12 @@ impl Validator {
             && !t.is_key_value()
         {
             self.push(
-                    format!("{at}.postmap"),
-                    format!(
-                        "postmap {} needs 'key value' lines; use template \"postfix\" or \"postfix-domains\"",
-                        map.as_str()
-                    ),
-                );
+                format!("{at}.postmap"),
+                format!(
+                    "postmap {} needs 'key value' lines; use template \"postfix\" or \"postfix-domains\"",
+                    map.as_str()
+                ),
+            );
         }
         for (key, argv) in [("check", &raw.check), ("reload", &raw.reload)] {
             if let Some(argv) = argv
@@ -674,10 +572,7 @@ impl Validator {
             Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
                 Ok(v) if v <= 0o777 => Some(v),
                 _ => {
-                    self.push(
-                        format!("{at}.mode"),
-                        format!("{m:?} is not an octal file mode like \"0640\""),
-                    );
+                    self.push(format!("{at}.mode"), format!("{m:?} is not an octal file mode like \"0640\""));
                     None
                 }
             },
@@ -717,14 +612,12 @@ pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Parses durations such as `90s`, `5m`, `72h`, `1h 30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like \"30s\" or \"5m\": {e}"))
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like \"30s\" or \"5m\": {e}"))
 }
 
 fn clean_serde_message(msg: &str) -> String {
@@ -737,17 +630,10 @@ fn toml_error(text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
     if let Some(span) = e.span() {
         let before = &text[..span.start.min(text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before
-            .rsplit('\n')
-            .next()
-            .map(|l| l.chars().count() + 1)
-            .unwrap_or(1);
+        let col = before.rsplit('\n').next().map(|l| l.chars().count() + 1).unwrap_or(1);
         message = format!("line {line}, column {col}: {message}");
     }
-    ConfigError {
-        path: path.to_string(),
-        message,
-    }
+    ConfigError { path: path.to_string(), message }
 }
 
 #[cfg(test)]
@@ -847,10 +733,7 @@ mod tests {
             "output[1].hook_timeout: \"soon\" is not a duration",
         ];
         for w in want {
-            assert!(
-                errs.iter().any(|e| e.starts_with(w)),
-                "missing {w:?} in {errs:#?}"
-            );
+            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
     }
@@ -873,50 +756,32 @@ mod tests {
         let errs = parse_err("");
         assert_eq!(
             errs,
-            [
-                "source: at least one [[source]] is required",
-                "output: at least one [[output]] is required"
-            ]
+            ["source: at least one [[source]] is required", "output: at least one [[output]] is required"]
         );
         let dup = format!(
             "{MINIMAL}\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"b\"\n[[output]]\nname = \"postfix\"\ntemplate = \"plain\"\npath = \"/etc/postfix/relay_recipients\"\n"
         );
         let errs = parse_err(&dup);
+        assert!(errs.contains(&"source[1].name: duplicate source name \"list\"".to_string()), "{errs:?}");
+        assert!(errs.contains(&"output[1].name: duplicate output name \"postfix\"".to_string()), "{errs:?}");
         assert!(
-            errs.contains(&"source[1].name: duplicate source name \"list\"".to_string()),
-            "{errs:?}"
-        );
-        assert!(
-            errs.contains(&"output[1].name: duplicate output name \"postfix\"".to_string()),
-            "{errs:?}"
-        );
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("output[1].path: /etc/postfix/relay_recipients is used")),
+            errs.iter().any(|e| e.starts_with("output[1].path: /etc/postfix/relay_recipients is used")),
             "{errs:?}"
         );
     }
 
     #[test]
     fn profile_defaults_are_overridden_by_source_keys() {
-        let c = parse_ok(&MINIMAL.replace(
-            "kind = \"file\"",
-            "kind = \"file\"\nprofile = \"plain-list\"",
-        ));
+        let c = parse_ok(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"plain-list\""));
         let SourceSpec::File(f) = &c.sources[0].spec;
         assert!(!f.catchalls, "profile default applies");
-        let c = parse_ok(&MINIMAL.replace(
-            "kind = \"file\"",
-            "kind = \"file\"\nprofile = \"plain-list\"\ncatchalls = true",
-        ));
+        let c = parse_ok(
+            &MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"plain-list\"\ncatchalls = true"),
+        );
         let SourceSpec::File(f) = &c.sources[0].spec;
         assert!(f.catchalls, "source key wins");
-        let errs =
-            parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"nosuch\""));
-        assert!(
-            errs[0].starts_with("source[0].profile: unknown profile \"nosuch\"; known: plain-list"),
-            "{errs:?}"
-        );
+        let errs = parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"nosuch\""));
+        assert!(errs[0].starts_with("source[0].profile: unknown profile \"nosuch\"; known: plain-list"), "{errs:?}");
     }
 
     #[test]
@@ -925,8 +790,6 @@ mod tests {
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("x").is_err());
         assert!(valid_name("corp-ad_1.x"));
-        assert!(
-            !valid_name("../x") && !valid_name("") && !valid_name(".hidden") && !valid_name("a/b")
-        );
+        assert!(!valid_name("../x") && !valid_name("") && !valid_name(".hidden") && !valid_name("a/b"));
     }
 }

@@ -51,11 +51,7 @@ impl fmt::Display for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{key}_file: cannot read {path}: {err}")]
-    File {
-        key: String,
-        path: PathBuf,
-        err: std::io::Error,
-    },
+    File { key: String, path: PathBuf, err: std::io::Error },
     #[error("{key}_env: environment variable {var} is not set")]
     EnvMissing { key: String, var: String },
     #[error("{key}: the secret is empty")]
@@ -96,15 +92,12 @@ impl SecretSource {
                 }
                 v
             }
-            SecretSource::Env(var) => std::env::var(var).map_err(|_| SecretError::EnvMissing {
-                key: key.to_string(),
-                var: var.clone(),
-            })?,
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|_| SecretError::EnvMissing { key: key.to_string(), var: var.clone() })?
+            }
         };
         if value.is_empty() {
-            return Err(SecretError::Empty {
-                key: key.to_string(),
-            });
+            return Err(SecretError::Empty { key: key.to_string() });
         }
         Ok(Secret(value))
     }
@@ -116,13 +109,8 @@ mod tests {
 
     #[test]
     fn only_one_form_allowed() {
-        assert!(
-            SecretSource::from_keys("password", None, None, None)
-                .unwrap()
-                .is_none()
-        );
-        let err = SecretSource::from_keys("password", Some("x".into()), None, Some("V".into()))
-            .unwrap_err();
+        assert!(SecretSource::from_keys("password", None, None, None).unwrap().is_none());
+        let err = SecretSource::from_keys("password", Some("x".into()), None, Some("V".into())).unwrap_err();
         assert!(err.contains("password_file"), "{err}");
     }
 
@@ -145,16 +133,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bind_password_env") && e.contains("RCPTSYNC_TEST_SURELY_UNSET_VAR"));
-        let e = SecretSource::File("/nonexistent/pw".into())
-            .resolve("password")
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("password_file: cannot read /nonexistent/pw")
-        );
-        let e = SecretSource::Literal(String::new())
-            .resolve("password")
-            .unwrap_err();
+        let e = SecretSource::File("/nonexistent/pw".into()).resolve("password").unwrap_err();
+        assert!(e.to_string().starts_with("password_file: cannot read /nonexistent/pw"));
+        let e = SecretSource::Literal(String::new()).resolve("password").unwrap_err();
         assert_eq!(e.to_string(), "password: the secret is empty");
     }
 }

@@ -25,18 +25,42 @@ impl FileSource {
     }
 }
 
-/// Splits file contents into raw items. Pure, for tests and benchmarks.
+/// Splits file contents into raw items. Pure, for tests and benchmarks. Large
+/// files are cut at line boundaries into chunks parsed on all cores.
 pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
-    let mut out = Fetched {
-        items: Vec::with_capacity(bytes.len() / 24),
-        rejected: Vec::new(),
-    };
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let lineno = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let field = match line
-            .split(|b| b.is_ascii_whitespace())
-            .find(|f| !f.is_empty())
-        {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 20;
+    let mut chunks: Vec<(usize, &[u8])> = Vec::new();
+    let mut rest = bytes;
+    let mut first_line = 1usize;
+    while !rest.is_empty() {
+        let cut = if rest.len() <= CHUNK {
+            rest.len()
+        } else {
+            rest[CHUNK..].iter().position(|&b| b == b'\n').map_or(rest.len(), |p| CHUNK + p + 1)
+        };
+        let (chunk, tail) = rest.split_at(cut);
+        chunks.push((first_line, chunk));
+        first_line += chunk.iter().filter(|&&b| b == b'\n').count();
+        rest = tail;
+    }
+    let parts: Vec<Fetched> =
+        chunks.into_par_iter().map(|(first, chunk)| parse_chunk(chunk, first, catchalls)).collect();
+    let mut out =
+        Fetched { items: Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum()), rejected: Vec::new() };
+    for p in parts {
+        out.items.extend(p.items);
+        out.rejected.extend(p.rejected);
+    }
+    out
+}
+
+fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> Fetched {
+    let mut out = Fetched { items: Vec::with_capacity(bytes.len() / 24), rejected: Vec::new() };
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let lineno = u32::try_from(first_line + i).unwrap_or(u32::MAX);
+        let field = match line.split(|b| b.is_ascii_whitespace()).find(|f| !f.is_empty()) {
             Some(f) => f,
             None => continue,
         };
@@ -67,11 +91,7 @@ pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
         } else {
             RawKind::Address
         };
-        out.items.push(RawItem {
-            value,
-            kind,
-            locator: Locator::Line(lineno),
-        });
+        out.items.push(RawItem { value, kind, locator: Locator::Line(lineno) });
     }
     out
 }
@@ -86,17 +106,10 @@ impl Connector for FileSource {
 
     async fn check(&self) -> Result<String, SourceError> {
         let this = self.clone();
-        let f = tokio::task::spawn_blocking(move || {
-            this.read().map(|b| parse(&b, this.spec.catchalls))
-        })
-        .await
-        .map_err(|e| SourceError::new(format!("reader task failed: {e}")))??;
-        Ok(format!(
-            "{}: {} entries, {} refused",
-            self.spec.path.display(),
-            f.items.len(),
-            f.rejected.len()
-        ))
+        let f = tokio::task::spawn_blocking(move || this.read().map(|b| parse(&b, this.spec.catchalls)))
+            .await
+            .map_err(|e| SourceError::new(format!("reader task failed: {e}")))??;
+        Ok(format!("{}: {} entries, {} refused", self.spec.path.display(), f.items.len(), f.rejected.len()))
     }
 }
 
@@ -108,11 +121,7 @@ mod tests {
     fn first_field_comments_blank_lines_and_catchalls() {
         let text = b"# a comment\n\nalice@example.com\n  Bob@Example.com OK\n@example.org\t OK\n   # indented comment\nbad\xffbyte@example.com\n";
         let f = parse(text, true);
-        let got: Vec<_> = f
-            .items
-            .iter()
-            .map(|i| (i.value.as_str(), i.kind, i.locator.clone()))
-            .collect();
+        let got: Vec<_> = f.items.iter().map(|i| (i.value.as_str(), i.kind, i.locator.clone())).collect();
         assert_eq!(
             got,
             [
@@ -134,11 +143,27 @@ mod tests {
     }
 
     #[test]
+    fn chunked_parse_keeps_order_and_line_numbers() {
+        let mut text = String::new();
+        for i in 0..200_000 {
+            text.push_str(&format!("user{i}@example.com\n"));
+            if i % 1000 == 0 {
+                text.push_str("# comment\n\n");
+            }
+        }
+        let f = parse(text.as_bytes(), true);
+        assert_eq!(f.items.len(), 200_000);
+        for (n, item) in f.items.iter().enumerate().step_by(9973) {
+            assert_eq!(item.value, format!("user{n}@example.com"));
+            let Locator::Line(l) = item.locator else { panic!() };
+            let line = text.lines().nth(l as usize - 1).unwrap();
+            assert_eq!(line, item.value);
+        }
+    }
+
+    #[test]
     fn crlf_and_no_final_newline() {
         let f = parse(b"a@example.com\r\nb@example.com", true);
-        assert_eq!(
-            f.items.iter().map(|i| i.value.as_str()).collect::<Vec<_>>(),
-            ["a@example.com", "b@example.com"]
-        );
+        assert_eq!(f.items.iter().map(|i| i.value.as_str()).collect::<Vec<_>>(), ["a@example.com", "b@example.com"]);
     }
 }

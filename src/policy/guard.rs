@@ -16,10 +16,7 @@ pub struct Delta {
 
 /// Counts entries only in `new` (added) and only in `old` (removed). Both inputs
 /// must be sorted and free of duplicates.
-pub fn delta<'a>(
-    old: impl IntoIterator<Item = &'a str>,
-    new: impl IntoIterator<Item = &'a str>,
-) -> Delta {
+pub fn delta<'a>(old: impl IntoIterator<Item = &'a str>, new: impl IntoIterator<Item = &'a str>) -> Delta {
     let mut d = Delta::default();
     let mut old = old.into_iter().peekable();
     let mut new = new.into_iter().peekable();
@@ -74,30 +71,12 @@ pub struct Verdict {
 
 /// Decides whether a list of `count` entries, differing from the baseline by
 /// `delta`, may be published.
-pub fn evaluate(
-    cfg: &GuardConfig,
-    count: usize,
-    baseline: &Baseline,
-    delta: Delta,
-    force: bool,
-) -> Verdict {
+pub fn evaluate(cfg: &GuardConfig, count: usize, baseline: &Baseline, delta: Delta, force: bool) -> Verdict {
     let reason = refusal(cfg, count, baseline, delta);
     match reason {
-        None => Verdict {
-            ok: true,
-            reason: None,
-            forced: false,
-        },
-        Some(r) if force => Verdict {
-            ok: true,
-            reason: Some(format!("overridden by --force: {r}")),
-            forced: true,
-        },
-        Some(r) => Verdict {
-            ok: false,
-            reason: Some(r),
-            forced: false,
-        },
+        None => Verdict { ok: true, reason: None, forced: false },
+        Some(r) if force => Verdict { ok: true, reason: Some(format!("overridden by --force: {r}")), forced: true },
+        Some(r) => Verdict { ok: false, reason: Some(r), forced: false },
     }
 }
 
@@ -135,37 +114,15 @@ mod tests {
     use super::*;
 
     fn cfg(min: u64, pct: f64) -> GuardConfig {
-        GuardConfig {
-            min_recipients: min,
-            max_removed_percent: pct,
-            ..GuardConfig::default()
-        }
+        GuardConfig { min_recipients: min, max_removed_percent: pct, ..GuardConfig::default() }
     }
 
     #[test]
     fn delta_counts_both_sides() {
         let d = delta(["a", "b", "c", "e"], ["b", "c", "d", "f", "g"]);
-        assert_eq!(
-            d,
-            Delta {
-                added: 3,
-                removed: 2
-            }
-        );
-        assert_eq!(
-            delta([], ["a"]),
-            Delta {
-                added: 1,
-                removed: 0
-            }
-        );
-        assert_eq!(
-            delta(["a"], []),
-            Delta {
-                added: 0,
-                removed: 1
-            }
-        );
+        assert_eq!(d, Delta { added: 3, removed: 2 });
+        assert_eq!(delta([], ["a"]), Delta { added: 1, removed: 0 });
+        assert_eq!(delta(["a"], []), Delta { added: 0, removed: 1 });
     }
 
     #[test]
@@ -178,96 +135,31 @@ mod tests {
     #[test]
     fn min_recipients() {
         let v = evaluate(&cfg(5, 100.0), 4, &Baseline::None, Delta::default(), false);
-        assert!(
-            !v.ok
-                && v.reason
-                    .unwrap()
-                    .contains("fewer than guard.min_recipients = 5")
-        );
+        assert!(!v.ok && v.reason.unwrap().contains("fewer than guard.min_recipients = 5"));
         assert!(evaluate(&cfg(5, 100.0), 5, &Baseline::None, Delta::default(), false).ok);
     }
 
     #[test]
     fn shrink_over_limit_is_refused_at_the_boundary() {
         let base = Baseline::Applied { count: 100 };
-        assert!(
-            evaluate(
-                &cfg(1, 10.0),
-                90,
-                &base,
-                Delta {
-                    added: 0,
-                    removed: 10
-                },
-                false
-            )
-            .ok
-        );
-        let v = evaluate(
-            &cfg(1, 10.0),
-            89,
-            &base,
-            Delta {
-                added: 0,
-                removed: 11,
-            },
-            false,
-        );
+        assert!(evaluate(&cfg(1, 10.0), 90, &base, Delta { added: 0, removed: 10 }, false).ok);
+        let v = evaluate(&cfg(1, 10.0), 89, &base, Delta { added: 0, removed: 11 }, false);
         assert!(!v.ok);
         assert_eq!(
             v.reason.as_deref(),
-            Some(
-                "11 of 100 entries (11.0%) would be removed, more than guard.max_removed_percent = 10"
-            )
+            Some("11 of 100 entries (11.0%) would be removed, more than guard.max_removed_percent = 10")
         );
         // Growth elsewhere does not hide removals.
-        assert!(
-            !evaluate(
-                &cfg(1, 10.0),
-                200,
-                &base,
-                Delta {
-                    added: 111,
-                    removed: 11
-                },
-                false
-            )
-            .ok
-        );
+        assert!(!evaluate(&cfg(1, 10.0), 200, &base, Delta { added: 111, removed: 11 }, false).ok);
     }
 
     #[test]
     fn force_overrides_but_says_why() {
         let base = Baseline::Applied { count: 100 };
-        let v = evaluate(
-            &cfg(1, 10.0),
-            50,
-            &base,
-            Delta {
-                added: 0,
-                removed: 50,
-            },
-            true,
-        );
+        let v = evaluate(&cfg(1, 10.0), 50, &base, Delta { added: 0, removed: 50 }, true);
         assert!(v.ok && v.forced);
-        assert!(
-            v.reason
-                .unwrap()
-                .starts_with("overridden by --force: 50 of 100")
-        );
-        assert!(
-            evaluate(
-                &cfg(1, 10.0),
-                0,
-                &base,
-                Delta {
-                    added: 0,
-                    removed: 100
-                },
-                true
-            )
-            .ok
-        );
+        assert!(v.reason.unwrap().starts_with("overridden by --force: 50 of 100"));
+        assert!(evaluate(&cfg(1, 10.0), 0, &base, Delta { added: 0, removed: 100 }, true).ok);
     }
 
     #[test]

@@ -24,11 +24,7 @@ pub const DEFAULT_MODE: u32 = 0o644;
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error("{path}: {what}: {err}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        err: io::Error,
-    },
+    Io { path: PathBuf, what: &'static str, err: io::Error },
     #[error("output directory {0} does not exist; create it or fix the output's path")]
     NoDir(PathBuf),
     #[error("postmap failed for {path}: {err}")]
@@ -38,11 +34,7 @@ pub enum CommitError {
 }
 
 fn io_at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CommitError + 'a {
-    move |err| CommitError::Io {
-        path: path.to_path_buf(),
-        what,
-        err,
-    }
+    move |err| CommitError::Io { path: path.to_path_buf(), what, err }
 }
 
 /// The files of one output: the text file and, with `postmap`, its database.
@@ -56,17 +48,11 @@ pub struct Target {
 
 impl Target {
     fn dir(&self) -> &Path {
-        self.path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
+        self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
     }
 
     fn file_name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     /// Path of the postmap database.
@@ -75,8 +61,7 @@ impl Target {
     }
 
     fn temp(&self, tag: &str) -> PathBuf {
-        self.dir()
-            .join(format!(".{}.rcptsync-{tag}", self.file_name()))
+        self.dir().join(format!(".{}.rcptsync-{tag}", self.file_name()))
     }
 
     /// Whether the files on disk already hold exactly `bytes` (and a current map).
@@ -85,18 +70,13 @@ impl Target {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
-                return Err(CommitError::Io {
-                    path: self.path.clone(),
-                    what: "cannot stat",
-                    err: e,
-                });
+                return Err(CommitError::Io { path: self.path.clone(), what: "cannot stat", err: e });
             }
         };
         if meta.len() != bytes.len() as u64 {
             return Ok(false);
         }
-        let on_disk = fs::read(&self.path).map_err(io_at(&self.path, "cannot read"))?;
-        if on_disk != bytes {
+        if !same_contents(&self.path, bytes).map_err(io_at(&self.path, "cannot read"))? {
             return Ok(false);
         }
         if let Some(map) = self.map_path() {
@@ -115,19 +95,14 @@ impl Target {
     /// Removes temp files and backups left by a run that was killed.
     pub fn clean_leftovers(&self) {
         let prefix = format!(".{}.rcptsync-", self.file_name());
-        let map_prefix = self.map_path().map(|m| {
-            format!(
-                ".{}.rcptsync-",
-                m.file_name().unwrap_or_default().to_string_lossy()
-            )
-        });
+        let map_prefix =
+            self.map_path().map(|m| format!(".{}.rcptsync-", m.file_name().unwrap_or_default().to_string_lossy()));
         let Ok(rd) = fs::read_dir(self.dir()) else {
             return;
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let ours = name.starts_with(&prefix)
-                || map_prefix.as_deref().is_some_and(|p| name.starts_with(p));
+            let ours = name.starts_with(&prefix) || map_prefix.as_deref().is_some_and(|p| name.starts_with(p));
             if ours {
                 tracing::info!(file = %e.path().display(), "removing leftover from an interrupted run");
                 let _ = fs::remove_file(e.path());
@@ -143,18 +118,10 @@ impl Target {
         }
         self.clean_leftovers();
         let existing = fs::metadata(&self.path).ok();
-        let mode = existing
-            .as_ref()
-            .map(|m| m.permissions().mode() & 0o7777)
-            .or(self.mode)
-            .unwrap_or(DEFAULT_MODE);
+        let mode = existing.as_ref().map(|m| m.permissions().mode() & 0o7777).or(self.mode).unwrap_or(DEFAULT_MODE);
         let tmp = self.temp("new");
         let written = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(bytes)?;
             if let Some(m) = &existing {
                 preserve_owner(&f, m)?;
@@ -164,25 +131,13 @@ impl Target {
         })();
         if let Err(err) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(CommitError::Io {
-                path: tmp,
-                what: "cannot write temp file",
-                err,
-            });
+            return Err(CommitError::Io { path: tmp, what: "cannot write temp file", err });
         }
-        let mut staged = Staged {
-            target: self.clone(),
-            tmp_text: tmp,
-            tmp_map: None,
-            done: false,
-        };
+        let mut staged = Staged { target: self.clone(), tmp_text: tmp, tmp_map: None, done: false };
         if let Some(map) = self.postmap {
             let arg = format!("{}:{}", map.as_str(), staged.tmp_text.display());
             let argv = vec!["postmap".to_string(), arg];
-            hook::run(&argv, self.hook_timeout).map_err(|err| CommitError::Postmap {
-                path: self.path.clone(),
-                err,
-            })?;
+            hook::run(&argv, self.hook_timeout).map_err(|err| CommitError::Postmap { path: self.path.clone(), err })?;
             let built = with_suffix(&staged.tmp_text, map.suffix());
             if !built.exists() {
                 return Err(CommitError::NoMap(built));
@@ -233,10 +188,7 @@ impl Staged {
             match swap_in(&tmp, &dest) {
                 Ok(s) => swaps.push(s),
                 Err(e) => {
-                    let partial = Installed {
-                        target: self.target.clone(),
-                        swaps,
-                    };
+                    let partial = Installed { target: self.target.clone(), swaps };
                     let _ = partial.rollback();
                     return Err(e);
                 }
@@ -244,10 +196,7 @@ impl Staged {
         }
         self.done = true;
         sync_dir(self.target.dir()).map_err(io_at(self.target.dir(), "cannot fsync directory"))?;
-        Ok(Installed {
-            target: self.target.clone(),
-            swaps,
-        })
+        Ok(Installed { target: self.target.clone(), swaps })
     }
 }
 
@@ -278,8 +227,7 @@ impl Installed {
         // Text first, then the database: the reverse of install.
         for s in self.swaps.iter().rev() {
             let r = match &s.backup {
-                Some(b) => fs::rename(b, &s.path)
-                    .map_err(io_at(&s.path, "cannot restore previous version")),
+                Some(b) => fs::rename(b, &s.path).map_err(io_at(&s.path, "cannot restore previous version")),
                 None => fs::remove_file(&s.path).map_err(io_at(&s.path, "cannot remove new file")),
             };
             if let Err(e) = r {
@@ -293,26 +241,19 @@ impl Installed {
 
 fn swap_in(tmp: &Path, dest: &Path) -> Result<Swap, CommitError> {
     let backup = if dest.exists() {
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let b = dest.with_file_name(format!(".{name}.rcptsync-old"));
         let _ = fs::remove_file(&b);
         // A hard link keeps the old inode reachable without copying it.
         if fs::hard_link(dest, &b).is_err() {
-            fs::copy(dest, &b)
-                .map_err(io_at(dest, "cannot keep a copy of the previous version"))?;
+            fs::copy(dest, &b).map_err(io_at(dest, "cannot keep a copy of the previous version"))?;
         }
         Some(b)
     } else {
         None
     };
     fs::rename(tmp, dest).map_err(io_at(dest, "cannot rename new version into place"))?;
-    Ok(Swap {
-        path: dest.to_path_buf(),
-        backup,
-    })
+    Ok(Swap { path: dest.to_path_buf(), backup })
 }
 
 fn preserve_owner(f: &File, old: &fs::Metadata) -> io::Result<()> {
@@ -328,6 +269,24 @@ fn preserve_owner(f: &File, old: &fs::Metadata) -> io::Result<()> {
         tracing::warn!(uid = old.uid(), gid = old.gid(), error = %err, "cannot keep the output's owner; the new file is owned by rcptsync's user");
     }
     Ok(())
+}
+
+/// Compares a file with `bytes` in chunks, without reading it all into memory.
+fn same_contents(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(off == bytes.len());
+        }
+        if off + n > bytes.len() || buf[..n] != bytes[off..off + n] {
+            return Ok(false);
+        }
+        off += n;
+    }
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
@@ -349,12 +308,7 @@ mod tests {
     use super::*;
 
     fn target(dir: &Path) -> Target {
-        Target {
-            path: dir.join("out"),
-            postmap: None,
-            mode: None,
-            hook_timeout: Duration::from_secs(5),
-        }
+        Target { path: dir.join("out"), postmap: None, mode: None, hook_timeout: Duration::from_secs(5) }
     }
 
     #[test]
@@ -364,42 +318,22 @@ mod tests {
         assert!(!t.is_current(b"x\n").unwrap());
         t.stage(b"x\n").unwrap().install().unwrap().finish();
         assert_eq!(fs::read(&t.path).unwrap(), b"x\n");
-        assert_eq!(
-            fs::metadata(&t.path).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        assert_eq!(fs::metadata(&t.path).unwrap().permissions().mode() & 0o777, 0o644);
         assert!(t.is_current(b"x\n").unwrap());
-        let t2 = Target {
-            path: d.path().join("exim"),
-            mode: Some(0o640),
-            ..t.clone()
-        };
+        let t2 = Target { path: d.path().join("exim"), mode: Some(0o640), ..t.clone() };
         t2.stage(b"y\n").unwrap().install().unwrap().finish();
-        assert_eq!(
-            fs::metadata(&t2.path).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        assert_eq!(
-            fs::read_dir(d.path()).unwrap().count(),
-            2,
-            "no temp files left"
-        );
+        assert_eq!(fs::metadata(&t2.path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 2, "no temp files left");
     }
 
     #[test]
     fn existing_mode_is_kept() {
         let d = tempfile::tempdir().unwrap();
-        let t = Target {
-            mode: Some(0o600),
-            ..target(d.path())
-        };
+        let t = Target { mode: Some(0o600), ..target(d.path()) };
         fs::write(&t.path, "old\n").unwrap();
         fs::set_permissions(&t.path, fs::Permissions::from_mode(0o604)).unwrap();
         t.stage(b"new\n").unwrap().install().unwrap().finish();
-        assert_eq!(
-            fs::metadata(&t.path).unwrap().permissions().mode() & 0o777,
-            0o604
-        );
+        assert_eq!(fs::metadata(&t.path).unwrap().permissions().mode() & 0o777, 0o604);
     }
 
     #[test]
@@ -420,12 +354,7 @@ mod tests {
     fn rollback_of_a_new_file_removes_it() {
         let d = tempfile::tempdir().unwrap();
         let t = target(d.path());
-        t.stage(b"new\n")
-            .unwrap()
-            .install()
-            .unwrap()
-            .rollback()
-            .unwrap();
+        t.stage(b"new\n").unwrap().install().unwrap().rollback().unwrap();
         assert!(!t.path.exists());
     }
 
@@ -439,10 +368,7 @@ mod tests {
         fs::write(d.path().join(".out.rcptsync-old"), "old").unwrap();
         fs::write(d.path().join(".other.rcptsync-new"), "not ours").unwrap();
         t.clean_leftovers();
-        let names: Vec<_> = fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [".other.rcptsync-new"]);
     }
 
@@ -450,9 +376,6 @@ mod tests {
     fn missing_directory_is_a_clear_error() {
         let t = target(Path::new("/nonexistent/dir"));
         let e = t.stage(b"x").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "output directory /nonexistent/dir does not exist; create it or fix the output's path"
-        );
+        assert_eq!(e, "output directory /nonexistent/dir does not exist; create it or fix the output's path");
     }
 }

@@ -18,17 +18,9 @@ pub enum HookError {
     #[error("cannot run {cmd}: {err}")]
     Spawn { cmd: String, err: std::io::Error },
     #[error("{cmd} exited with {status}{stderr}")]
-    Failed {
-        cmd: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { cmd: String, status: String, stderr: String },
     #[error("{cmd} did not finish within {timeout:?} and was killed{stderr}")]
-    Timeout {
-        cmd: String,
-        timeout: Duration,
-        stderr: String,
-    },
+    Timeout { cmd: String, timeout: Duration, stderr: String },
 }
 
 fn show(argv: &[String]) -> String {
@@ -42,9 +34,7 @@ fn tail(bytes: &[u8]) -> String {
         return String::new();
     }
     let start = text.len().saturating_sub(STDERR_KEEP);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
     format!(": {}", text[start..].replace('\n', " | "))
 }
 
@@ -53,10 +43,7 @@ fn tail(bytes: &[u8]) -> String {
 pub fn run(argv: &[String], timeout: Duration) -> Result<(), HookError> {
     let cmd = show(argv);
     let Some((prog, args)) = argv.split_first() else {
-        return Err(HookError::Spawn {
-            cmd,
-            err: std::io::Error::other("empty command"),
-        });
+        return Err(HookError::Spawn { cmd, err: std::io::Error::other("empty command") });
     };
     let mut child = Command::new(prog)
         .args(args)
@@ -65,10 +52,7 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<(), HookError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|err| HookError::Spawn {
-            cmd: cmd.clone(),
-            err,
-        })?;
+        .map_err(|err| HookError::Spawn { cmd: cmd.clone(), err })?;
     let mut stderr_pipe = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -98,30 +82,19 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<(), HookError> {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = reader.join().map(|b| tail(&b)).unwrap_or_default();
-            return Err(HookError::Timeout {
-                cmd,
-                timeout,
-                stderr,
-            });
+            return Err(HookError::Timeout { cmd, timeout, stderr });
         }
     };
     let stderr = reader.join().map(|b| tail(&b)).unwrap_or_default();
     if status.success() {
         return Ok(());
     }
-    let status = match (
-        status.code(),
-        std::os::unix::process::ExitStatusExt::signal(&status),
-    ) {
+    let status = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
         (Some(c), _) => format!("status {c}"),
         (None, Some(s)) => format!("signal {s}"),
         _ => "unknown status".to_string(),
     };
-    Err(HookError::Failed {
-        cmd,
-        status,
-        stderr,
-    })
+    Err(HookError::Failed { cmd, status, stderr })
 }
 
 #[cfg(test)]
@@ -135,11 +108,7 @@ mod tests {
     #[test]
     fn success_and_failure_with_stderr() {
         run(&sh("exit 0"), Duration::from_secs(5)).unwrap();
-        let e = run(
-            &sh("echo 'postmap: fatal: bad' >&2; exit 3"),
-            Duration::from_secs(5),
-        )
-        .unwrap_err();
+        let e = run(&sh("echo 'postmap: fatal: bad' >&2; exit 3"), Duration::from_secs(5)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "/bin/sh -c echo 'postmap: fatal: bad' >&2; exit 3 exited with status 3: postmap: fatal: bad"
@@ -162,10 +131,6 @@ mod tests {
     #[test]
     fn missing_program() {
         let e = run(&["/nonexistent/reload".to_string()], Duration::from_secs(1)).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("cannot run /nonexistent/reload: "),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("cannot run /nonexistent/reload: "), "{e}");
     }
 }

@@ -41,12 +41,7 @@ pub struct OutputOutcome {
 }
 
 pub fn target(o: &OutputConfig) -> Target {
-    Target {
-        path: o.path.clone(),
-        postmap: o.postmap,
-        mode: o.mode,
-        hook_timeout: o.hook_timeout,
-    }
+    Target { path: o.path.clone(), postmap: o.postmap, mode: o.mode, hook_timeout: o.hook_timeout }
 }
 
 /// Renders every output and compares it with what is on disk. Outputs are
@@ -59,19 +54,10 @@ pub fn render_all(
     outputs
         .par_iter()
         .map(|o| {
-            let bytes = o
-                .template
-                .render(list)
-                .map_err(|e| format!("output {}: {e}", o.name))?;
-            let changed = !target(o)
-                .is_current(&bytes)
-                .map_err(|e| format!("output {}: {e}", o.name))?;
+            let bytes = o.template.render(list).map_err(|e| format!("output {}: {e}", o.name))?;
+            let changed = !target(o).is_current(&bytes).map_err(|e| format!("output {}: {e}", o.name))?;
             let diff = (want_diff && changed).then(|| line_diff(&o.path, &bytes));
-            Ok(Rendered {
-                bytes,
-                changed,
-                diff,
-            })
+            Ok(Rendered { bytes, changed, diff })
         })
         .collect()
 }
@@ -82,16 +68,8 @@ fn line_diff(path: &std::path::Path, new: &[u8]) -> (Vec<String>, Vec<String>) {
     let new_text = String::from_utf8_lossy(new);
     let old_set: HashSet<&str> = old_text.lines().collect();
     let new_set: HashSet<&str> = new_text.lines().collect();
-    let mut added: Vec<String> = new_text
-        .lines()
-        .filter(|l| !old_set.contains(l))
-        .map(String::from)
-        .collect();
-    let mut removed: Vec<String> = old_text
-        .lines()
-        .filter(|l| !new_set.contains(l))
-        .map(String::from)
-        .collect();
+    let mut added: Vec<String> = new_text.lines().filter(|l| !old_set.contains(l)).map(String::from).collect();
+    let mut removed: Vec<String> = old_text.lines().filter(|l| !new_set.contains(l)).map(String::from).collect();
     added.sort();
     added.dedup();
     removed.sort();
@@ -118,18 +96,14 @@ pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<Output
     for o in outputs {
         target(o).clean_leftovers();
     }
-    let changed: Vec<usize> = (0..outputs.len())
-        .filter(|&i| rendered[i].changed)
-        .collect();
+    let changed: Vec<usize> = (0..outputs.len()).filter(|&i| rendered[i].changed).collect();
     if changed.is_empty() {
         return outcomes;
     }
 
     // 1. Stage: all temp files and databases complete before anything is visible.
-    let staged: Vec<(usize, Result<Staged, commit::CommitError>)> = changed
-        .par_iter()
-        .map(|&i| (i, target(&outputs[i]).stage(&rendered[i].bytes)))
-        .collect();
+    let staged: Vec<(usize, Result<Staged, commit::CommitError>)> =
+        changed.par_iter().map(|&i| (i, target(&outputs[i]).stage(&rendered[i].bytes))).collect();
     let mut ready = Vec::new();
     let mut failed = false;
     for (i, s) in staged {
@@ -143,11 +117,7 @@ pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<Output
     }
     if failed {
         // Dropping the staged files removes them; nothing was visible.
-        return abandon(
-            outcomes,
-            &changed,
-            "not written because another output failed",
-        );
+        return abandon(outcomes, &changed, "not written because another output failed");
     }
 
     // 2. Install and check, output by output.
@@ -187,8 +157,7 @@ pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<Output
                     outcomes[i].reloaded = true;
                 }
                 Err(e) => {
-                    outcomes[i].error =
-                        Some(format!("reload failed, previous version restored: {e}"));
+                    outcomes[i].error = Some(format!("reload failed, previous version restored: {e}"));
                     failed = true;
                     break;
                 }
@@ -220,11 +189,7 @@ pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<Output
     for o in &mut outcomes {
         o.reloaded = false;
     }
-    abandon(
-        outcomes,
-        &changed,
-        "rolled back because another output failed",
-    )
+    abandon(outcomes, &changed, "rolled back because another output failed")
 }
 
 fn abandon(mut outcomes: Vec<OutputOutcome>, changed: &[usize], why: &str) -> Vec<OutputOutcome> {

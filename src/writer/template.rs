@@ -31,8 +31,7 @@ pub enum BuiltinTemplate {
     Plain,
 }
 
-const HEADER: &str =
-    "# Managed by rcptsync: do not edit, changes are overwritten on the next sync.\n";
+const HEADER: &str = "# Managed by rcptsync: do not edit, changes are overwritten on the next sync.\n";
 
 impl BuiltinTemplate {
     pub const ALL: [BuiltinTemplate; 5] = [
@@ -104,12 +103,7 @@ impl BuiltinTemplate {
                 }
             }
             BuiltinTemplate::Json => {
-                fn array<'a>(
-                    out: &mut String,
-                    name: &str,
-                    items: impl ExactSizeIterator<Item = &'a str>,
-                    last: bool,
-                ) {
+                fn array<'a>(out: &mut String, name: &str, items: impl ExactSizeIterator<Item = &'a str>, last: bool) {
                     let n = items.len();
                     let _ = writeln!(out, "  \"{name}\": [");
                     for (i, s) in items.enumerate() {
@@ -124,24 +118,9 @@ impl BuiltinTemplate {
                     out.push_str(if last { "  ]\n" } else { "  ],\n" });
                 }
                 out.push_str("{\n");
-                array(
-                    &mut out,
-                    "domains",
-                    list.domains().iter().map(String::as_str),
-                    false,
-                );
-                array(
-                    &mut out,
-                    "catchall_domains",
-                    list.catchalls().iter().map(|c| c.domain()),
-                    false,
-                );
-                array(
-                    &mut out,
-                    "recipients",
-                    list.addresses().iter().map(|a| a.as_str()),
-                    true,
-                );
+                array(&mut out, "domains", list.domains().iter().map(String::as_str), false);
+                array(&mut out, "catchall_domains", list.catchalls().iter().map(|c| c.domain()), false);
+                array(&mut out, "recipients", list.addresses().iter().map(|a| a.as_str()), true);
                 out.push_str("}\n");
             }
         }
@@ -162,32 +141,17 @@ pub struct TemplateRef {
 
 impl TemplateRef {
     pub fn embedded(name: &str, source: Arc<str>) -> TemplateRef {
-        TemplateRef {
-            name: name.into(),
-            origin: "embedded".into(),
-            source,
-            fast: BuiltinTemplate::from_name(name),
-        }
+        TemplateRef { name: name.into(), origin: "embedded".into(), source, fast: BuiltinTemplate::from_name(name) }
     }
 
     /// A template from `template_dir`, replacing or adding a named template.
     pub fn overridden(name: &str, path: String, source: Arc<str>) -> TemplateRef {
-        TemplateRef {
-            name: name.into(),
-            origin: path,
-            source,
-            fast: None,
-        }
+        TemplateRef { name: name.into(), origin: path, source, fast: None }
     }
 
     /// A `template_file`.
     pub fn user(path: String, source: String) -> TemplateRef {
-        TemplateRef {
-            name: path.clone(),
-            origin: path,
-            source: source.into(),
-            fast: None,
-        }
+        TemplateRef { name: path.clone(), origin: path, source: source.into(), fast: None }
     }
 
     pub fn fast_path(&self) -> Option<BuiltinTemplate> {
@@ -211,9 +175,7 @@ impl TemplateRef {
     /// Compiles the template, so syntax errors show up in `rcptsync check`.
     pub fn compile_check(&self) -> Result<(), String> {
         let env = environment();
-        env.template_from_str(&self.source)
-            .map(|_| ())
-            .map_err(|e| format!("template {}: {e:#}", self.origin))?;
+        env.template_from_str(&self.source).map(|_| ()).map_err(|e| format!("template {}: {e:#}", self.origin))?;
         // Render against a tiny sample so that unknown variables and filters are
         // caught now rather than at the next sync.
         self.render_interpreted(&sample_list()).map(|_| ())
@@ -230,18 +192,14 @@ impl TemplateRef {
     /// Renders through minijinja, whatever the template.
     pub fn render_interpreted(&self, list: &Arc<RecipientList>) -> Result<Vec<u8>, String> {
         let env = environment();
-        let tmpl = env
-            .template_from_str(&self.source)
-            .map_err(|e| format!("template {}: {e:#}", self.origin))?;
+        let tmpl = env.template_from_str(&self.source).map_err(|e| format!("template {}: {e:#}", self.origin))?;
         let ctx = minijinja::context! {
             recipients => Value::from_object(Recipients(list.clone())),
             domains => Value::from_object(Domains(list.clone(), DomainKind::All)),
             catchall_domains => Value::from_object(Domains(list.clone(), DomainKind::CatchAll)),
             count => list.addresses().len(),
         };
-        tmpl.render(ctx)
-            .map(String::into_bytes)
-            .map_err(|e| format!("template {}: {e:#}", self.origin))
+        tmpl.render(ctx).map(String::into_bytes).map_err(|e| format!("template {}: {e:#}", self.origin))
     }
 }
 
@@ -263,16 +221,8 @@ fn environment() -> Environment<'static> {
 fn sample_list() -> Arc<RecipientList> {
     use crate::policy::{Locator, RawItem, RawKind, normalise};
     let (ok, _) = normalise(vec![
-        RawItem {
-            value: "alice@example.com".into(),
-            kind: RawKind::Address,
-            locator: Locator::Line(1),
-        },
-        RawItem {
-            value: "@example.org".into(),
-            kind: RawKind::CatchAll,
-            locator: Locator::Line(2),
-        },
+        RawItem { value: "alice@example.com".into(), kind: RawKind::Address, locator: Locator::Line(1) },
+        RawItem { value: "@example.org".into(), kind: RawKind::CatchAll, locator: Locator::Line(2) },
     ]);
     let p = crate::policy::Policy::new(&Default::default());
     Arc::new(p.apply(vec![("sample".into(), ok)]).0)
@@ -306,13 +256,9 @@ impl Object for Recipient {
             "address" => Value::from(e.as_str()),
             "local_part" => Value::from(e.local_part()),
             "domain" => Value::from(e.domain()),
-            "sources" => Value::from(
-                self.0
-                    .address_source_names(self.1)
-                    .into_iter()
-                    .map(String::from)
-                    .collect::<Vec<_>>(),
-            ),
+            "sources" => {
+                Value::from(self.0.address_source_names(self.1).into_iter().map(String::from).collect::<Vec<_>>())
+            }
             _ => return None,
         })
     }
@@ -368,20 +314,12 @@ mod tests {
             .enumerate()
             .map(|(i, v)| RawItem {
                 value: v.to_string(),
-                kind: if v.starts_with('@') {
-                    RawKind::CatchAll
-                } else {
-                    RawKind::Address
-                },
+                kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
                 locator: Locator::Line(i as u32 + 1),
             })
             .collect();
         let (ok, _) = normalise(items);
-        Arc::new(
-            Policy::new(&Default::default())
-                .apply(vec![("s".into(), ok)])
-                .0,
-        )
+        Arc::new(Policy::new(&Default::default()).apply(vec![("s".into(), ok)]).0)
     }
 
     fn builtin(name: &str) -> TemplateRef {
@@ -404,10 +342,7 @@ mod tests {
             "{{ count }}|{% for r in recipients %}{{ r.local_part }}/{{ r.domain }}/{{ r.sources|join(',') }};{% endfor %}|{{ domains|join(',') }}|{{ catchall_domains|join(',') }}|{{ recipients[0] }}".into(),
         );
         let out = String::from_utf8(t.render(&l).unwrap()).unwrap();
-        assert_eq!(
-            out,
-            "2|a/example.com/s;b/example.com/s;|example.com,example.org|example.org|a@example.com"
-        );
+        assert_eq!(out, "2|a/example.com/s;b/example.com/s;|example.com,example.org|example.org|a@example.com");
     }
 
     #[test]
@@ -439,16 +374,10 @@ mod tests {
 
     #[test]
     fn json_output_is_valid_json() {
-        for l in [
-            list(&[]),
-            list(&["a@example.com", "@example.org", "b@example.net"]),
-        ] {
+        for l in [list(&[]), list(&["a@example.com", "@example.org", "b@example.net"])] {
             let out = builtin("json").render(&l).unwrap();
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!(
-                v["recipients"].as_array().unwrap().len(),
-                l.addresses().len()
-            );
+            assert_eq!(v["recipients"].as_array().unwrap().len(), l.addresses().len());
         }
     }
 }

@@ -2,8 +2,7 @@
 
 use crate::util::{TestDir, config_with};
 
-const POSTFIX_OUT: &str =
-    "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n";
+const POSTFIX_OUT: &str = "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n";
 
 fn setup(recipients: &str) -> TestDir {
     let t = TestDir::new();
@@ -20,22 +19,10 @@ fn sync_json_report_has_the_documented_shape() {
     r.expect(0);
     let v = r.json();
     // Keys in the documented order, and no others.
-    let pos: Vec<usize> = [
-        "changed",
-        "recipients",
-        "added",
-        "removed",
-        "guard",
-        "sources",
-        "outputs",
-    ]
-    .iter()
-    .map(|k| {
-        r.stdout
-            .find(&format!("\"{k}\":"))
-            .unwrap_or_else(|| panic!("no key {k}"))
-    })
-    .collect();
+    let pos: Vec<usize> = ["changed", "recipients", "added", "removed", "guard", "sources", "outputs"]
+        .iter()
+        .map(|k| r.stdout.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("no key {k}")))
+        .collect();
     assert!(pos.windows(2).all(|w| w[0] < w[1]), "{}", r.stdout);
     assert_eq!(v.as_object().unwrap().len(), 7);
     assert_eq!(v["changed"], true);
@@ -51,29 +38,11 @@ fn sync_json_report_has_the_documented_shape() {
     assert_eq!(out["name"], "postfix");
     assert_eq!(out["changed"], true);
     assert_eq!(out["reloaded"], false);
-    assert!(
-        out["path"]
-            .as_str()
-            .unwrap()
-            .ends_with("out/relay_recipients")
-    );
+    assert!(out["path"].as_str().unwrap().ends_with("out/relay_recipients"));
     // The invalid line is reported once, with source and line, on stderr.
-    assert_eq!(
-        r.stderr.matches("dropped invalid entry").count(),
-        1,
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("source=list") && r.stderr.contains("object=line 3"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("value=\"b@d@example.com\""),
-        "{}",
-        r.stderr
-    );
+    assert_eq!(r.stderr.matches("dropped invalid entry").count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("source=list") && r.stderr.contains("object=line 3"), "{}", r.stderr);
+    assert!(r.stderr.contains("value=\"b@d@example.com\""), "{}", r.stderr);
 }
 
 #[test]
@@ -81,49 +50,24 @@ fn text_summary_names_sources_outputs_and_counts() {
     let t = setup("alice@example.com\n");
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(0);
-    assert!(
-        r.stdout.contains("source  list     file    ok"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("list    1 entries (+1 -0)"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("output  postfix") && r.stdout.contains("changed"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("source  list     file    ok"), "{}", r.stdout);
+    assert!(r.stdout.contains("list    1 entries (+1 -0)"), "{}", r.stdout);
+    assert!(r.stdout.contains("output  postfix") && r.stdout.contains("changed"), "{}", r.stdout);
 }
 
 #[test]
 fn config_path_from_env_and_default() {
     let t = setup("alice@example.com\n");
     let r = crate::util::Run::from(
-        t.cmd(&["check", "--offline"])
-            .env("RCPTSYNC_CONFIG", t.join("rcptsync.toml"))
-            .output()
-            .unwrap(),
+        t.cmd(&["check", "--offline"]).env("RCPTSYNC_CONFIG", t.join("rcptsync.toml")).output().unwrap(),
     );
     r.expect(0);
-    assert!(
-        r.stdout
-            .contains("configuration is valid (1 source, 1 output)"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("configuration is valid (1 source, 1 output)"), "{}", r.stdout);
     // Without -c or the variable, the default path is used (and named when missing).
     let r = t.run(&["check", "--offline"]);
     if !std::path::Path::new("/etc/rcptsync/rcptsync.toml").exists() {
         r.expect(78);
-        assert!(
-            r.stderr
-                .contains("/etc/rcptsync/rcptsync.toml: 1 configuration error"),
-            "{}",
-            r.stderr
-        );
+        assert!(r.stderr.contains("/etc/rcptsync/rcptsync.toml: 1 configuration error"), "{}", r.stderr);
     }
 }
 
@@ -143,25 +87,13 @@ fn invalid_config_exits_78_listing_every_error() {
         path = "/tmp/x"
         "#,
     );
-    for cmd in [
-        &["check", "--offline", "-c", "rcptsync.toml"][..],
-        &["sync", "-c", "rcptsync.toml"],
-    ] {
+    for cmd in [&["check", "--offline", "-c", "rcptsync.toml"][..], &["sync", "-c", "rcptsync.toml"]] {
         let r = t.run(cmd);
         r.expect(78);
         assert!(r.stderr.contains("3 configuration errors"), "{}", r.stderr);
         assert!(r.stderr.contains("guard: invalid value"), "{}", r.stderr);
-        assert!(
-            r.stderr.contains("source[0]: missing field `path`"),
-            "{}",
-            r.stderr
-        );
-        assert!(
-            r.stderr
-                .contains("output[0].template: unknown template \"postfx\""),
-            "{}",
-            r.stderr
-        );
+        assert!(r.stderr.contains("source[0]: missing field `path`"), "{}", r.stderr);
+        assert!(r.stderr.contains("output[0].template: unknown template \"postfx\""), "{}", r.stderr);
         assert!(r.stdout.is_empty());
     }
 }
@@ -175,11 +107,7 @@ fn usage_errors_exit_64_and_help_exits_0() {
     t.run(&["sync", "--format", "yaml"]).expect(64);
     let r = t.run(&["sync", "--help"]);
     r.expect(0);
-    assert!(
-        r.stdout.contains("--detailed-exitcode") && r.stdout.contains("78  invalid configuration"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("--detailed-exitcode") && r.stdout.contains("78  invalid configuration"), "{}", r.stdout);
     t.run(&["--version"]).expect(0);
 }
 
@@ -188,25 +116,16 @@ fn check_online_reports_sources_outputs_and_state() {
     let t = setup("alice@example.com\n");
     let r = t.run(&["check", "-c", "rcptsync.toml"]);
     r.expect(0);
-    assert!(
-        r.stdout.contains("ok      source list: ") && r.stdout.contains("1 entries, 0 refused"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("ok      source list: ") && r.stdout.contains("1 entries, 0 refused"), "{}", r.stdout);
     assert!(r.stdout.contains("ok      output postfix"), "{}", r.stdout);
     std::fs::remove_file(t.join("recipients.txt")).unwrap();
     std::fs::remove_dir(t.join("out")).unwrap();
     let r = t.run(&["check", "-c", "rcptsync.toml"]);
     r.expect(1);
-    assert!(
-        r.stdout.contains("FAILED  source list (file): cannot read"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("FAILED  source list (file): cannot read"), "{}", r.stdout);
     assert!(r.stdout.contains("FAILED  output postfix"), "{}", r.stdout);
     // --offline never touches the sources.
-    t.run(&["check", "--offline", "-c", "rcptsync.toml"])
-        .expect(0);
+    t.run(&["check", "--offline", "-c", "rcptsync.toml"]).expect(0);
 }
 
 #[test]
@@ -217,21 +136,19 @@ fn list_prints_final_list_and_writes_nothing() {
     assert_eq!(r.stdout, "a@example.com\nb@example.com\n@example.org\n");
     assert!(!t.join("out/relay_recipients").exists());
     assert!(!t.join("state").exists());
-    let v = t
-        .run(&["list", "-c", "rcptsync.toml", "--format", "json"])
-        .json();
+    let v = t.run(&["list", "-c", "rcptsync.toml", "--format", "json"]).json();
     assert_eq!(v["count"], 3);
     assert_eq!(v["catchall_domains"], serde_json::json!(["example.org"]));
-    assert_eq!(
-        v["recipients"][0],
-        serde_json::json!({"address": "a@example.com", "sources": ["list"]})
-    );
+    assert_eq!(v["recipients"][0], serde_json::json!({"address": "a@example.com", "sources": ["list"]}));
 }
 
 #[test]
 fn why_explains_source_policy_and_invalid_values() {
     let t = TestDir::new();
-    t.write("recipients.txt", "Alice@Example.com\nold-bob@example.com\nx@elsewhere.net\n@example.org\nbad\tline@example.com\n");
+    t.write(
+        "recipients.txt",
+        "Alice@Example.com\nold-bob@example.com\nx@elsewhere.net\n@example.org\nbad\tline@example.com\n",
+    );
     t.write("second.txt", "alice@example.com\n");
     std::fs::create_dir_all(t.join("out")).unwrap();
     t.config(&format!(
@@ -240,70 +157,30 @@ fn why_explains_source_policy_and_invalid_values() {
     ));
     let r = t.run(&["why", "ALICE@example.com", "-c", "rcptsync.toml"]);
     r.expect(0);
-    assert!(
-        r.stdout.starts_with("ACCEPTED alice@example.com\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("from source list (file), line 1"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("from source second (file), line 1"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.starts_with("ACCEPTED alice@example.com\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("from source list (file), line 1"), "{}", r.stdout);
+    assert!(r.stdout.contains("from source second (file), line 1"), "{}", r.stdout);
 
     let r = t.run(&["why", "old-bob@example.com", "-c", "rcptsync.toml"]);
     r.expect(1);
-    assert!(
-        r.stdout.contains("REJECTED old-bob@example.com"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("dropped by policy.exclude[0] = \"old-*\""),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("REJECTED old-bob@example.com"), "{}", r.stdout);
+    assert!(r.stdout.contains("dropped by policy.exclude[0] = \"old-*\""), "{}", r.stdout);
 
     let r = t.run(&["why", "x@elsewhere.net", "-c", "rcptsync.toml"]);
     r.expect(1);
-    assert!(
-        r.stdout.contains("elsewhere.net is not in policy.domains"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("elsewhere.net is not in policy.domains"), "{}", r.stdout);
 
     let r = t.run(&["why", "anyone@example.org", "-c", "rcptsync.toml"]);
     r.expect(0);
-    assert!(
-        r.stdout
-            .contains("ACCEPTED anyone@example.org by the catch-all @example.org"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("ACCEPTED anyone@example.org by the catch-all @example.org"), "{}", r.stdout);
 
     let r = t.run(&["why", "postmaster@example.com", "-c", "rcptsync.toml"]);
     r.expect(0);
-    assert!(
-        r.stdout
-            .contains("from source policy.include (config), policy.include[0]"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("from source policy.include (config), policy.include[0]"), "{}", r.stdout);
 
     let r = t.run(&["why", "nobody@example.com", "-c", "rcptsync.toml"]);
     r.expect(1);
-    assert!(
-        r.stdout
-            .contains("no source lists it, and no catch-all covers example.com"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("no source lists it, and no catch-all covers example.com"), "{}", r.stdout);
 
     let r = t.run(&["why", "a b@example.com", "-c", "rcptsync.toml"]);
     r.expect(1);
@@ -312,11 +189,7 @@ fn why_explains_source_policy_and_invalid_values() {
     // After a sync, why also says whether the published list has it.
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let r = t.run(&["why", "alice@example.com", "-c", "rcptsync.toml"]);
-    assert!(
-        r.stdout.contains("the last published list contains it"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("the last published list contains it"), "{}", r.stdout);
 }
 
 #[test]
@@ -324,36 +197,14 @@ fn dry_run_diff_writes_nothing_and_shows_changes() {
     let t = setup("alice@example.com\nbob@example.com\n");
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let before = t.read("out/relay_recipients");
-    t.write(
-        "recipients.txt",
-        "alice@example.com\nbob@example.com\ncarol@example.com\n",
-    );
-    let r = t.run(&[
-        "sync",
-        "-c",
-        "rcptsync.toml",
-        "--dry-run",
-        "--diff",
-        "--detailed-exitcode",
-    ]);
+    t.write("recipients.txt", "alice@example.com\nbob@example.com\ncarol@example.com\n");
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--dry-run", "--diff", "--detailed-exitcode"]);
     r.expect(2);
-    assert!(
-        r.stdout.contains("--- postfix") && r.stdout.contains("+ carol@example.com OK"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("--- postfix") && r.stdout.contains("+ carol@example.com OK"), "{}", r.stdout);
     assert!(r.stdout.contains("would change"), "{}", r.stdout);
     assert_eq!(t.read("out/relay_recipients"), before);
     // JSON on stdout stays parseable; the diff goes to stderr.
-    let r = t.run(&[
-        "sync",
-        "-c",
-        "rcptsync.toml",
-        "--dry-run",
-        "--diff",
-        "--format",
-        "json",
-    ]);
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--dry-run", "--diff", "--format", "json"]);
     r.expect(0);
     assert_eq!(r.json()["changed"], true);
     assert!(r.stderr.contains("+ carol@example.com OK"));
@@ -366,8 +217,7 @@ fn log_format_json_gives_json_lines() {
     let r = t.run(&["--log-format", "json", "sync", "-c", "rcptsync.toml"]);
     r.expect(0);
     for line in r.stderr.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string());
     }
     assert!(r.stderr.contains("\"source\":\"list\""), "{}", r.stderr);

@@ -9,20 +9,17 @@ use crate::postfix::enabled;
 use crate::util::{TestDir, config_with};
 
 fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
 }
 
 fn exim_rcpt(dir: &Path, list: &Path, domains: &str, rcpts: &[&str]) -> Vec<String> {
     let exim = env("RCPTSYNC_TEST_EXIM");
-    let conf = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exim/exim.conf.in"),
-    )
-    .unwrap()
-    .replace("@EXIM@", &exim)
-    .replace("@DIR@", &dir.display().to_string())
-    .replace("@DOMAINS@", domains)
-    .replace("@LIST@", &list.display().to_string());
+    let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exim/exim.conf.in"))
+        .unwrap()
+        .replace("@EXIM@", &exim)
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@DOMAINS@", domains)
+        .replace("@LIST@", &list.display().to_string());
     let conf_path = dir.join("exim.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let mut session = String::from("EHLO client.example.net\r\nMAIL FROM:<sender@example.net>\r\n");
@@ -43,22 +40,13 @@ fn exim_rcpt(dir: &Path, list: &Path, domains: &str, rcpts: &[&str]) -> Vec<Stri
         .stderr(Stdio::piped())
         .spawn()
         .expect("run exim");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(session.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(session.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Replies after the greeting: EHLO (multi-line), MAIL, RCPT..., QUIT.
     let finals: Vec<String> = stdout
         .lines()
-        .filter(|l| {
-            l.len() >= 4
-                && l.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-                && l.as_bytes()[3] == b' '
-        })
+        .filter(|l| l.len() >= 4 && l.as_bytes()[..3].iter().all(u8::is_ascii_digit) && l.as_bytes()[3] == b' ')
         .map(String::from)
         .collect();
     assert!(
@@ -77,10 +65,7 @@ fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
     let t = TestDir::new();
     std::fs::create_dir_all(t.join("out")).unwrap();
     std::fs::create_dir_all(t.join("exim")).unwrap();
-    t.write(
-        "recipients.txt",
-        "alice@example.test\nBob@Example.TEST\n@other.test\n",
-    );
+    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
     t.config(&config_with("[[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/recipients\"\n[guard]\nmax_removed_percent = 100\n", ""));
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let list = t.join("out/recipients");
@@ -88,20 +73,11 @@ fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
         &t.join("exim"),
         &list,
         "example.test : other.test",
-        &[
-            "alice@example.test",
-            "BOB@example.test",
-            "nobody@example.test",
-            "Anyone@Other.TEST",
-            "x@elsewhere.test",
-        ],
+        &["alice@example.test", "BOB@example.test", "nobody@example.test", "Anyone@Other.TEST", "x@elsewhere.test"],
     );
     assert!(r[0].starts_with("250"), "{r:?}");
     assert!(r[1].starts_with("250"), "{r:?}");
-    assert_eq!(
-        r[2],
-        "550 5.1.1 <nobody@example.test> User unknown in relay recipient table"
-    );
+    assert_eq!(r[2], "550 5.1.1 <nobody@example.test> User unknown in relay recipient table");
     assert!(r[3].starts_with("250"), "catch-all: {r:?}");
     assert!(r[4].starts_with("550 5.7.1"), "{r:?}");
 
@@ -111,11 +87,7 @@ fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
         &t.join("exim"),
         &list,
         "example.test : other.test",
-        &[
-            "carol@example.test",
-            "alice@example.test",
-            "anyone@other.test",
-        ],
+        &["carol@example.test", "alice@example.test", "anyone@other.test"],
     );
     assert!(r[0].starts_with("250"), "{r:?}");
     assert!(r[1].starts_with("550 5.1.1"), "{r:?}");

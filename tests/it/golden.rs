@@ -13,11 +13,7 @@ fn golden_dir() -> &'static Path {
 #[test]
 fn every_template_matches_its_golden_file() {
     let t = TestDir::new();
-    std::fs::copy(
-        golden_dir().join("recipients.txt"),
-        t.join("recipients.txt"),
-    )
-    .unwrap();
+    std::fs::copy(golden_dir().join("recipients.txt"), t.join("recipients.txt")).unwrap();
     std::fs::create_dir_all(t.join("out")).unwrap();
     let mut cfg = String::from(
         r#"state_dir = "state"
@@ -32,9 +28,7 @@ path = "recipients.txt"
     );
     let names = ["postfix", "postfix-domains", "exim", "json", "plain"];
     for n in names {
-        cfg.push_str(&format!(
-            "[[output]]\nname = \"{n}\"\ntemplate = \"{n}\"\npath = \"out/{n}\"\n"
-        ));
+        cfg.push_str(&format!("[[output]]\nname = \"{n}\"\ntemplate = \"{n}\"\npath = \"out/{n}\"\n"));
     }
     cfg.push_str(&format!(
         "[[output]]\nname = \"custom\"\ntemplate_file = \"{}\"\npath = \"out/custom\"\n",
@@ -45,11 +39,7 @@ path = "recipients.txt"
     r.expect(0);
     // Each hostile line was dropped with a warning naming the line.
     for line in [13, 14, 16, 17] {
-        assert!(
-            r.stderr.contains(&format!("object=line {line} ")),
-            "line {line} not reported:\n{}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(&format!("object=line {line} ")), "line {line} not reported:\n{}", r.stderr);
     }
     for n in names.iter().chain(&["custom"]) {
         let got = t.read(&format!("out/{n}"));
@@ -58,8 +48,7 @@ path = "recipients.txt"
             std::fs::write(&golden, &got).unwrap();
             continue;
         }
-        let want = std::fs::read_to_string(&golden)
-            .unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+        let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
         assert_text_eq(&want, &got, &format!("output {n}"));
     }
 }

@@ -2,8 +2,7 @@
 
 use crate::util::{TestDir, config_with};
 
-const OUT: &str =
-    "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n";
+const OUT: &str = "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n";
 
 fn addrs(n: usize) -> String {
     (0..n).map(|i| format!("user{i}@example.com\n")).collect()
@@ -45,12 +44,7 @@ fn shrink_over_the_limit_is_refused_and_outputs_stay() {
     // --force publishes it and says so.
     let r = t.run(&["sync", "-c", "rcptsync.toml", "--force", "--format", "json"]);
     r.expect(0);
-    assert!(
-        r.json()["guard"]["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("overridden by --force")
-    );
+    assert!(r.json()["guard"]["reason"].as_str().unwrap().starts_with("overridden by --force"));
     assert_eq!(t.read("out/relay_recipients").lines().count(), 80);
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
 }
@@ -60,11 +54,7 @@ fn empty_result_is_refused_even_on_first_run() {
     let t = setup("[guard]\nmin_recipients = 0\n", "# nothing here\n");
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(3);
-    assert!(
-        r.stdout.contains("guard   REFUSED: the new list is empty"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("guard   REFUSED: the new list is empty"), "{}", r.stdout);
     assert!(!t.join("out/relay_recipients").exists());
 }
 
@@ -73,10 +63,7 @@ fn all_invalid_entries_never_make_an_empty_map() {
     let t = setup("", &addrs(3));
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let before = t.read("out/relay_recipients");
-    t.write(
-        "recipients.txt",
-        "evil@example.com OK\t\n\"x y\"@example.com\n",
-    );
+    t.write("recipients.txt", "evil@example.com OK\t\n\"x y\"@example.com\n");
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(3);
     assert_eq!(t.read("out/relay_recipients"), before);
 }
@@ -86,11 +73,7 @@ fn min_recipients() {
     let t = setup("[guard]\nmin_recipients = 5\n", &addrs(4));
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(3);
-    assert!(
-        r.stdout.contains("fewer than guard.min_recipients = 5"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("fewer than guard.min_recipients = 5"), "{}", r.stdout);
     t.write("recipients.txt", &addrs(5));
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
 }
@@ -106,38 +89,19 @@ fn failed_source_keeps_last_good_slice() {
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let before = t.read("out/relay_recipients");
     std::fs::remove_file(t.join("second.txt")).unwrap();
-    let r = t.run(&[
-        "sync",
-        "-c",
-        "rcptsync.toml",
-        "--format",
-        "json",
-        "--detailed-exitcode",
-    ]);
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json", "--detailed-exitcode"]);
     r.expect(0);
     let v = r.json();
     assert_eq!(v["sources"][1]["status"], "last_good");
     assert_eq!(v["sources"][1]["recipients"], 1);
-    assert!(
-        v["sources"][1]["error"]
-            .as_str()
-            .unwrap()
-            .contains("source second (file): cannot read"),
-        "{v}"
-    );
+    assert!(v["sources"][1]["error"].as_str().unwrap().contains("source second (file): cannot read"), "{v}");
     assert_eq!(v["changed"], false);
     assert_eq!(t.read("out/relay_recipients"), before);
     // The other source still contributes its changes.
     t.write("recipients.txt", &addrs(6));
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
-    assert!(
-        t.read("out/relay_recipients")
-            .contains("second@example.com OK")
-    );
-    assert!(
-        t.read("out/relay_recipients")
-            .contains("user5@example.com OK")
-    );
+    assert!(t.read("out/relay_recipients").contains("second@example.com OK"));
+    assert!(t.read("out/relay_recipients").contains("user5@example.com OK"));
 }
 
 #[test]
@@ -148,13 +112,7 @@ fn failed_source_without_last_good_fails_the_run() {
     r.expect(1);
     let v = r.json();
     assert_eq!(v["sources"][0]["status"], "failed");
-    assert!(
-        v["sources"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("no last-known-good copy exists yet"),
-        "{v}"
-    );
+    assert!(v["sources"][0]["error"].as_str().unwrap().contains("no last-known-good copy exists yet"), "{v}");
     assert!(!t.join("out/relay_recipients").exists());
 }
 
@@ -166,12 +124,7 @@ fn abort_policy_fails_the_run_and_writes_nothing() {
     std::fs::remove_file(t.join("recipients.txt")).unwrap();
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(1);
-    assert!(
-        r.stdout
-            .contains("FAILED: nothing written: source list (file): cannot read"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("FAILED: nothing written: source list (file): cannot read"), "{}", r.stdout);
     assert_eq!(t.read("out/relay_recipients"), before);
     // --force overrides the guard, never a failed source.
     t.run(&["sync", "-c", "rcptsync.toml", "--force"]).expect(1);
@@ -187,11 +140,7 @@ fn corrupt_baseline_refuses_until_forced() {
     t.write("recipients.txt", &addrs(6));
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(3);
-    assert!(
-        r.stdout.contains("applied.list is corrupt: truncated"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("applied.list is corrupt: truncated"), "{}", r.stdout);
     t.run(&["sync", "-c", "rcptsync.toml", "--force"]).expect(0);
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
 }
@@ -201,18 +150,10 @@ fn two_runs_never_overlap() {
     let t = setup("lock_timeout = \"1s\"", &addrs(5));
     std::fs::create_dir_all(t.join("state")).unwrap();
     // Hold the lock from this process, as a running sync would.
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(t.join("state/lock"))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(t.join("state/lock")).unwrap();
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on our own descriptor.
-    assert_eq!(
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
     std::fs::write(t.join("state/lock"), "4242\n").unwrap();
     let started = std::time::Instant::now();
     let r = crate::util::Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).output().unwrap());

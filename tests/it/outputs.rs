@@ -50,10 +50,7 @@ fn stat(t: &TestDir, name: &str) -> (u64, i64, i64) {
 
 #[test]
 fn second_unchanged_run_rewrites_nothing_and_runs_no_hook() {
-    let t = setup(&format!(
-        "reload = [\"sh\", \"-c\", \"echo reload >> {}\"]",
-        "reloads.log"
-    ));
+    let t = setup(&format!("reload = [\"sh\", \"-c\", \"echo reload >> {}\"]", "reloads.log"));
     sync(&t, &["--detailed-exitcode"]).expect(2);
     assert_eq!(t.read("reloads.log"), "reload\n");
     let files = [
@@ -70,22 +67,12 @@ fn second_unchanged_run_rewrites_nothing_and_runs_no_hook() {
     assert_eq!(r.json()["changed"], false);
     let after: Vec<_> = files.iter().map(|f| stat(&t, f)).collect();
     assert_eq!(before, after, "inode or mtime changed on an unchanged run");
-    assert_eq!(
-        t.read("reloads.log"),
-        "reload\n",
-        "hook ran without a change"
-    );
+    assert_eq!(t.read("reloads.log"), "reload\n", "hook ran without a change");
     // A change gives exit 2 again and one more reload.
-    t.write(
-        "recipients.txt",
-        "alice@example.com\nbob@example.com\ncarol@example.com\n",
-    );
+    t.write("recipients.txt", "alice@example.com\nbob@example.com\ncarol@example.com\n");
     sync(&t, &["--detailed-exitcode"]).expect(2);
     assert_eq!(t.read("reloads.log"), "reload\nreload\n");
-    assert!(
-        t.read("out/relay_recipients.db")
-            .contains("carol@example.com OK")
-    );
+    assert!(t.read("out/relay_recipients.db").contains("carol@example.com OK"));
 }
 
 #[test]
@@ -95,29 +82,11 @@ fn modes_new_default_configured_and_existing_kept() {
     let mode = |f: &str| std::fs::metadata(t.join(f)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("out/relay_recipients"), 0o644);
     assert_eq!(mode("out/exim_recipients"), 0o640);
-    std::fs::set_permissions(
-        t.join("out/exim_recipients"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    t.write(
-        "recipients.txt",
-        "alice@example.com\nbob@example.com\ncarol@example.com\n",
-    );
+    std::fs::set_permissions(t.join("out/exim_recipients"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    t.write("recipients.txt", "alice@example.com\nbob@example.com\ncarol@example.com\n");
     sync(&t, &[]).expect(0);
-    assert_eq!(
-        mode("out/exim_recipients"),
-        0o600,
-        "existing mode must be kept"
-    );
-    assert_eq!(
-        std::fs::metadata(t.join("state"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
+    assert_eq!(mode("out/exim_recipients"), 0o600, "existing mode must be kept");
+    assert_eq!(std::fs::metadata(t.join("state")).unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[test]
@@ -137,33 +106,19 @@ fn failed_check_restores_text_and_map_byte_for_byte() {
         "check = [\"sh\", \"-c\", \"grep -q carol out/relay_recipients.db && echo 'fatal: bad map' >&2 && exit 1; exit 0\"]",
     );
     sync(&t, &[]).expect(0);
-    let files = [
-        "out/relay_recipients",
-        "out/relay_recipients.db",
-        "out/exim_recipients",
-    ];
-    let before: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| std::fs::read(t.join(f)).unwrap())
-        .collect();
-    t.write(
-        "recipients.txt",
-        "alice@example.com\nbob@example.com\ncarol@example.com\n",
-    );
+    let files = ["out/relay_recipients", "out/relay_recipients.db", "out/exim_recipients"];
+    let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(t.join(f)).unwrap()).collect();
+    t.write("recipients.txt", "alice@example.com\nbob@example.com\ncarol@example.com\n");
     let r = sync(&t, &["--format", "json"]);
     r.expect(1);
     let v = r.json();
     assert_eq!(v["changed"], false);
     assert!(
-        r.stderr.contains("check failed, previous version restored")
-            && r.stderr.contains("fatal: bad map"),
+        r.stderr.contains("check failed, previous version restored") && r.stderr.contains("fatal: bad map"),
         "{}",
         r.stderr
     );
-    let after: Vec<Vec<u8>> = files
-        .iter()
-        .map(|f| std::fs::read(t.join(f)).unwrap())
-        .collect();
+    let after: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(t.join(f)).unwrap()).collect();
     assert_eq!(before, after, "rollback did not restore every file");
     let names: Vec<String> = std::fs::read_dir(t.join("out"))
         .unwrap()
@@ -183,16 +138,11 @@ fn failed_reload_restores_and_reloads_old_files() {
     );
     sync(&t, &[]).expect(0);
     let before = t.read("out/relay_recipients");
-    t.write(
-        "recipients.txt",
-        "alice@example.com\nbob@example.com\ncarol@example.com\n",
-    );
+    t.write("recipients.txt", "alice@example.com\nbob@example.com\ncarol@example.com\n");
     let r = sync(&t, &[]);
     r.expect(1);
     assert!(
-        r.stdout
-            .contains("reload failed, previous version restored")
-            && r.stdout.contains("exited with status 7"),
+        r.stdout.contains("reload failed, previous version restored") && r.stdout.contains("exited with status 7"),
         "{}",
         r.stdout
     );
@@ -203,39 +153,18 @@ fn failed_reload_restores_and_reloads_old_files() {
 fn postmap_failure_leaves_everything_untouched() {
     let t = setup("");
     sync(&t, &[]).expect(0);
-    let before = (
-        t.read("out/relay_recipients"),
-        t.read("out/exim_recipients"),
-    );
-    t.script(
-        "postmap",
-        "echo 'postmap: fatal: out of memory' >&2; exit 1",
-    );
-    t.write(
-        "recipients.txt",
-        "alice@example.com\ncarol@example.com\nbob@example.com\n",
-    );
+    let before = (t.read("out/relay_recipients"), t.read("out/exim_recipients"));
+    t.script("postmap", "echo 'postmap: fatal: out of memory' >&2; exit 1");
+    t.write("recipients.txt", "alice@example.com\ncarol@example.com\nbob@example.com\n");
     let r = sync(&t, &[]);
     r.expect(1);
+    assert!(r.stdout.contains("postmap failed") && r.stdout.contains("postmap: fatal: out of memory"), "{}", r.stdout);
     assert!(
-        r.stdout.contains("postmap failed") && r.stdout.contains("postmap: fatal: out of memory"),
+        r.stdout.contains("output  exim") && r.stdout.contains("not written because another output failed"),
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("output  exim")
-            && r.stdout
-                .contains("not written because another output failed"),
-        "{}",
-        r.stdout
-    );
-    assert_eq!(
-        (
-            t.read("out/relay_recipients"),
-            t.read("out/exim_recipients")
-        ),
-        before
-    );
+    assert_eq!((t.read("out/relay_recipients"), t.read("out/exim_recipients")), before);
 }
 
 #[test]
@@ -244,16 +173,9 @@ fn hook_timeout_is_enforced() {
     let started = std::time::Instant::now();
     let r = sync(&t, &[]);
     r.expect(1);
-    assert!(
-        r.stdout.contains("did not finish within 500ms"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("did not finish within 500ms"), "{}", r.stdout);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert!(
-        !t.join("out/relay_recipients").exists(),
-        "a new output must be removed on rollback"
-    );
+    assert!(!t.join("out/relay_recipients").exists(), "a new output must be removed on rollback");
 }
 
 #[test]
@@ -280,15 +202,36 @@ fn shared_reload_command_runs_once() {
 fn missing_output_directory_is_a_clear_failure() {
     let t = TestDir::new();
     t.write("recipients.txt", "alice@example.com\n");
-    t.config(&config_with(
-        "[[output]]\nname = \"a\"\ntemplate = \"plain\"\npath = \"nodir/a\"\n",
-        "",
-    ));
+    t.config(&config_with("[[output]]\nname = \"a\"\ntemplate = \"plain\"\npath = \"nodir/a\"\n", ""));
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(1);
-    assert!(
-        r.stdout.contains("output directory") && r.stdout.contains("nodir does not exist"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("output directory") && r.stdout.contains("nodir does not exist"), "{}", r.stdout);
+}
+
+#[test]
+fn unchanged_inputs_still_repair_a_tampered_output() {
+    // A run with unchanged sources and config skips the work only after verifying
+    // every output's bytes; an output edited by hand (same size even) is rewritten.
+    let t = setup("");
+    sync(&t, &[]).expect(0);
+    let good = t.read("out/exim_recipients");
+    std::fs::write(t.join("out/exim_recipients"), good.replace("alice", "alicf")).unwrap();
+    let r = sync(&t, &["--format", "json", "--detailed-exitcode"]);
+    r.expect(2);
+    assert_eq!(r.json()["outputs"][1]["changed"], true);
+    assert_eq!(t.read("out/exim_recipients"), good);
+    // A config change (here: a new include) is never skipped either.
+    let cfg = t
+        .read("rcptsync.toml")
+        .replace("state_dir = \"state\"", "state_dir = \"state\"\n[policy]\ninclude = [\"abuse@example.com\"]");
+    t.config(&cfg);
+    sync(&t, &["--detailed-exitcode"]).expect(2);
+    assert!(t.read("out/exim_recipients").contains("abuse@example.com"));
+    // And a truly unchanged run reports the full counts without doing the work.
+    let r = sync(&t, &["--format", "json", "--detailed-exitcode"]);
+    r.expect(0);
+    let v = r.json();
+    assert_eq!(v["recipients"], 3);
+    assert_eq!(v["sources"][0]["recipients"], 2);
+    assert!(r.stderr.contains("nothing to do"), "{}", r.stderr);
 }

@@ -12,18 +12,12 @@ use crate::smtp::rcpt_replies;
 use crate::util::{Run, TestDir, real_mta_required, say};
 
 fn fixture(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/postfix")
-        .join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/postfix").join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Whether to run; says why not when skipping.
@@ -54,11 +48,7 @@ impl Postfix {
         for d in [&etc, &queue, &data] {
             std::fs::create_dir_all(d).unwrap();
         }
-        Command::new("chown")
-            .args(["postfix:postfix"])
-            .arg(&data)
-            .status()
-            .unwrap();
+        Command::new("chown").args(["postfix:postfix"]).arg(&data).status().unwrap();
         let port = free_port();
         let subst = |s: String| {
             s.replace("@DIR@", &dir.display().to_string())
@@ -75,28 +65,13 @@ impl Postfix {
 
     /// Starts a configured instance and waits until it answers.
     pub fn run(etc: PathBuf) -> Postfix {
-        let port: u16 = std::fs::read_to_string(etc.parent().unwrap().join("port"))
-            .unwrap()
-            .parse()
-            .unwrap();
-        let out = Command::new("postfix")
-            .arg("-c")
-            .arg(&etc)
-            .arg("start")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "postfix start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let port: u16 = std::fs::read_to_string(etc.parent().unwrap().join("port")).unwrap().parse().unwrap();
+        let out = Command::new("postfix").arg("-c").arg(&etc).arg("start").output().unwrap();
+        assert!(out.status.success(), "postfix start: {}", String::from_utf8_lossy(&out.stderr));
         let pf = Postfix { etc, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "postfix did not listen on {port}"
-            );
+            assert!(Instant::now() < deadline, "postfix did not listen on {port}");
             std::thread::sleep(Duration::from_millis(10));
         }
         pf
@@ -106,8 +81,7 @@ impl Postfix {
 impl Postfix {
     /// The end of the instance's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log =
-            std::fs::read_to_string(self.etc.parent().unwrap().join("maillog")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.etc.parent().unwrap().join("maillog")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
@@ -115,11 +89,7 @@ impl Postfix {
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.etc)
-            .arg("stop")
-            .output();
+        let _ = Command::new("postfix").arg("-c").arg(&self.etc).arg("stop").output();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -132,22 +102,14 @@ const UNKNOWN: &str = "User unknown in relay recipient table";
 fn sync(t: &TestDir, etc: &Path) -> Run {
     // postmap finds the private instance's main.cf through MAIL_CONFIG, which
     // rcptsync passes on to its hooks unchanged.
-    Run::from(
-        t.cmd(&["sync", "-c", "rcptsync.toml", "--detailed-exitcode"])
-            .env("MAIL_CONFIG", etc)
-            .output()
-            .unwrap(),
-    )
+    Run::from(t.cmd(&["sync", "-c", "rcptsync.toml", "--detailed-exitcode"]).env("MAIL_CONFIG", etc).output().unwrap())
 }
 
 fn end_to_end(map: &str) {
     let t = TestDir::new();
     std::fs::create_dir_all(t.join("maps")).unwrap();
     let map_file = t.join("maps/relay_recipients");
-    t.write(
-        "recipients.txt",
-        "alice@example.test\nBob@Example.TEST\n@other.test\n",
-    );
+    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
     t.config(&format!(
         r#"state_dir = "state"
 [guard]
@@ -176,50 +138,22 @@ check = ["postfix", "check"]
 
     let r = rcpt_replies(
         pf.port,
-        &[
-            "alice@example.test",
-            "BOB@example.test",
-            "nobody@example.test",
-            "Anyone@Other.TEST",
-            "x@elsewhere.test",
-        ],
+        &["alice@example.test", "BOB@example.test", "nobody@example.test", "Anyone@Other.TEST", "x@elsewhere.test"],
     );
     assert!(r[0].starts_with("250"), "{map}: {r:?}\n{}", pf.log_tail());
     assert!(r[1].starts_with("250"), "{map}: {r:?}");
-    assert!(
-        r[2].starts_with("550 5.1.1 <nobody@example.test>") && r[2].contains(UNKNOWN),
-        "{map}: {r:?}"
-    );
+    assert!(r[2].starts_with("550 5.1.1 <nobody@example.test>") && r[2].contains(UNKNOWN), "{map}: {r:?}");
     assert!(r[3].starts_with("250"), "{map} catch-all: {r:?}");
     assert!(r[4].starts_with("554 5.7.1"), "{map}: {r:?}");
 
     // The directory changes: alice leaves, carol arrives, the catch-all goes.
-    t.write(
-        "recipients.txt",
-        "Bob@Example.TEST\ncarol@example.test\nsomeone@other.test\n",
-    );
+    t.write("recipients.txt", "Bob@Example.TEST\ncarol@example.test\nsomeone@other.test\n");
     sync(&t, &pf.etc).expect(2);
-    let r = rcpt_replies(
-        pf.port,
-        &[
-            "carol@example.test",
-            "alice@example.test",
-            "anyone@other.test",
-            "someone@other.test",
-        ],
-    );
-    assert!(
-        r[0].starts_with("250"),
-        "{map}: new address not accepted: {r:?}"
-    );
-    assert!(
-        r[1].starts_with("550 5.1.1") && r[1].contains(UNKNOWN),
-        "{map}: removed address still accepted: {r:?}"
-    );
-    assert!(
-        r[2].starts_with("550 5.1.1"),
-        "{map}: catch-all still active: {r:?}"
-    );
+    let r =
+        rcpt_replies(pf.port, &["carol@example.test", "alice@example.test", "anyone@other.test", "someone@other.test"]);
+    assert!(r[0].starts_with("250"), "{map}: new address not accepted: {r:?}");
+    assert!(r[1].starts_with("550 5.1.1") && r[1].contains(UNKNOWN), "{map}: removed address still accepted: {r:?}");
+    assert!(r[2].starts_with("550 5.1.1"), "{map}: catch-all still active: {r:?}");
     assert!(r[3].starts_with("250"), "{map}: {r:?}");
 
     // Nothing changed: exit 0, map untouched.
@@ -262,18 +196,9 @@ fn real_postmap_failure_rolls_back() {
         "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"maps/relay_recipients\"\npostmap = \"lmdb\"\n",
         "",
     ));
-    let r = Run::from(
-        t.cmd(&["sync", "-c", "rcptsync.toml"])
-            .env("MAIL_CONFIG", "/nonexistent")
-            .output()
-            .unwrap(),
-    );
+    let r = Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", "/nonexistent").output().unwrap());
     r.expect(1);
-    assert!(
-        r.stdout.contains("postmap failed") && r.stdout.contains("/nonexistent/main.cf"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("postmap failed") && r.stdout.contains("/nonexistent/main.cf"), "{}", r.stdout);
     assert!(!t.join("maps/relay_recipients").exists());
     assert_eq!(std::fs::read_dir(t.join("maps")).unwrap().count(), 0);
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 /// Returns the final reply line for each RCPT.
 pub fn rcpt_replies(port: u16, recipients: &[&str]) -> Vec<String> {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to MTA");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     let reply = |r: &mut BufReader<TcpStream>| -> String {
@@ -33,10 +31,7 @@ pub fn rcpt_replies(port: u16, recipients: &[&str]) -> Vec<String> {
     assert!(send(&mut w, &mut r, "EHLO client.example.net").starts_with("250"));
     let mail = send(&mut w, &mut r, "MAIL FROM:<sender@example.net>");
     assert!(mail.starts_with("250"), "{mail}");
-    let out = recipients
-        .iter()
-        .map(|rcpt| send(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>")))
-        .collect();
+    let out = recipients.iter().map(|rcpt| send(&mut w, &mut r, &format!("RCPT TO:<{rcpt}>"))).collect();
     let _ = send(&mut w, &mut r, "QUIT");
     out
 }

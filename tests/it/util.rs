@@ -13,12 +13,8 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> TestDir {
-        let dir = tempfile::Builder::new()
-            .prefix("rcptsync-it-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        let dir = tempfile::Builder::new().prefix("rcptsync-it-").tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         TestDir { dir }
     }
 
@@ -51,10 +47,7 @@ impl TestDir {
     /// A command running the binary with `-c rcptsync.toml` style args.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_rcptsync"));
-        c.args(args)
-            .current_dir(self.path())
-            .env_remove("RCPTSYNC_CONFIG")
-            .env("RCPTSYNC_LOG", "info");
+        c.args(args).current_dir(self.path()).env_remove("RCPTSYNC_CONFIG").env("RCPTSYNC_LOG", "info");
         c
     }
 
@@ -71,11 +64,7 @@ impl TestDir {
 
     /// PATH with this dir's `bin/` first.
     pub fn path_env(&self) -> String {
-        format!(
-            "{}:{}",
-            self.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        )
+        format!("{}:{}", self.join("bin").display(), std::env::var("PATH").unwrap_or_default())
     }
 }
 
@@ -99,17 +88,12 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Run {
-        assert_eq!(
-            self.code, code,
-            "exit code\n--- stdout\n{}\n--- stderr\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
         self
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -166,11 +150,6 @@ path = "recipients.txt"
 impl TestDir {
     /// Runs the binary with this dir's `bin/` first on PATH.
     pub fn run_with_path(&self, args: &[&str]) -> Run {
-        Run::from(
-            self.cmd(args)
-                .env("PATH", self.path_env())
-                .output()
-                .expect("spawn rcptsync"),
-        )
+        Run::from(self.cmd(args).env("PATH", self.path_env()).output().expect("spawn rcptsync"))
     }
 }

@@ -1,0 +1,186 @@
+//! Benchmark of the sync spine (`cargo bench --bench spine`).
+//!
+//! Generates 1,000,000 addresses (1 % duplicates, mixed case, shuffled) into a file
+//! source and syncs them to the `postfix` (no postmap), `exim` and `json` outputs
+//! with the release binary. The floor, measured in the same run on the same file, is
+//! `LC_ALL=C sort -u input | awk '{print $0" OK"}' > out`. Targets (issue #2): cold
+//! sync ≤ 1.5× the floor, unchanged re-run ≤ 1.0× the floor and rewriting nothing,
+//! peak RSS ≤ 400 MB. Set RCPTSYNC_BENCH_N to change the size (e.g. 5000000).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let n: usize = std::env::var("RCPTSYNC_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let runs = 5;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-spine-{n}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    let input = dir.join("recipients.txt");
+    let t = Instant::now();
+    generate(&input, n);
+    println!(
+        "generated {n} addresses ({} MB) in {:.2?}",
+        std::fs::metadata(&input).unwrap().len() / 1_000_000,
+        t.elapsed()
+    );
+    std::fs::write(
+        dir.join("rcptsync.toml"),
+        r#"state_dir = "state"
+[guard]
+max_removed_percent = 100
+[[source]]
+name = "bench"
+kind = "file"
+path = "recipients.txt"
+[[output]]
+name = "postfix"
+template = "postfix"
+path = "out/relay_recipients"
+[[output]]
+name = "exim"
+template = "exim"
+path = "out/exim_recipients"
+[[output]]
+name = "json"
+template = "json"
+path = "out/recipients.json"
+"#,
+    )
+    .unwrap();
+
+    let floor = median((0..runs).map(|_| {
+        let (d, _) = measure(
+            Command::new("sh")
+                .arg("-c")
+                .arg("LC_ALL=C sort -u recipients.txt | awk '{print $0\" OK\"}' > floor.out")
+                .current_dir(&dir),
+        );
+        d
+    }));
+
+    let bin = env!("CARGO_BIN_EXE_rcptsync");
+    let sync = || {
+        let mut c = Command::new(bin);
+        c.args(["sync", "-c", "rcptsync.toml"])
+            .current_dir(&dir)
+            .env("RCPTSYNC_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        c
+    };
+    let mut cold = Vec::new();
+    let mut cold_rss = 0;
+    for _ in 0..runs {
+        let _ = std::fs::remove_dir_all(dir.join("state"));
+        for f in ["relay_recipients", "exim_recipients", "recipients.json"] {
+            let _ = std::fs::remove_file(dir.join("out").join(f));
+        }
+        let (d, rss) = measure(&mut sync());
+        cold.push(d);
+        cold_rss = cold_rss.max(rss);
+    }
+    let cold = median(cold.into_iter());
+    let before = snapshot(&dir);
+    let mut warm = Vec::new();
+    let mut warm_rss = 0;
+    for _ in 0..runs {
+        let (d, rss) = measure(&mut sync());
+        warm.push(d);
+        warm_rss = warm_rss.max(rss);
+    }
+    let warm = median(warm.into_iter());
+    let untouched = snapshot(&dir) == before;
+
+    let f = floor.as_secs_f64();
+    println!("floor  (sort -u | awk)       {:>8.3} s", f);
+    println!(
+        "cold sync                    {:>8.3} s  = {:.2}x floor (target <= 1.50x)  peak RSS {} MB (target <= 400)",
+        cold.as_secs_f64(),
+        cold.as_secs_f64() / f,
+        cold_rss / 1024
+    );
+    println!(
+        "unchanged re-run             {:>8.3} s  = {:.2}x floor (target <= 1.00x)  peak RSS {} MB",
+        warm.as_secs_f64(),
+        warm.as_secs_f64() / f,
+        warm_rss / 1024
+    );
+    println!("unchanged re-run rewrote nothing: {untouched}");
+    println!(
+        "(median of {runs} runs each, {} cores)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+}
+
+/// Deterministic mixed-case addresses with 1 % duplicates, shuffled.
+fn generate(path: &Path, n: usize) {
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let unique = n - n / 100;
+    let domains = ["example.com", "Example.ORG", "corp.example.net", "mail.example.de", "EXAMPLE.co.uk"];
+    let mut lines: Vec<String> = (0..unique)
+        .map(|i| {
+            let r = rnd();
+            let local = if r & 1 == 0 { format!("User.{i:07}") } else { format!("user.{i:07}") };
+            format!("{local}@{}", domains[(r >> 8) as usize % domains.len()])
+        })
+        .collect();
+    for _ in 0..n / 100 {
+        let dup = lines[(rnd() as usize) % unique].to_uppercase();
+        lines.push(dup);
+    }
+    for i in (1..lines.len()).rev() {
+        let j = (rnd() as usize) % (i + 1);
+        lines.swap(i, j);
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+/// Wall time and peak RSS (KiB) of one child process.
+// The child is reaped by wait4 (which also reports its peak RSS), not Child::wait.
+#[allow(clippy::zombie_processes)]
+fn measure(cmd: &mut Command) -> (Duration, i64) {
+    let start = Instant::now();
+    let child = cmd.spawn().expect("spawn");
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid initial value; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child by pid.
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let took = start.elapsed();
+    assert!(
+        rc > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "command failed: {cmd:?} status {status}"
+    );
+    (took, usage.ru_maxrss)
+}
+
+fn median(it: impl Iterator<Item = Duration>) -> Duration {
+    let mut v: Vec<Duration> = it.collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = Vec::new();
+    for sub in ["out", "state", "state/sources"] {
+        for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            // The lock file holds the pid of the last run; it is not output or state.
+            if m.is_file() && e.file_name() != "lock" {
+                v.push((e.path(), m.ino(), m.mtime(), m.mtime_nsec()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
