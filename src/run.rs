@@ -151,7 +151,7 @@ pub fn merge(cfg: &Config, gathered: &[Gathered]) -> (RecipientList, Vec<usize>)
 /// path: a million-entry source is not copied).
 pub fn merge_owned(cfg: &Config, gathered: &mut [Gathered]) -> (RecipientList, Vec<usize>) {
     let policy = Policy::new(&cfg.policy);
-    policy.apply(gathered.iter_mut().map(|g| (g.name.clone(), std::mem::take(&mut g.entries))).collect())
+    policy.apply_lean(gathered.iter_mut().map(|g| (g.name.clone(), std::mem::take(&mut g.entries))).collect())
 }
 
 fn source_reports(gathered: &[Gathered]) -> Vec<SourceReport> {
@@ -165,23 +165,6 @@ fn source_reports(gathered: &[Gathered]) -> Vec<SourceReport> {
             error: g.error.clone(),
         })
         .collect()
-}
-
-/// Entries of the list in byte order (addresses and catch-alls merged).
-fn sorted_entries(list: &RecipientList) -> Vec<&str> {
-    let (a, c) = (list.addresses(), list.catchalls());
-    let mut out = Vec::with_capacity(a.len() + c.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < c.len() {
-        if j >= c.len() || (i < a.len() && a[i].as_str() < c[j].as_str()) {
-            out.push(a[i].as_str());
-            i += 1;
-        } else {
-            out.push(c[j].as_str());
-            j += 1;
-        }
-    }
-    out
 }
 
 /// One complete sync run.
@@ -225,7 +208,7 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     report.recipients = list.len();
 
     // Guard against the last applied list.
-    let entries = sorted_entries(&list);
+    let entries = list.sorted_entries();
     let new_fp = fingerprint(entries.iter().copied());
     let applied_path = state.applied_path();
     let (baseline, delta) = match state.read_header(&applied_path) {
@@ -262,7 +245,14 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     // Render and compare with disk.
     tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "guard evaluated");
     let t = Instant::now();
-    let rendered = tokio::task::block_in_place(|| writer::render_all(&cfg.outputs, &list, opts.diff));
+    // Render (and, for a real run, stage the changed outputs' temp files) while the
+    // state files are staged: both are complete on disk before anything is renamed.
+    let (rendered, staged_state) = tokio::task::block_in_place(|| {
+        rayon::join(
+            || writer::render_all(&cfg.outputs, &list, opts.diff, !opts.dry_run),
+            || if opts.dry_run { Ok(Vec::new()) } else { stage_state(&state, &list, &entries, &new_fp) },
+        )
+    });
     let mut ready = Vec::new();
     let mut errors = Vec::new();
     for r in rendered {
@@ -297,9 +287,7 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
 
     tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "rendered and compared");
     let t = Instant::now();
-    let (outcomes, staged_state) = tokio::task::block_in_place(|| {
-        rayon::join(|| writer::commit_all(&cfg.outputs, &ready), || stage_state(&state, &list, &entries, &new_fp))
-    });
+    let outcomes = tokio::task::block_in_place(|| writer::commit_all(&cfg.outputs, &mut ready));
     tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "committed");
     let mut failures = Vec::new();
     for (rep, o) in report.outputs.iter_mut().zip(outcomes) {
@@ -367,7 +355,7 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
 /// Frees a large structure on another thread. A million small allocations take
 /// tens of milliseconds to free; a one-shot CLI run exits without waiting, a
 /// daemon frees them in the background.
-fn dispose<T: Send + 'static>(garbage: T) {
+pub(crate) fn dispose<T: Send + 'static>(garbage: T) {
     let spawned = std::thread::Builder::new().name("rcptsync-free".into()).spawn(move || drop(garbage));
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "could not free in the background");
@@ -481,23 +469,26 @@ fn stage_state(
 ) -> Result<Vec<PendingFile>, StateError> {
     let mut pending = Vec::new();
     let applied = state.applied_path();
-    if state.read_header(&applied).ok().flatten().is_none_or(|h| h.fingerprint != new_fp) {
-        pending.push(state.stage_list(&applied, "applied-list", entries, Some(new_fp))?.1);
+    let applied_changed = state.read_header(&applied).ok().flatten().is_none_or(|h| h.fingerprint != new_fp);
+    if applied_changed {
+        pending.push(state.stage_list(&applied, "list", entries, Some(new_fp))?.1);
     }
     // Each source's slice of the final list, built in the list's sorted order
     // (addresses and catch-alls merged), so no sorting is needed.
     let names = list.source_names();
     let mut slices: Vec<Vec<&str>> = vec![Vec::new(); names.len()];
-    let (a, c) = (list.addresses(), list.catchalls());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < c.len() {
-        if j >= c.len() || (i < a.len() && a[i].as_str() < c[j].as_str()) {
-            push_unique(&mut slices, list.address_origins(i).iter().map(|o| o.source), a[i].as_str());
-            i += 1;
-        } else {
-            push_unique(&mut slices, list.catchall_origins(j).iter().map(|o| o.source), c[j].as_str());
+    let c = list.catchalls();
+    let mut j = 0;
+    for (i, a) in list.addresses().iter().enumerate() {
+        while j < c.len() && c[j].as_str() < a.as_str() {
+            push_unique(&mut slices, list.catchall_sources(j).iter().copied(), c[j].as_str());
             j += 1;
         }
+        push_unique(&mut slices, list.address_sources(i).iter().copied(), a.as_str());
+    }
+    while j < c.len() {
+        push_unique(&mut slices, list.catchall_sources(j).iter().copied(), c[j].as_str());
+        j += 1;
     }
     for (name, slice) in names.iter().zip(slices) {
         if name == crate::policy::INCLUDE_SOURCE {
@@ -507,7 +498,14 @@ fn stage_state(
         // A source that produced the whole list has the list's fingerprint.
         let fp = if slice.len() == entries.len() { new_fp.to_string() } else { fingerprint(slice.iter().copied()) };
         if state.read_header(&path).ok().flatten().is_none_or(|h| h.fingerprint != fp) {
-            pending.push(state.stage_list(&path, "source-slice", &slice, Some(&fp))?.1);
+            let file = if fp == new_fp {
+                // Same bytes as the whole list (one source, no includes): link, don't copy.
+                let from = if applied_changed { pending[0].staged().to_path_buf() } else { applied.clone() };
+                state.stage_link(&from, &path)?
+            } else {
+                state.stage_list(&path, "list", &slice, Some(&fp))?.1
+            };
+            pending.push(file);
         }
     }
     Ok(pending)

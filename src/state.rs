@@ -225,6 +225,22 @@ impl StateDir {
     }
 }
 
+impl StateDir {
+    /// Stages `path` as a second name for the complete file `from` (same bytes,
+    /// no second write): used when a source's slice equals the whole list.
+    pub fn stage_link(&self, from: &Path, path: &Path) -> Result<PendingFile, StateError> {
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id()
+        ));
+        let _ = fs::remove_file(&tmp);
+        fs::hard_link(from, &tmp).map_err(|err| StateError::Io { path: path.to_path_buf(), err })?;
+        Ok(PendingFile { tmp, path: path.to_path_buf(), dir, installed: false })
+    }
+}
+
 /// A complete state file waiting to be renamed into place; removed if dropped.
 #[derive(Debug)]
 pub struct PendingFile {
@@ -235,6 +251,11 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
+    /// The complete temp file.
+    pub fn staged(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn install(mut self) -> Result<(), StateError> {
         let r = fs::rename(&self.tmp, &self.path).and_then(|_| File::open(&self.dir)?.sync_all());
         self.installed = r.is_ok();

@@ -42,17 +42,17 @@ pub fn explain(
     };
 
     let accepted;
-    if let Ok(i) = list.addresses().binary_search(&entry) {
+    if let Ok(i) = list.addresses().binary_search(entry.as_str()) {
         accepted = true;
         let _ = writeln!(t, "ACCEPTED {entry}");
         for o in list.address_origins(i) {
-            let _ = writeln!(t, "  from {}", describe(o));
+            let _ = writeln!(t, "  from {}", describe(&o));
         }
     } else if let Ok(i) = list.catchalls().binary_search(&catchall_of(&entry)) {
         accepted = true;
         let _ = writeln!(t, "ACCEPTED {entry} by the catch-all @{}", entry.domain());
         for o in list.catchall_origins(i) {
-            let _ = writeln!(t, "  from {}", describe(o));
+            let _ = writeln!(t, "  from {}", describe(&o));
         }
     } else {
         accepted = false;

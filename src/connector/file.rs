@@ -37,11 +37,11 @@ pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
         let cut = if rest.len() <= CHUNK {
             rest.len()
         } else {
-            rest[CHUNK..].iter().position(|&b| b == b'\n').map_or(rest.len(), |p| CHUNK + p + 1)
+            memchr::memchr(b'\n', &rest[CHUNK..]).map_or(rest.len(), |p| CHUNK + p + 1)
         };
         let (chunk, tail) = rest.split_at(cut);
         chunks.push((first_line, chunk));
-        first_line += chunk.iter().filter(|&&b| b == b'\n').count();
+        first_line += memchr::memchr_iter(b'\n', chunk).count();
         rest = tail;
     }
     let parts: Vec<Fetched> =
@@ -58,12 +58,15 @@ pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
 fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> Fetched {
     let mut out = Fetched { items: Vec::with_capacity(bytes.len() / 24), rejected: Vec::new() };
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (i, end) in ends.enumerate() {
+        let line = &body[start..end];
+        start = end + 1;
         let lineno = u32::try_from(first_line + i).unwrap_or(u32::MAX);
-        let field = match line.split(|b| b.is_ascii_whitespace()).find(|f| !f.is_empty()) {
-            Some(f) => f,
-            None => continue,
-        };
+        let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) else { continue };
+        let rest = &line[first..];
+        let field = &rest[..rest.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len())];
         if field[0] == b'#' {
             continue;
         }
@@ -99,9 +102,16 @@ fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> Fetched {
 impl Connector for FileSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read().map(|b| parse(&b, this.spec.catchalls)))
-            .await
-            .map_err(|e| SourceError::new(format!("reader task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let bytes = this.read()?;
+            let read_ms = t.elapsed().as_millis() as u64;
+            let f = parse(&bytes, this.spec.catchalls);
+            tracing::debug!(path = %this.spec.path.display(), bytes = bytes.len(), read_ms, parse_ms = t.elapsed().as_millis() as u64 - read_ms, "file read");
+            Ok(f)
+        })
+        .await
+        .map_err(|e| SourceError::new(format!("reader task failed: {e}")))?
     }
 
     async fn check(&self) -> Result<String, SourceError> {

@@ -67,11 +67,6 @@ impl std::hash::Hash for Entry {
 }
 
 impl Entry {
-    /// An empty value that never leaves the merge that uses it as a stand-in.
-    pub(crate) fn placeholder() -> Entry {
-        Entry { text: Box::from(""), at: 0 }
-    }
-
     /// The canonical text: `local@domain`, or `@domain` for a catch-all.
     pub fn as_str(&self) -> &str {
         &self.text

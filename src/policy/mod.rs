@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod guard;
+pub mod table;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -16,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::config::PolicyConfig;
 use address::{Entry, parse_address, parse_address_owned, parse_catchall, parse_domain};
+pub use table::{AddressTable, EntryRef};
 
 /// Where inside a source a value was found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,31 +94,47 @@ pub struct Origin {
     pub locator: Locator,
 }
 
-impl Origin {
-    fn placeholder() -> Origin {
-        Origin { source: u16::MAX, locator: Locator::LastGood }
-    }
-}
-
 /// The final list: sorted, unique, lowercase entries with their provenance.
 #[derive(Debug, Clone, Default)]
 pub struct RecipientList {
-    /// Addresses (`local@domain`), sorted.
-    addresses: Vec<Entry>,
+    /// Addresses (`local@domain`), sorted, in one buffer.
+    addresses: AddressTable,
     /// Catch-all entries (`@domain`), sorted.
     catchalls: Vec<Entry>,
-    /// `starts[i]..starts[i+1]` indexes `origins` for entry i (addresses first, then
-    /// catch-alls).
+    /// `starts[i]..starts[i+1]` indexes the origins of entry i (addresses first,
+    /// then catch-alls).
     starts: Vec<u32>,
-    origins: Vec<Origin>,
+    /// Source index of each origin.
+    origin_sources: Vec<u16>,
+    /// Locator of each origin; empty when the list was built without them (the
+    /// sync path, which never shows them).
+    origin_locators: Vec<Locator>,
     /// Names for `Origin::source`.
     source_names: Arc<[String]>,
     /// Sorted unique domains of all entries.
     domains: Vec<String>,
+    /// The merge's input, kept only to be freed together with the list.
+    _retired: Retired,
+}
+
+/// Merge input retired with the list (see `RecipientList::build`).
+#[derive(Default)]
+struct Retired(#[allow(dead_code)] Vec<(u64, u64, (Entry, u16, u32))>);
+
+impl std::fmt::Debug for Retired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Retired({})", self.0.len())
+    }
+}
+
+impl Clone for Retired {
+    fn clone(&self) -> Self {
+        Retired(Vec::new())
+    }
 }
 
 impl RecipientList {
-    pub fn addresses(&self) -> &[Entry] {
+    pub fn addresses(&self) -> &AddressTable {
         &self.addresses
     }
 
@@ -142,114 +160,163 @@ impl RecipientList {
         self.len() == 0
     }
 
-    /// Every entry (addresses, then catch-alls), for state files and diffs.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.addresses.iter().chain(self.catchalls.iter())
+    /// Every entry (addresses, then catch-alls).
+    pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
+        self.addresses.iter().chain(self.catchalls.iter().map(Entry::as_ref))
     }
 
-    /// All entries as one sorted vector of canonical strings.
+    /// Every entry in byte order (addresses and catch-alls merged): the order of
+    /// state files and fingerprints.
     pub fn sorted_entries(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.entries().map(Entry::as_str).collect();
-        v.sort_unstable();
-        v
+        let c = &self.catchalls;
+        let mut out = Vec::with_capacity(self.len());
+        let mut j = 0;
+        for a in self.addresses.iter() {
+            while j < c.len() && c[j].as_str() < a.as_str() {
+                out.push(c[j].as_str());
+                j += 1;
+            }
+            out.push(a.as_str());
+        }
+        out.extend(c[j..].iter().map(Entry::as_str));
+        out
     }
 
-    /// Origins of address number `i`.
-    pub fn address_origins(&self, i: usize) -> &[Origin] {
+    /// Origins of address number `i` (locators are `LastGood` stand-ins when the
+    /// list was built without them).
+    pub fn address_origins(&self, i: usize) -> Vec<Origin> {
         self.origins_at(i)
     }
 
     /// Origins of catch-all number `i`.
-    pub fn catchall_origins(&self, i: usize) -> &[Origin] {
+    pub fn catchall_origins(&self, i: usize) -> Vec<Origin> {
         self.origins_at(self.addresses.len() + i)
     }
 
-    fn origins_at(&self, slot: usize) -> &[Origin] {
+    /// Source indexes of address number `i`, in source order.
+    pub fn address_sources(&self, i: usize) -> &[u16] {
+        let r = self.range(i);
+        &self.origin_sources[r]
+    }
+
+    /// Source indexes of catch-all number `i`, in source order.
+    pub fn catchall_sources(&self, i: usize) -> &[u16] {
+        let r = self.range(self.addresses.len() + i);
+        &self.origin_sources[r]
+    }
+
+    fn range(&self, slot: usize) -> std::ops::Range<usize> {
         match (self.starts.get(slot), self.starts.get(slot + 1)) {
-            (Some(&a), Some(&b)) => &self.origins[a as usize..b as usize],
-            _ => &[],
+            (Some(&a), Some(&b)) => a as usize..b as usize,
+            _ => 0..0,
         }
+    }
+
+    fn origins_at(&self, slot: usize) -> Vec<Origin> {
+        self.range(slot)
+            .map(|k| Origin {
+                source: self.origin_sources[k],
+                locator: self.origin_locators.get(k).cloned().unwrap_or(Locator::LastGood),
+            })
+            .collect()
     }
 
     /// Distinct source names of an address, in source order (for templates).
     pub fn address_source_names(&self, i: usize) -> Vec<&str> {
-        let mut idx: Vec<u16> = self.address_origins(i).iter().map(|o| o.source).collect();
+        let mut idx: Vec<u16> = self.address_sources(i).to_vec();
         idx.dedup();
         idx.into_iter().filter_map(|s| self.source_names.get(s as usize).map(String::as_str)).collect()
     }
 
     /// Builds a list from already-filtered located entries, grouped by source.
-    fn build(source_names: Vec<String>, per_source: Vec<Vec<Located>>) -> RecipientList {
-        let mut all: Vec<(Entry, Origin)> = Vec::with_capacity(per_source.iter().map(Vec::len).sum());
-        let mut catch: Vec<(Entry, Origin)> = Vec::new();
+    fn build(source_names: Vec<String>, per_source: Vec<Vec<Located>>, keep_locators: bool) -> RecipientList {
+        // (entry, source, position): 32 bytes to move around instead of 56. The
+        // position orders an entry's origins by where they appear in the source,
+        // and indexes `locators` when those are kept.
+        let total: usize = per_source.iter().map(Vec::len).sum();
+        let mut all: Vec<(Entry, u16, u32)> = Vec::with_capacity(total);
+        let mut catch: Vec<(Entry, u16, u32)> = Vec::new();
+        let mut locators: Vec<Locator> = Vec::with_capacity(if keep_locators { total } else { 0 });
+        let mut pos = 0u32;
         for (i, v) in per_source.into_iter().enumerate() {
             let source = u16::try_from(i).unwrap_or(u16::MAX);
             for (e, locator) in v {
-                if e.is_catchall() {
-                    catch.push((e, Origin { source, locator }));
-                } else {
-                    all.push((e, Origin { source, locator }));
+                if keep_locators {
+                    locators.push(locator);
                 }
+                if e.is_catchall() {
+                    catch.push((e, source, pos));
+                } else {
+                    all.push((e, source, pos));
+                }
+                pos += 1;
             }
         }
-        let by_entry_then_origin = |a: &(Entry, Origin), b: &(Entry, Origin)| {
-            a.0.cmp(&b.0).then(a.1.source.cmp(&b.1.source)).then_with(|| a.1.locator.cmp(&b.1.locator))
-        };
+        let by_entry_then_origin =
+            |a: &(Entry, u16, u32), b: &(Entry, u16, u32)| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2));
         catch.sort_by(by_entry_then_origin);
 
-        // Sort a small key array instead of the 56-byte tuples: the first 16 bytes
-        // of the entry as a big-endian integer decide most comparisons without
-        // touching the heap. Validated entries never contain NUL, so zero padding
-        // keeps the byte order. Ties fall back to (entry, source, locator), which
-        // makes provenance order deterministic.
-        let mut keys: Vec<(u64, u64, u32)> = all
-            .par_iter()
-            .enumerate()
-            .map(|(i, (e, _))| {
-                let k = prefix_key(e.as_str());
-                ((k >> 64) as u64, k as u64, i as u32)
+        // Sort with the first 16 bytes of each entry stored next to it as a
+        // big-endian integer: most comparisons are decided without touching the
+        // heap, and the sorted records are then read in order (no random gather).
+        // Validated entries never contain NUL, so zero padding keeps the byte
+        // order. Ties fall back to the full (entry, source, position).
+        let mut recs: Vec<(u64, u64, (Entry, u16, u32))> = all
+            .into_par_iter()
+            .map(|t| {
+                let k = prefix_key(t.0.as_str());
+                ((k >> 64) as u64, k as u64, t)
             })
             .collect();
-        keys.par_sort_unstable_by(|a, b| {
-            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| by_entry_then_origin(&all[a.2 as usize], &all[b.2 as usize]))
-        });
-        let n = all.len();
-        let mut addresses: Vec<Entry> = Vec::with_capacity(n);
+        recs.par_sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| by_entry_then_origin(&a.2, &b.2)));
+        let n = recs.len();
+        let mut addresses = AddressTable::with_capacity(n, n * 32);
         let mut starts: Vec<u32> = Vec::with_capacity(n + catch.len() + 1);
-        let mut origins: Vec<Origin> = Vec::with_capacity(n + catch.len());
+        let mut origin_sources: Vec<u16> = Vec::with_capacity(n + catch.len());
+        let mut origin_locators: Vec<Locator> = Vec::with_capacity(if keep_locators { n + catch.len() } else { 0 });
+        let mut take_locator = |p: u32| {
+            if keep_locators {
+                let l = locators.get_mut(p as usize).map(|l| std::mem::replace(l, Locator::LastGood));
+                origin_locators.push(l.unwrap_or(Locator::LastGood));
+            }
+        };
         let mut prev_key = None;
-        for (hi, lo, i) in keys {
-            // Each index appears once in `keys`, so every slot is taken exactly once.
-            let (entry, origin) =
-                std::mem::replace(&mut all[i as usize], (Entry::placeholder(), Origin::placeholder()));
+        for &(hi, lo, (ref entry, source, p)) in &recs {
             // Equal keys are needed for equal entries, so most comparisons stop here.
-            let same = prev_key == Some((hi, lo)) && addresses.last() == Some(&entry);
+            let same = prev_key == Some((hi, lo)) && addresses.last().map(EntryRef::as_str) == Some(entry.as_str());
             if !same {
-                starts.push(origins.len() as u32);
+                starts.push(origin_sources.len() as u32);
                 addresses.push(entry);
             }
-            origins.push(origin);
+            origin_sources.push(source);
+            take_locator(p);
             prev_key = Some((hi, lo));
         }
-        drop(all);
+        // The separate strings are no longer needed, but freeing a million of them
+        // costs tens of milliseconds: they leave with the list (whose owner frees
+        // it off the critical path, or not at all when the process exits).
+        let retired = Retired(recs);
         let mut catchalls: Vec<Entry> = Vec::new();
-        for (entry, origin) in catch {
+        for (entry, source, p) in catch {
             if catchalls.last() != Some(&entry) {
-                starts.push(origins.len() as u32);
+                starts.push(origin_sources.len() as u32);
                 catchalls.push(entry);
             }
-            origins.push(origin);
+            origin_sources.push(source);
+            take_locator(p);
         }
-        starts.push(origins.len() as u32);
+        starts.push(origin_sources.len() as u32);
 
         // Few distinct domains, many entries: each thread keeps a short list, with
         // a check against the last domain seen, instead of hashing every entry.
-        let mut domains: Vec<String> = addresses
-            .par_iter()
-            .chain(catchalls.par_iter())
-            .fold(Vec::<&str>::new, |mut seen, e| {
-                let d = e.domain();
-                if seen.last() != Some(&d) && !seen.contains(&d) {
+        let mut domains: Vec<String> = (0..addresses.len())
+            .into_par_iter()
+            .with_min_len(1 << 14)
+            .fold(Vec::<&str>::new, |mut seen, i| {
+                if let Some(d) = addresses.get(i).map(EntryRef::domain)
+                    && seen.last() != Some(&d)
+                    && !seen.contains(&d)
+                {
                     seen.push(d);
                 }
                 seen
@@ -260,10 +327,21 @@ impl RecipientList {
                 a
             })
             .into_iter()
+            .chain(catchalls.iter().map(Entry::domain))
             .map(String::from)
             .collect();
         domains.sort_unstable();
-        RecipientList { addresses, catchalls, starts, origins, source_names: source_names.into(), domains }
+        domains.dedup();
+        RecipientList {
+            addresses,
+            catchalls,
+            starts,
+            origin_sources,
+            origin_locators,
+            source_names: source_names.into(),
+            domains,
+            _retired: retired,
+        }
     }
 }
 
@@ -350,6 +428,16 @@ impl Policy {
     /// `(sources ∩ domains) − exclude ∪ include`. Returns the list and, per source,
     /// how many entries the policy dropped.
     pub fn apply(&self, sources: Vec<(String, Vec<Located>)>) -> (RecipientList, Vec<usize>) {
+        self.apply_with(sources, true)
+    }
+
+    /// [`Policy::apply`] without keeping locators (line numbers, objects): the
+    /// sync path, which only needs which source produced what.
+    pub fn apply_lean(&self, sources: Vec<(String, Vec<Located>)>) -> (RecipientList, Vec<usize>) {
+        self.apply_with(sources, false)
+    }
+
+    fn apply_with(&self, sources: Vec<(String, Vec<Located>)>, keep_locators: bool) -> (RecipientList, Vec<usize>) {
         let mut names = Vec::with_capacity(sources.len() + 1);
         let mut kept = Vec::with_capacity(sources.len() + 1);
         let mut dropped = Vec::with_capacity(sources.len());
@@ -366,7 +454,7 @@ impl Policy {
         }
         names.push(INCLUDE_SOURCE.to_string());
         kept.push(self.include.iter().enumerate().map(|(i, e)| (e.clone(), Locator::Include(i as u32))).collect());
-        (RecipientList::build(names, kept), dropped)
+        (RecipientList::build(names, kept, keep_locators), dropped)
     }
 }
 
@@ -422,7 +510,7 @@ mod tests {
         ]);
         let b = located(&["alice@example.com", "@example.org", "carol@example.com"]);
         let (list, dropped) = p.apply(vec![("a".into(), a), ("b".into(), b)]);
-        let got: Vec<&str> = list.entries().map(Entry::as_str).collect();
+        let got: Vec<&str> = list.entries().map(EntryRef::as_str).collect();
         assert_eq!(
             got,
             ["alice@example.com", "bob@example.org", "carol@example.com", "postmaster@example.com", "@example.org"]
@@ -445,7 +533,7 @@ mod tests {
         let p = policy(None, &[], &["*@legacy.example.com"]);
         let (list, _) =
             p.apply(vec![("s".into(), located(&["@legacy.example.com", "a@legacy.example.com", "a@example.com"]))]);
-        assert_eq!(list.entries().map(Entry::as_str).collect::<Vec<_>>(), ["a@example.com"]);
+        assert_eq!(list.entries().map(EntryRef::as_str).collect::<Vec<_>>(), ["a@example.com"]);
         assert_eq!(p.check(&parse_address("b@legacy.example.com").unwrap()), Err(Drop::Exclude(0)));
     }
 
@@ -455,7 +543,7 @@ mod tests {
         // still published, because the operator listed it explicitly.
         let p = policy(Some(&["example.com"]), &["abuse@example.net", "@example.com"], &[]);
         let (list, _) = p.apply(vec![("s".into(), Vec::new())]);
-        assert_eq!(list.entries().map(Entry::as_str).collect::<Vec<_>>(), ["abuse@example.net", "@example.com"]);
+        assert_eq!(list.entries().map(EntryRef::as_str).collect::<Vec<_>>(), ["abuse@example.net", "@example.com"]);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Rendered {
     pub changed: bool,
     /// Lines only in the new version, and only in the old one (with `--diff`).
     pub diff: Option<(Vec<String>, Vec<String>)>,
+    /// The complete temp files of a changed output, when rendering was asked to
+    /// stage them.
+    pub staged: Option<Result<Staged, commit::CommitError>>,
 }
 
 /// What happened to one output.
@@ -50,14 +53,25 @@ pub fn render_all(
     outputs: &[OutputConfig],
     list: &Arc<RecipientList>,
     want_diff: bool,
+    stage: bool,
 ) -> Vec<Result<Rendered, String>> {
+    if stage {
+        // Leftovers of a killed run go even when nothing changes: a stray hard link
+        // to an old map would hide the change from Postfix's "table has changed" check.
+        for o in outputs {
+            target(o).clean_leftovers();
+        }
+    }
     outputs
         .par_iter()
         .map(|o| {
             let bytes = o.template.render(list).map_err(|e| format!("output {}: {e}", o.name))?;
             let changed = !target(o).is_current(&bytes).map_err(|e| format!("output {}: {e}", o.name))?;
             let diff = (want_diff && changed).then(|| line_diff(&o.path, &bytes));
-            Ok(Rendered { bytes, changed, diff })
+            // Writing the temp file here overlaps this output's I/O with the
+            // rendering of the others; nothing becomes visible before commit_all.
+            let staged = (stage && changed).then(|| target(o).stage(&bytes));
+            Ok(Rendered { bytes, changed, diff, staged })
         })
         .collect()
 }
@@ -79,10 +93,10 @@ fn line_diff(path: &std::path::Path, new: &[u8]) -> (Vec<String>, Vec<String>) {
 
 /// Writes every changed output, runs the hooks, and rolls everything back on any
 /// failure. Returns one outcome per output, in config order.
-pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<OutputOutcome> {
+pub fn commit_all(outputs: &[OutputConfig], rendered: &mut [Rendered]) -> Vec<OutputOutcome> {
     let mut outcomes: Vec<OutputOutcome> = outputs
         .iter()
-        .zip(rendered)
+        .zip(rendered.iter())
         .map(|(o, r)| OutputOutcome {
             name: o.name.clone(),
             path: o.path.clone(),
@@ -91,19 +105,20 @@ pub fn commit_all(outputs: &[OutputConfig], rendered: &[Rendered]) -> Vec<Output
             error: None,
         })
         .collect();
-    // Leftovers of a killed run go even when nothing changes: a stray hard link to
-    // an old map would hide the change from Postfix's "table has changed" check.
-    for o in outputs {
-        target(o).clean_leftovers();
-    }
     let changed: Vec<usize> = (0..outputs.len()).filter(|&i| rendered[i].changed).collect();
     if changed.is_empty() {
         return outcomes;
     }
 
-    // 1. Stage: all temp files and databases complete before anything is visible.
-    let staged: Vec<(usize, Result<Staged, commit::CommitError>)> =
-        changed.par_iter().map(|&i| (i, target(&outputs[i]).stage(&rendered[i].bytes))).collect();
+    // 1. Stage: all temp files and databases complete before anything is visible
+    //    (render_all staged them already when asked to).
+    let pre_staged: Vec<Option<Result<Staged, commit::CommitError>>> =
+        changed.iter().map(|&i| rendered[i].staged.take()).collect();
+    let staged: Vec<(usize, Result<Staged, commit::CommitError>)> = changed
+        .par_iter()
+        .zip(pre_staged)
+        .map(|(&i, pre)| (i, pre.unwrap_or_else(|| target(&outputs[i]).stage(&rendered[i].bytes))))
+        .collect();
     let mut ready = Vec::new();
     let mut failed = false;
     for (i, s) in staged {
