@@ -337,8 +337,8 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
                 .map(|(o, r)| OutputRecord {
                     name: o.name.clone(),
                     path: o.path.clone(),
-                    len: r.bytes.len() as u64,
-                    hash: hash_bytes(&r.bytes),
+                    len: r.len,
+                    hash: r.hash.clone(),
                 })
                 .collect(),
         };

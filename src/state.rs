@@ -208,16 +208,23 @@ impl StateDir {
             path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
             std::process::id()
         ));
-        let mut text = Vec::with_capacity(sorted.iter().map(|e| e.len() + 1).sum::<usize>() + 128);
-        let _ = writeln!(text, "# rcptsync {kind} {VERSION} count={} fingerprint={}", header.count, header.fingerprint);
-        for e in sorted {
-            text.extend_from_slice(e.as_bytes());
-            text.push(b'\n');
-        }
         let pending = PendingFile { tmp, path: path.to_path_buf(), dir, installed: false };
         let result = (|| -> io::Result<()> {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&pending.tmp)?;
-            f.write_all(&text)?;
+            // Written in 1 MiB batches: neither a copy of the whole list in memory
+            // nor a write call per entry.
+            let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+            let _ =
+                writeln!(buf, "# rcptsync {kind} {VERSION} count={} fingerprint={}", header.count, header.fingerprint);
+            for e in sorted {
+                if buf.len() + e.len() + 1 > buf.capacity() {
+                    f.write_all(&buf)?;
+                    buf.clear();
+                }
+                buf.extend_from_slice(e.as_bytes());
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
             f.sync_all()
         })();
         result.map_err(|err| StateError::Io { path: path.to_path_buf(), err })?;

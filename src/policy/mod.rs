@@ -234,7 +234,12 @@ impl RecipientList {
         // position orders an entry's origins by where they appear in the source,
         // and indexes `locators` when those are kept.
         let total: usize = per_source.iter().map(Vec::len).sum();
-        let mut all: Vec<(Entry, u16, u32)> = Vec::with_capacity(total);
+        // Each record carries the first 16 bytes of its entry as a big-endian
+        // integer, so most sort comparisons are decided without touching the heap,
+        // and the sorted records are then read in order (no random gather).
+        // Validated entries never contain NUL, so zero padding keeps the byte
+        // order. Ties fall back to the full (entry, source, position).
+        let mut recs: Vec<(u64, u64, (Entry, u16, u32))> = Vec::with_capacity(total);
         let mut catch: Vec<(Entry, u16, u32)> = Vec::new();
         let mut locators: Vec<Locator> = Vec::with_capacity(if keep_locators { total } else { 0 });
         let mut pos = 0u32;
@@ -247,7 +252,8 @@ impl RecipientList {
                 if e.is_catchall() {
                     catch.push((e, source, pos));
                 } else {
-                    all.push((e, source, pos));
+                    let k = prefix_key(e.as_str());
+                    recs.push(((k >> 64) as u64, k as u64, (e, source, pos)));
                 }
                 pos += 1;
             }
@@ -255,19 +261,6 @@ impl RecipientList {
         let by_entry_then_origin =
             |a: &(Entry, u16, u32), b: &(Entry, u16, u32)| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2));
         catch.sort_by(by_entry_then_origin);
-
-        // Sort with the first 16 bytes of each entry stored next to it as a
-        // big-endian integer: most comparisons are decided without touching the
-        // heap, and the sorted records are then read in order (no random gather).
-        // Validated entries never contain NUL, so zero padding keeps the byte
-        // order. Ties fall back to the full (entry, source, position).
-        let mut recs: Vec<(u64, u64, (Entry, u16, u32))> = all
-            .into_par_iter()
-            .map(|t| {
-                let k = prefix_key(t.0.as_str());
-                ((k >> 64) as u64, k as u64, t)
-            })
-            .collect();
         recs.par_sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| by_entry_then_origin(&a.2, &b.2)));
         let n = recs.len();
         let mut addresses = AddressTable::with_capacity(n, n * 32);

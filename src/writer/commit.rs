@@ -31,6 +31,8 @@ pub enum CommitError {
     Postmap { path: PathBuf, err: HookError },
     #[error("postmap did not create {0}")]
     NoMap(PathBuf),
+    #[error("{0}: internal error: the output was not staged before commit")]
+    NotStaged(PathBuf),
 }
 
 fn io_at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CommitError + 'a {

@@ -24,7 +24,10 @@ use commit::{Installed, Staged, Target};
 /// One output after rendering and comparing with disk.
 #[derive(Debug)]
 pub struct Rendered {
-    pub bytes: Vec<u8>,
+    /// Length and xxh3-128 of the rendered bytes (the bytes themselves are not
+    /// kept: a million-entry output is tens of megabytes).
+    pub len: u64,
+    pub hash: String,
     pub changed: bool,
     /// Lines only in the new version, and only in the old one (with `--diff`).
     pub diff: Option<(Vec<String>, Vec<String>)>,
@@ -71,7 +74,8 @@ pub fn render_all(
             // Writing the temp file here overlaps this output's I/O with the
             // rendering of the others; nothing becomes visible before commit_all.
             let staged = (stage && changed).then(|| target(o).stage(&bytes));
-            Ok(Rendered { bytes, changed, diff, staged })
+            let (len, hash) = (bytes.len() as u64, crate::state::hash_bytes(&bytes));
+            Ok(Rendered { len, hash, changed, diff, staged })
         })
         .collect()
 }
@@ -117,7 +121,10 @@ pub fn commit_all(outputs: &[OutputConfig], rendered: &mut [Rendered]) -> Vec<Ou
     let staged: Vec<(usize, Result<Staged, commit::CommitError>)> = changed
         .par_iter()
         .zip(pre_staged)
-        .map(|(&i, pre)| (i, pre.unwrap_or_else(|| target(&outputs[i]).stage(&rendered[i].bytes))))
+        .map(|(&i, pre)| {
+            let not_staged = || Err(commit::CommitError::NotStaged(outputs[i].path.clone()));
+            (i, pre.unwrap_or_else(not_staged))
+        })
         .collect();
     let mut ready = Vec::new();
     let mut failed = false;
