@@ -257,7 +257,11 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
             out.push_str(&format!("  FAILED  output {}: postmap is not on PATH\n", o.name));
         }
     }
-    match StateDir::open(&cfg.state_dir, true).and_then(|s| s.lock(std::time::Duration::ZERO).map(|_| ())) {
+    // Only probe: taking the run lock here would fail while a sync is running.
+    let state_probe = StateDir::open(&cfg.state_dir, true)
+        .map_err(|e| e.to_string())
+        .and_then(|_| probe_dir(&cfg.state_dir).map_err(|e| format!("{}: {e}", cfg.state_dir.display())));
+    match state_probe {
         Ok(()) => out.push_str(&format!("  ok      state_dir {} is usable\n", cfg.state_dir.display())),
         Err(e) => {
             failed = true;

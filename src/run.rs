@@ -403,6 +403,10 @@ fn unchanged(cfg: &Config, state: &StateDir, config_fp: &str, raw_fps: &[Option<
     if state.read_header(&state.applied_path()).ok()??.fingerprint != rec.list {
         return None;
     }
+    // The last-known-good slices must still be there to fall back on.
+    for s in &cfg.sources {
+        state.read_header(&state.slice_path(&s.name)).ok()??;
+    }
     for (o, r) in cfg.outputs.iter().zip(&rec.outputs) {
         if o.name != r.name || o.path != r.path {
             return None;

@@ -202,3 +202,42 @@ fn real_postmap_failure_rolls_back() {
     assert!(!t.join("maps/relay_recipients").exists());
     assert_eq!(std::fs::read_dir(t.join("maps")).unwrap().count(), 0);
 }
+
+#[test]
+fn real_map_is_restored_byte_for_byte_when_check_fails() {
+    if !enabled("real_map_is_restored_byte_for_byte_when_check_fails") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("maps")).unwrap();
+    let map_file = t.join("maps/relay_recipients");
+    let etc = Postfix::configure(&t.join("pf"), "example.test", &format!("lmdb:{}", map_file.display()));
+    t.write("recipients.txt", "alice@example.test\nbob@example.test\n");
+    // The check fails whenever carol is in the new map, as `postfix check` would
+    // for a broken configuration.
+    let check = format!("! postmap -q carol@example.test lmdb:{}", map_file.display());
+    t.config(&crate::util::config_with(
+        &format!(
+            "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"{}\"\npostmap = \"lmdb\"\ncheck = [\"sh\", \"-c\", \"{check}\"]\n",
+            map_file.display()
+        ),
+        "",
+    ));
+    sync(&t, &etc).expect(2);
+    let before = (std::fs::read(&map_file).unwrap(), std::fs::read(t.join("maps/relay_recipients.lmdb")).unwrap());
+    t.write("recipients.txt", "alice@example.test\nbob@example.test\ncarol@example.test\n");
+    let r = sync(&t, &etc);
+    r.expect(1);
+    assert!(r.stdout.contains("check failed, previous version restored"), "{}", r.stdout);
+    let after = (std::fs::read(&map_file).unwrap(), std::fs::read(t.join("maps/relay_recipients.lmdb")).unwrap());
+    assert!(before == after, "text or lmdb map differs after rollback");
+    // Postfix itself still answers from the old map.
+    let out = std::process::Command::new("postmap")
+        .arg("-c")
+        .arg(&etc)
+        .args(["-q", "carol@example.test"])
+        .arg(format!("lmdb:{}", map_file.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "carol must not be in the restored map");
+}
