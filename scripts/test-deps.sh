@@ -20,7 +20,7 @@ DEBS="$OUT/debs"
 EXIM_ROOT="$OUT/exim-root"
 NSS="$OUT/nss"
 
-APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb)
+APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb postgresql mariadb-server)
 EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
 
 log() { echo "test-deps: $*" >&2; }
@@ -142,7 +142,10 @@ exim_version="$(LD_LIBRARY_PATH="$EXIM_LIBS" LD_PRELOAD="$NSS_WRAPPER_LIB" \
   NSS_WRAPPER_PASSWD="$NSS/passwd" NSS_WRAPPER_GROUP="$NSS/group" \
   "$EXIM_BIN" -bV -C /dev/null 2>/dev/null | sed -n 's/^Exim version \([^ ]*\).*/\1/p' || true)"
 [ -n "$exim_version" ] || die "extracted exim does not run (try: LD_LIBRARY_PATH=$EXIM_LIBS $EXIM_BIN -bV)"
-log "ready: postfix $(postconf -dh mail_version), exim $exim_version"
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
+[ -x "$PG_BIN/initdb" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+command -v mariadbd >/dev/null || die "mariadbd not found (mariadb-server)"
+log "ready: postfix $(postconf -dh mail_version), exim $exim_version, $("$PG_BIN/postgres" --version), $(mariadbd --version | cut -d' ' -f1-4)"
 emit() { printf 'export %s=%q\n' "$1" "$2"; }
 emit RCPTSYNC_TEST_REAL_MTA 1
 emit RCPTSYNC_TEST_EXIM "$EXIM_BIN"
@@ -150,3 +153,5 @@ emit RCPTSYNC_TEST_EXIM_LIBS "$EXIM_LIBS"
 emit RCPTSYNC_TEST_NSS_WRAPPER "$NSS_WRAPPER_LIB"
 emit RCPTSYNC_TEST_NSS_PASSWD "$NSS/passwd"
 emit RCPTSYNC_TEST_NSS_GROUP "$NSS/group"
+emit RCPTSYNC_TEST_REAL_DB 1
+emit RCPTSYNC_TEST_PG_BIN "$PG_BIN"

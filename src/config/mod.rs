@@ -149,18 +149,60 @@ pub struct SourceConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
     File(FileSourceSpec),
+    Sql(SqlSourceSpec),
 }
 
 impl SourceSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceSpec::File(_) => "file",
+            SourceSpec::Sql(_) => "sql",
         }
     }
 }
 
 /// Kinds known to the contract but not built into this version.
-const PLANNED_KINDS: &[&str] = &["ldap", "graph", "google", "sql"];
+const PLANNED_KINDS: &[&str] = &["ldap", "graph", "google"];
+
+/// `kind = "sql"`: a mail server's database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceSpec {
+    /// `postgres://user@host:port/db`, `mysql://…` (MariaDB too) or
+    /// `sqlite:///path/to/file.db`. Put the password in `password*`, not here.
+    pub url: String,
+    #[serde(rename = "password")]
+    password_literal: Option<secret::Literal>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    /// Resolved from `password` / `password_file` / `password_env` by validation.
+    #[serde(skip)]
+    pub password: Option<secret::SecretSource>,
+    /// One query returning one column of addresses (`@domain` rows are
+    /// catch-alls). Overrides the profile's `queries`.
+    pub query: Option<String>,
+    /// Per-dialect queries (`postgres`, `mysql`, `sqlite`), usually from a profile.
+    #[serde(default)]
+    pub queries: std::collections::BTreeMap<String, String>,
+    /// CA certificate(s) to verify the server's TLS certificate with.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub query_timeout: Option<Duration>,
+}
+
+impl SqlSourceSpec {
+    /// The query to run against `dialect`: `query`, else `queries[dialect]`.
+    pub fn effective_query(&self, dialect: crate::connector::sql::Dialect) -> Option<String> {
+        self.query.clone().or_else(|| self.queries.get(dialect.key()).cloned())
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+}
 
 /// `kind = "file"`: one address per line.
 #[derive(Debug, Clone, Deserialize)]
@@ -495,8 +537,56 @@ impl Validator {
                 f.path = self.abs(f.path);
                 SourceSpec::File(f)
             }
+            SourceSpec::Sql(mut q) => {
+                self.validate_sql(at, &mut q);
+                SourceSpec::Sql(q)
+            }
         };
         Some(SourceConfig { name: name?, profile, spec })
+    }
+
+    fn validate_sql(&mut self, at: &str, q: &mut SqlSourceSpec) {
+        use crate::connector::sql::{Dialect, url_password};
+        let Some(dialect) = Dialect::from_url(&q.url) else {
+            self.push(format!("{at}.url"), "must start with postgres://, mysql://, mariadb:// or sqlite://".into());
+            return;
+        };
+        if url_password(&q.url).is_some() {
+            self.push(
+                format!("{at}.url"),
+                "contains a password; move it to password_file or password_env so it cannot leak with the URL".into(),
+            );
+        }
+        match secret::SecretSource::from_keys(
+            "password",
+            q.password_literal.take().map(|l| l.0),
+            q.password_file.take().map(|p| self.abs(p)),
+            q.password_env.take(),
+        ) {
+            Ok(p) => q.password = p,
+            Err(e) => self.push(format!("{at}.password"), e),
+        }
+        if dialect == Dialect::Sqlite && q.password.is_some() {
+            self.push(format!("{at}.password"), "SQLite has no passwords; remove it".into());
+        }
+        for k in q.queries.keys() {
+            if !["postgres", "mysql", "sqlite"].contains(&k.as_str()) {
+                self.push(format!("{at}.queries.{k}"), "unknown dialect; use postgres, mysql or sqlite".into());
+            }
+        }
+        match q.effective_query(dialect) {
+            Some(sql) if sql.trim().is_empty() => self.push(format!("{at}.query"), "is empty".into()),
+            Some(_) => {}
+            None if q.queries.is_empty() => self.push(
+                format!("{at}.query"),
+                "is required: set query = \"SELECT …\" or profile = \"postfixadmin\" (or another SQL profile)".into(),
+            ),
+            None => self.push(
+                format!("{at}.queries"),
+                format!("the profile has no query for {}; set query yourself", dialect.key()),
+            ),
+        }
+        q.ca_file = q.ca_file.take().map(|p| self.abs(p));
     }
 
     fn output(&mut self, at: &str, value: toml::Value, catalog: &Catalog) -> Option<OutputConfig> {
@@ -675,7 +765,7 @@ mod tests {
         assert_eq!(c.guard.min_recipients, 1);
         assert_eq!(c.guard.max_removed_percent, 10.0);
         assert_eq!(c.guard.on_source_failure, OnSourceFailure::KeepLastGood);
-        let SourceSpec::File(f) = &c.sources[0].spec;
+        let SourceSpec::File(f) = &c.sources[0].spec else { panic!("not a file source") };
         assert_eq!(f.path, PathBuf::from("/etc/rcptsync/recipients.txt"));
         assert!(f.catchalls);
         assert_eq!(c.outputs[0].postmap, Some(MapType::Lmdb));
@@ -773,12 +863,12 @@ mod tests {
     #[test]
     fn profile_defaults_are_overridden_by_source_keys() {
         let c = parse_ok(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"plain-list\""));
-        let SourceSpec::File(f) = &c.sources[0].spec;
+        let SourceSpec::File(f) = &c.sources[0].spec else { panic!("not a file source") };
         assert!(!f.catchalls, "profile default applies");
         let c = parse_ok(
             &MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"plain-list\"\ncatchalls = true"),
         );
-        let SourceSpec::File(f) = &c.sources[0].spec;
+        let SourceSpec::File(f) = &c.sources[0].spec else { panic!("not a file source") };
         assert!(f.catchalls, "source key wins");
         let errs = parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"nosuch\""));
         assert!(errs[0].starts_with("source[0].profile: unknown profile \"nosuch\"; known: plain-list"), "{errs:?}");
@@ -791,5 +881,57 @@ mod tests {
         assert!(parse_duration("x").is_err());
         assert!(valid_name("corp-ad_1.x"));
         assert!(!valid_name("../x") && !valid_name("") && !valid_name(".hidden") && !valid_name("a/b"));
+    }
+}
+
+#[cfg(test)]
+mod sql_tests {
+    use super::*;
+
+    fn sql_source(keys: &str) -> String {
+        format!(
+            "state_dir = \"s\"\n[[source]]\nname = \"db\"\nkind = \"sql\"\n{keys}\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, Path::new("/etc/rcptsync")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn sql_source_validation() {
+        assert_eq!(
+            errors(&sql_source(
+                "url = \"postgres://pfa@127.0.0.1/pfa\"\nquery = \"SELECT username FROM mailbox\"\npassword_env = \"PFA_PW\""
+            )),
+            Vec::<String>::new()
+        );
+        let e = errors(&sql_source("url = \"oracle://x\"\nquery = \"SELECT 1\""));
+        assert!(e[0].starts_with("source[0].url: must start with postgres://"), "{e:?}");
+        let e = errors(&sql_source("url = \"mysql://pfa:hunter2@db/pfa\"\nquery = \"SELECT 1\""));
+        assert!(e[0].starts_with("source[0].url: contains a password") && !e[0].contains("hunter2"), "{e:?}");
+        let e = errors(&sql_source("url = \"postgres://pfa@db/pfa\""));
+        assert!(e[0].starts_with("source[0].query: is required"), "{e:?}");
+        let e = errors(&sql_source(
+            "url = \"postgres://pfa@db/pfa\"\nquery = \"SELECT 1\"\npassword = \"x\"\npassword_env = \"Y\"",
+        ));
+        assert_eq!(e, ["source[0].password: set only one of password, password_file and password_env"]);
+        let e = errors(&sql_source("url = \"sqlite:///x.db\"\nquery = \"SELECT 1\"\npassword = \"x\""));
+        assert_eq!(e, ["source[0].password: SQLite has no passwords; remove it"]);
+        let e = errors(&sql_source("url = \"postgres://pfa@db/pfa\"\nquery = \"SELECT 1\"\nquery_timeout = \"soon\""));
+        assert!(e[0].contains("\"soon\" is not a duration"), "{e:?}");
+    }
+
+    #[test]
+    fn literal_password_never_prints() {
+        let c = parse(
+            &sql_source("url = \"postgres://pfa@db/pfa\"\nquery = \"SELECT 1\"\npassword = \"hunter2-secret\""),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -25,6 +25,18 @@ impl fmt::Debug for SecretSource {
     }
 }
 
+/// A secret as written literally in the config file: deserialises like a string,
+/// never prints.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Literal(pub String);
+
+impl fmt::Debug for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A resolved secret value. Never printed.
 #[derive(Clone)]
 pub struct Secret(String);

@@ -4,6 +4,7 @@
 //! loudly rather than return a partial result.
 
 pub mod file;
+pub mod sql;
 
 use std::future::Future;
 
@@ -45,24 +46,28 @@ pub trait Connector {
 #[derive(Debug, Clone)]
 pub enum Source {
     File(file::FileSource),
+    Sql(Box<sql::SqlSource>),
 }
 
 impl Source {
     pub fn build(cfg: &SourceConfig) -> Source {
         match &cfg.spec {
             SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
+            SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new(spec.clone()))),
         }
     }
 
     pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         match self {
             Source::File(s) => s.fetch().await,
+            Source::Sql(s) => s.fetch().await,
         }
     }
 
     pub async fn check(&self) -> Result<String, SourceError> {
         match self {
             Source::File(s) => s.check().await,
+            Source::Sql(s) => s.check().await,
         }
     }
 }

@@ -10,4 +10,5 @@ mod guard;
 mod outputs;
 mod postfix;
 mod smtp;
+mod sql;
 mod util;

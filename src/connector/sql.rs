@@ -1,0 +1,381 @@
+//! `kind = "sql"`: the primary mail server's own database (PostgreSQL, MySQL or
+//! MariaDB, SQLite).
+//!
+//! The SQL is data: a `query` in the source, or a profile's per-dialect `queries`
+//! (`connectors/postfixadmin.toml` and friends) that reproduce what the product's
+//! own Postfix lookups accept. A query returns one column of addresses; rows
+//! `@domain` are catch-alls (they only come from SQL an operator or a profile wrote
+//! for that purpose). The connection is read-only, every step has a timeout, and a
+//! failed or timed-out query fails the source as a whole: never a partial list.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use crate::config::SqlSourceSpec;
+use crate::config::secret::Secret;
+use crate::connector::{Connector, Fetched, SourceError};
+use crate::policy::{Locator, RawItem, RawKind, Rejected};
+
+/// The database family, from the URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Option<Dialect> {
+        let scheme = url.split_once("://").map(|(s, _)| s).or_else(|| url.split_once(':').map(|(s, _)| s))?;
+        match scheme {
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::Mysql),
+            "sqlite" => Some(Dialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    /// The key of this dialect in a profile's `queries` table.
+    pub fn key(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::Mysql => "mysql",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Hides the password part of a database URL (`scheme://user:***@host/db`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth_end, _) = match rest.find(['/', '?']) {
+        Some(i) => (i, ()),
+        None => (rest.len(), ()),
+    };
+    let authority = &rest[..auth_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Default connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default timeout for the whole query, including reading every row.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct SqlSource {
+    spec: SqlSourceSpec,
+    dialect: Dialect,
+    query: String,
+}
+
+impl SqlSource {
+    /// `spec` has been validated: the dialect is known and a query exists.
+    pub fn new(spec: SqlSourceSpec) -> SqlSource {
+        let dialect = Dialect::from_url(&spec.url).unwrap_or(Dialect::Postgres);
+        let query = spec.effective_query(dialect).unwrap_or_default();
+        SqlSource { spec, dialect, query }
+    }
+
+    fn password(&self) -> Result<Option<Secret>, SourceError> {
+        match &self.spec.password {
+            None => Ok(None),
+            Some(src) => src.resolve("password").map(Some).map_err(|e| SourceError::new(e.to_string())),
+        }
+    }
+
+    /// Makes a message safe to show: no password, no URL password.
+    fn clean(&self, msg: String, secret: Option<&Secret>) -> String {
+        let mut msg = msg.replace(&self.spec.url, &redact_url(&self.spec.url));
+        if let Some(s) = secret.filter(|s| s.expose().len() >= 3) {
+            msg = msg.replace(s.expose(), "***");
+        }
+        if let Some(pw) = url_password(&self.spec.url).filter(|p| p.len() >= 3) {
+            msg = msg.replace(&pw, "***");
+        }
+        msg
+    }
+
+    fn where_(&self) -> String {
+        redact_url(&self.spec.url)
+    }
+
+    /// Runs `sql` and returns the first column of every row.
+    async fn rows(&self, sql: &str) -> Result<Vec<Option<Vec<u8>>>, SourceError> {
+        let secret = self.password()?;
+        let result = self.rows_inner(sql, secret.as_ref()).await;
+        result.map_err(|e| SourceError::new(self.clean(e, secret.as_ref())))
+    }
+
+    async fn rows_inner(&self, sql: &str, secret: Option<&Secret>) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let connect_timeout = self.spec.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+        let query_timeout = self.spec.query_timeout.unwrap_or(QUERY_TIMEOUT);
+        // The SQL comes from the operator's config or a reviewed profile, never from
+        // directory data, so it is run as written.
+        let sql = AssertSqlSafe(sql.to_string());
+        match self.dialect {
+            Dialect::Postgres => {
+                let mut opts = sqlx::postgres::PgConnectOptions::from_str(&self.spec.url)
+                    .map_err(|e| format!("invalid url {}: {e}", self.where_()))?
+                    .application_name("rcptsync")
+                    .options([
+                        ("default_transaction_read_only", "on".to_string()),
+                        ("statement_timeout", format!("{}", query_timeout.as_millis())),
+                    ]);
+                if let Some(s) = secret {
+                    opts = opts.password(s.expose());
+                }
+                if let Some(ca) = &self.spec.ca_file {
+                    opts = opts.ssl_root_cert(ca);
+                }
+                let mut conn =
+                    connect_with_retry(|| sqlx::PgConnection::connect_with(&opts), connect_timeout, &self.where_())
+                        .await?;
+                let rows = timed(query_timeout, async {
+                    let mut out = Vec::new();
+                    let mut stream = sqlx::query(sql).fetch(&mut conn);
+                    while let Some(row) = stream.try_next().await? {
+                        out.push(first_column_pg(&row)?);
+                    }
+                    Ok::<_, sqlx::Error>(out)
+                })
+                .await;
+                let _ = conn.close().await;
+                rows.map_err(|e| self.describe(e))
+            }
+            Dialect::Mysql => {
+                let url = self.spec.url.replacen("mariadb://", "mysql://", 1);
+                let mut opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+                    .map_err(|e| format!("invalid url {}: {e}", self.where_()))?;
+                if let Some(s) = secret {
+                    opts = opts.password(s.expose());
+                }
+                if let Some(ca) = &self.spec.ca_file {
+                    opts = opts.ssl_ca(ca);
+                }
+                let mut conn =
+                    connect_with_retry(|| sqlx::MySqlConnection::connect_with(&opts), connect_timeout, &self.where_())
+                        .await?;
+                let rows = timed(query_timeout, async {
+                    sqlx::query("SET SESSION TRANSACTION READ ONLY").execute(&mut conn).await?;
+                    let mut out = Vec::new();
+                    let mut stream = sqlx::query(sql).fetch(&mut conn);
+                    while let Some(row) = stream.try_next().await? {
+                        out.push(first_column_mysql(&row)?);
+                    }
+                    Ok::<_, sqlx::Error>(out)
+                })
+                .await;
+                let _ = conn.close().await;
+                rows.map_err(|e| self.describe(e))
+            }
+            Dialect::Sqlite => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&self.spec.url)
+                    .map_err(|e| format!("invalid url {}: {e}", self.where_()))?
+                    .read_only(true)
+                    .create_if_missing(false);
+                let mut conn =
+                    connect_with_retry(|| sqlx::SqliteConnection::connect_with(&opts), connect_timeout, &self.where_())
+                        .await?;
+                let rows = timed(query_timeout, async {
+                    let mut out = Vec::new();
+                    let mut stream = sqlx::query(sql).fetch(&mut conn);
+                    while let Some(row) = stream.try_next().await? {
+                        out.push(first_column_sqlite(&row)?);
+                    }
+                    Ok::<_, sqlx::Error>(out)
+                })
+                .await;
+                let _ = conn.close().await;
+                rows.map_err(|e| self.describe(e))
+            }
+        }
+    }
+
+    /// Turns a query error into a message that says what to fix.
+    fn describe(&self, e: QueryError) -> String {
+        match e {
+            QueryError::Timeout(d) => format!(
+                "query on {} did not finish within {d:?}; raise query_timeout or check the server's load",
+                self.where_()
+            ),
+            QueryError::Sql(e) => {
+                let hint = match &e {
+                    sqlx::Error::Database(db) => match db.code().as_deref() {
+                        Some("42P01") | Some("1146") => {
+                            " (a table is missing: does the profile match this product and schema version?)"
+                        }
+                        Some("42703") | Some("1054") => {
+                            " (a column is missing: does the profile match this product and schema version?)"
+                        }
+                        Some("57014") | Some("1969") | Some("3024") => {
+                            " (the server cancelled the query at query_timeout)"
+                        }
+                        _ => "",
+                    },
+                    sqlx::Error::ColumnDecode { .. } => " (the first column must be text: the address)",
+                    _ => "",
+                };
+                format!("query on {} failed: {e}{hint}", self.where_())
+            }
+        }
+    }
+
+    fn to_fetched(&self, rows: Vec<Option<Vec<u8>>>) -> Fetched {
+        let mut out = Fetched { items: Vec::with_capacity(rows.len()), rejected: Vec::new() };
+        for (i, v) in rows.into_iter().enumerate() {
+            let locator = Locator::Object(format!("row {}", i + 1).into());
+            let value = match v.map(String::from_utf8) {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    out.rejected.push(Rejected {
+                        value: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        locator,
+                        reason: "is not valid UTF-8".into(),
+                    });
+                    continue;
+                }
+                None => {
+                    out.rejected.push(Rejected { value: "NULL".into(), locator, reason: "is NULL".into() });
+                    continue;
+                }
+            };
+            let kind = if value.starts_with('@') { RawKind::CatchAll } else { RawKind::Address };
+            out.items.push(RawItem { value, kind, locator });
+        }
+        out
+    }
+}
+
+/// The password embedded in a URL, if any.
+pub fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, p)| p.to_string())
+}
+
+enum QueryError {
+    Timeout(Duration),
+    Sql(sqlx::Error),
+}
+
+async fn timed<T>(limit: Duration, f: impl Future<Output = Result<T, sqlx::Error>>) -> Result<T, QueryError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(QueryError::Sql(e)),
+        Err(_) => Err(QueryError::Timeout(limit)),
+    }
+}
+
+/// Connects with a timeout per attempt; retries connection-level failures (not
+/// authentication or configuration errors) with backoff.
+async fn connect_with_retry<C, F, Fut>(connect: F, limit: Duration, where_: &str) -> Result<C, String>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<C, sqlx::Error>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut last = String::new();
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        let retryable = match tokio::time::timeout(limit, connect()).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => {
+                let retry = matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_));
+                last = match &e {
+                    sqlx::Error::Database(db)
+                        if matches!(db.code().as_deref(), Some("28P01") | Some("28000") | Some("1045")) =>
+                    {
+                        format!(
+                            "cannot log in to {where_}: {e} (check the user in url and password / password_file / password_env)"
+                        )
+                    }
+                    sqlx::Error::Io(io) => {
+                        format!("cannot connect to {where_}: {io} (is the server running and reachable?)")
+                    }
+                    _ => format!("cannot connect to {where_}: {e}"),
+                };
+                retry
+            }
+            Err(_) => {
+                last = format!("cannot connect to {where_}: no answer within {limit:?} (connect_timeout)");
+                true
+            }
+        };
+        if !retryable || attempt == CONNECT_ATTEMPTS {
+            break;
+        }
+        tracing::warn!(target_db = %where_, attempt, error = %last, "database connection failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay *= 4;
+    }
+    Err(last)
+}
+
+fn first_column_pg(row: &sqlx::postgres::PgRow) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(0) {
+        Ok(v) => Ok(v.map(String::into_bytes)),
+        Err(_) => row.try_get::<Option<Vec<u8>>, _>(0),
+    }
+}
+
+fn first_column_mysql(row: &sqlx::mysql::MySqlRow) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    // CONCAT() over binary collations yields VARBINARY: accept bytes too.
+    match row.try_get::<Option<String>, _>(0) {
+        Ok(v) => Ok(v.map(String::into_bytes)),
+        Err(_) => row.try_get::<Option<Vec<u8>>, _>(0),
+    }
+}
+
+fn first_column_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(0) {
+        Ok(v) => Ok(v.map(String::into_bytes)),
+        Err(_) => row.try_get::<Option<Vec<u8>>, _>(0),
+    }
+}
+
+impl Connector for SqlSource {
+    async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let rows = self.rows(&self.query).await?;
+        Ok(self.to_fetched(rows))
+    }
+
+    async fn check(&self) -> Result<String, SourceError> {
+        // Wrapping the query proves that every table and column it names exists,
+        // while reading at most one row.
+        let probe = format!("SELECT * FROM ({}) AS rcptsync_probe LIMIT 1", self.query.trim().trim_end_matches(';'));
+        let rows = self.rows(&probe).await?;
+        Ok(format!("{} ({}): query runs, {} row(s) in a LIMIT 1 probe", self.where_(), self.dialect.key(), rows.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialects_and_redaction() {
+        assert_eq!(Dialect::from_url("postgres://u@h/db"), Some(Dialect::Postgres));
+        assert_eq!(Dialect::from_url("mariadb://u@h/db"), Some(Dialect::Mysql));
+        assert_eq!(Dialect::from_url("sqlite:///var/lib/x.db"), Some(Dialect::Sqlite));
+        assert_eq!(Dialect::from_url("oracle://x"), None);
+        assert_eq!(
+            redact_url("postgres://pfa:s3cret@db:5432/pfa?sslmode=require"),
+            "postgres://pfa:***@db:5432/pfa?sslmode=require"
+        );
+        assert_eq!(redact_url("mysql://pfa@db/pfa"), "mysql://pfa@db/pfa");
+        assert_eq!(redact_url("sqlite:///x.db"), "sqlite:///x.db");
+        assert_eq!(url_password("postgres://pfa:s3cret@db/pfa").as_deref(), Some("s3cret"));
+    }
+}

@@ -1,0 +1,449 @@
+//! The SQL connector against real databases: PostgreSQL and MariaDB started from
+//! private data directories on free 127.0.0.1 ports (stopped on drop), and SQLite
+//! files. Each profile's schema uses the product's real table and column names.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::postfix::free_port;
+use crate::util::{Run, TestDir, say};
+
+const PG_PASSWORD: &str = "pg-Secret-9f3k";
+const MY_PASSWORD: &str = "my-Secret-4h7q";
+
+/// Whether the real-database tests run; says why not when skipping.
+pub fn enabled(test: &str) -> bool {
+    if std::env::var("RCPTSYNC_TEST_REAL_DB").is_ok_and(|v| v == "1") {
+        return true;
+    }
+    say(&format!(
+        "SKIPPED {test}: real-database tests need RCPTSYNC_TEST_REAL_DB=1 (scripts/test.sh installs PostgreSQL and MariaDB and sets it)"
+    ));
+    false
+}
+
+fn fixture(profile: &str, name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sql").join(profile).join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} did not become ready");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A private PostgreSQL server. Local socket connections are trusted (for
+/// loading fixtures); TCP connections need a password (scram-sha-256).
+pub struct Pg {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl Pg {
+    pub fn start(dir: &Path) -> Pg {
+        let bin = PathBuf::from(
+            std::env::var("RCPTSYNC_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(Command::new("chown").arg("postgres:postgres").arg(dir));
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("initdb"))
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]),
+        );
+        let mut pg = Pg { dir: dir.to_path_buf(), bin, port: free_port(), running: false };
+        pg.start_again();
+        pg.psql("postgres", &format!("CREATE ROLE rcptsync LOGIN PASSWORD '{PG_PASSWORD}';"));
+        pg
+    }
+
+    /// Starts the (stopped) server again on the same port.
+    pub fn start_again(&mut self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.display()
+        );
+        run_ok(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("log"))
+                .args(["-w", "-o", &opts, "start"]),
+        );
+        self.running = true;
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+            self.running = false;
+        }
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        run_ok(Command::new("psql").arg("-h").arg(&self.dir).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAt",
+            "-c",
+            sql,
+        ]))
+    }
+
+    /// Creates database `db` with `schema`, readable by the rcptsync role.
+    pub fn database(&self, db: &str, schema: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE {db}"));
+        self.psql(db, schema);
+        self.psql(db, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO rcptsync");
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://rcptsync@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private MariaDB server.
+pub struct Maria {
+    dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Maria {
+    pub fn start(dir: &Path) -> Maria {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        run_ok(Command::new("chown").arg("-R").arg("mysql:mysql").arg(dir));
+        run_ok(
+            Command::new("mariadb-install-db")
+                .args(["--no-defaults", "--user=mysql", "--skip-test-db", "--auth-root-authentication-method=socket"])
+                .arg(format!("--datadir={}", dir.join("data").display())),
+        );
+        let port = free_port();
+        let child = Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=mysql",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+            ])
+            .args(["--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-buffer-pool-size=64M"])
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", dir.join("mysql.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let m = Maria { dir: dir.to_path_buf(), port, child: Some(child) };
+        let sock = m.dir.join("mysql.sock");
+        wait_until("mariadb", || {
+            Command::new("mariadb-admin")
+                .args(["--no-defaults", "-uroot", "ping"])
+                .arg(format!("--socket={}", sock.display()))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        m.sql("", &format!("CREATE USER 'rcptsync'@'127.0.0.1' IDENTIFIED BY '{MY_PASSWORD}';"));
+        m
+    }
+
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let mut c = Command::new("mariadb");
+        c.args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", self.dir.join("mysql.sock").display()));
+        if !db.is_empty() {
+            c.arg(db);
+        }
+        run_ok(c.arg("-e").arg(sql))
+    }
+
+    pub fn database(&self, db: &str, schema: &str) {
+        self.sql("", &format!("CREATE DATABASE {db}"));
+        self.sql(db, schema);
+        self.sql("", &format!("GRANT SELECT ON {db}.* TO 'rcptsync'@'127.0.0.1'"));
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://rcptsync@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Maria {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the server we started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Creates an SQLite database file from SQL text (through sqlx, as rcptsync uses it).
+pub fn sqlite_db(path: &Path, sql: &str) {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap();
+        c.close().await.unwrap();
+    });
+}
+
+/// A config with one SQL source and a postfix output.
+fn sql_config(t: &TestDir, source_keys: &str, extra: &str) {
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.config(&format!(
+        "state_dir = \"state\"\n{extra}\n[[source]]\nname = \"primary\"\nkind = \"sql\"\n{source_keys}\n\n[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n"
+    ));
+}
+
+fn list(t: &TestDir, env: &[(&str, &str)]) -> Run {
+    let mut c = t.cmd(&["list", "-c", "rcptsync.toml"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Run::from(c.output().unwrap())
+}
+
+fn expected(profile: &str) -> Vec<String> {
+    fixture(profile, "expected.txt").lines().map(String::from).collect()
+}
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn postfixadmin_on_sqlite() {
+    let t = TestDir::new();
+    let db = t.join("postfixadmin.db");
+    sqlite_db(
+        &db,
+        &format!(
+            "{}\n{}\nINSERT INTO alias (address, goto, domain) VALUES ('new' || char(10) || 'line@example.test', 'x', 'example.test');",
+            fixture("postfixadmin", "schema.sqlite.sql"),
+            fixture("postfixadmin", "seed.sql")
+        ),
+    );
+    sql_config(&t, &format!("profile = \"postfixadmin\"\nurl = \"sqlite://{}\"", db.display()), "");
+    let r = list(&t, &[]);
+    r.expect(0);
+    assert_eq!(sorted_lines(&r.stdout), expected("postfixadmin"));
+    // The hostile rows are reported, with the value escaped, and go nowhere.
+    assert!(r.stderr.contains("value=\"evil@example.test OK\""), "{}", r.stderr);
+    assert!(r.stderr.contains("value=\"new\\nline@example.test\""), "{}", r.stderr);
+    // The database is opened read-only: the file is unchanged by a sync.
+    let before = std::fs::read(&db).unwrap();
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert!(t.read("out/relay_recipients").contains("@backup.test OK\n"));
+}
+
+#[test]
+fn postfixadmin_on_postgres_with_faults() {
+    if !enabled("postfixadmin_on_postgres_with_faults") {
+        return;
+    }
+    let t = TestDir::new();
+    let mut pg = Pg::start(&t.join("pg"));
+    pg.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    pg.psql(
+        "postfixadmin",
+        "INSERT INTO alias (address, goto, domain) VALUES (E'new\\nline@example.test', 'x', 'example.test')",
+    );
+    let pw = t.write("db-password", &format!("{PG_PASSWORD}\n"));
+    let keys = format!(
+        "profile = \"postfixadmin\"\nurl = \"{}\"\npassword_file = \"{}\"",
+        pg.url("postfixadmin"),
+        pw.display()
+    );
+    sql_config(&t, &keys, "");
+
+    let r = list(&t, &[]);
+    r.expect(0);
+    assert_eq!(sorted_lines(&r.stdout), expected("postfixadmin"));
+    assert!(r.stderr.contains("value=\"new\\nline@example.test\"") && r.stderr.contains("object=row "), "{}", r.stderr);
+
+    // check proves the profile fits the schema.
+    let r = t.run(&["check", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stdout.contains("query runs"), "{}", r.stdout);
+
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let published = t.read("out/relay_recipients");
+
+    // Wrong password: a clear error, and the password appears nowhere.
+    let wrong = t.write("wrong-password", "not-the-Password-77\n");
+    sql_config(
+        &t,
+        &keys.replace(&pw.display().to_string(), &wrong.display().to_string()),
+        "[guard]\non_source_failure = \"abort\"",
+    );
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(1);
+    let err = r.json()["sources"][0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("cannot log in to postgres://rcptsync@127.0.0.1") && err.contains("password_file"), "{err}");
+    for text in [&r.stdout, &r.stderr] {
+        assert!(!text.contains("not-the-Password-77") && !text.contains(PG_PASSWORD), "secret leaked: {text}");
+    }
+    assert_eq!(t.read("out/relay_recipients"), published);
+
+    // A missing table is named by check.
+    pg.database("empty", "CREATE TABLE domain (domain varchar(255))");
+    sql_config(
+        &t,
+        &format!("profile = \"postfixadmin\"\nurl = \"{}\"\npassword_file = \"{}\"", pg.url("empty"), pw.display()),
+        "",
+    );
+    let r = t.run(&["check", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(
+        r.stdout.contains("relation \"mailbox\" does not exist") && r.stdout.contains("a table is missing"),
+        "{}",
+        r.stdout
+    );
+
+    // A query that outlives query_timeout fails the source.
+    sql_config(
+        &t,
+        &format!(
+            "url = \"{}\"\npassword_file = \"{}\"\nquery = \"SELECT 'x@example.test' FROM pg_sleep(5)\"\nquery_timeout = \"1s\"",
+            pg.url("postfixadmin"),
+            pw.display()
+        ),
+        "[guard]\non_source_failure = \"abort\"",
+    );
+    let started = Instant::now();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(started.elapsed() < Duration::from_secs(4), "timeout not enforced");
+    assert!(r.stdout.contains("query_timeout") || r.stdout.contains("canceling statement"), "{}", r.stdout);
+    assert_eq!(t.read("out/relay_recipients"), published);
+
+    // Database down: keep_last_good publishes the last good slice, abort fails; the
+    // outputs stay as they were either way.
+    sql_config(&t, &keys, "");
+    pg.stop();
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(0);
+    let v = r.json();
+    assert_eq!(v["sources"][0]["status"], "last_good");
+    assert!(
+        v["sources"][0]["error"].as_str().unwrap().contains("cannot connect to postgres://rcptsync@127.0.0.1"),
+        "{v}"
+    );
+    assert_eq!(t.read("out/relay_recipients"), published);
+    sql_config(&t, &keys, "[guard]\non_source_failure = \"abort\"");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(1);
+    assert_eq!(t.read("out/relay_recipients"), published);
+
+    // Back up, with a new mailbox: the next sync publishes it.
+    pg.start_again();
+    pg.psql("postfixadmin", "INSERT INTO mailbox (username, local_part, domain, active) VALUES ('frank@example.test', 'frank', 'example.test', true)");
+    sql_config(&t, &keys, "");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let now = t.read("out/relay_recipients");
+    assert!(now.contains("frank@example.test OK\n") && now.contains("frank@alias.test OK\n"), "{now}");
+}
+
+#[test]
+fn postfixadmin_on_mariadb() {
+    if !enabled("postfixadmin_on_mariadb") {
+        return;
+    }
+    let t = TestDir::new();
+    let m = Maria::start(&t.join("mdb"));
+    m.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.mysql.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    m.sql(
+        "postfixadmin",
+        "INSERT INTO alias (address, goto, domain) VALUES ('new\\nline@example.test', 'x', 'example.test')",
+    );
+    let keys = format!(
+        "profile = \"postfixadmin\"\nurl = \"{}\"\npassword_env = \"RCPTSYNC_TEST_DB_PW\"",
+        m.url("postfixadmin")
+    );
+    sql_config(&t, &keys, "");
+    let r = list(&t, &[("RCPTSYNC_TEST_DB_PW", MY_PASSWORD)]);
+    r.expect(0);
+    assert_eq!(sorted_lines(&r.stdout), expected("postfixadmin"));
+    assert!(r.stderr.contains("value=\"new\\nline@example.test\""), "{}", r.stderr);
+
+    let r = list(&t, &[("RCPTSYNC_TEST_DB_PW", "wrong-Pw-123")]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("cannot log in to mysql://rcptsync@127.0.0.1") && !r.stderr.contains("wrong-Pw-123"),
+        "{}",
+        r.stderr
+    );
+    let r = list(&t, &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("password_env: environment variable RCPTSYNC_TEST_DB_PW is not set"), "{}", r.stderr);
+}
