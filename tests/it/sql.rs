@@ -447,3 +447,56 @@ fn postfixadmin_on_mariadb() {
     r.expect(1);
     assert!(r.stderr.contains("password_env: environment variable RCPTSYNC_TEST_DB_PW is not set"), "{}", r.stderr);
 }
+
+/// Points a config at `url` with `profile` and checks the exact address set.
+fn assert_profile(t: &TestDir, profile: &str, url: &str, password_keys: &str, env: &[(&str, &str)]) {
+    sql_config(t, &format!("profile = \"{profile}\"\nurl = \"{url}\"\n{password_keys}"), "");
+    let r = list(t, env);
+    r.expect(0);
+    assert_eq!(sorted_lines(&r.stdout), expected(profile), "profile {profile} on {url}\n{}", r.stderr);
+    let mut c = t.cmd(&["check", "-c", "rcptsync.toml"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let r = Run::from(c.output().unwrap());
+    r.expect(0);
+    assert!(r.stdout.contains("query runs"), "{}", r.stdout);
+}
+
+#[test]
+fn iredmail_and_mailcow_on_mariadb() {
+    if !enabled("iredmail_and_mailcow_on_mariadb") {
+        return;
+    }
+    let t = TestDir::new();
+    let m = Maria::start(&t.join("mdb"));
+    let env = [("RCPTSYNC_TEST_DB_PW", MY_PASSWORD)];
+    for (db, profile) in [("vmail", "iredmail"), ("mailcow", "mailcow")] {
+        m.database(db, &format!("{}\n{}", fixture(profile, "schema.mysql.sql"), fixture(profile, "seed.sql")));
+        assert_profile(&t, profile, &m.url(db), "password_env = \"RCPTSYNC_TEST_DB_PW\"", &env);
+    }
+}
+
+#[test]
+fn modoboa_and_mailu_on_postgres() {
+    if !enabled("modoboa_and_mailu_on_postgres") {
+        return;
+    }
+    let t = TestDir::new();
+    let pg = Pg::start(&t.join("pg"));
+    let pw = t.write("db-password", PG_PASSWORD);
+    for profile in ["modoboa", "mailu"] {
+        pg.database(profile, &format!("{}\n{}", fixture(profile, "schema.postgres.sql"), fixture(profile, "seed.sql")));
+        assert_profile(&t, profile, &pg.url(profile), &format!("password_file = \"{}\"", pw.display()), &[]);
+    }
+}
+
+#[test]
+fn modoboa_and_mailu_on_sqlite() {
+    let t = TestDir::new();
+    for profile in ["modoboa", "mailu"] {
+        let db = t.join(&format!("{profile}.db"));
+        sqlite_db(&db, &format!("{}\n{}", fixture(profile, "schema.sqlite.sql"), fixture(profile, "seed.sql")));
+        assert_profile(&t, profile, &format!("sqlite://{}", db.display()), "", &[]);
+    }
+}
