@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use crate::config::SqlSourceSpec;
 use crate::config::secret::Secret;
@@ -129,6 +129,8 @@ impl SqlSource {
                 let mut opts = sqlx::postgres::PgConnectOptions::from_str(&self.spec.url)
                     .map_err(|e| format!("invalid url {}: {e}", self.where_()))?
                     .application_name("rcptsync")
+                    .log_statements(log::LevelFilter::Trace)
+                    .log_slow_statements(log::LevelFilter::Off, Duration::MAX)
                     .options([
                         ("default_transaction_read_only", "on".to_string()),
                         ("statement_timeout", format!("{}", query_timeout.as_millis())),
@@ -157,7 +159,9 @@ impl SqlSource {
             Dialect::Mysql => {
                 let url = self.spec.url.replacen("mariadb://", "mysql://", 1);
                 let mut opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
-                    .map_err(|e| format!("invalid url {}: {e}", self.where_()))?;
+                    .map_err(|e| format!("invalid url {}: {e}", self.where_()))?
+                    .log_statements(log::LevelFilter::Trace)
+                    .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
                 if let Some(s) = secret {
                     opts = opts.password(s.expose());
                 }
@@ -184,7 +188,9 @@ impl SqlSource {
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&self.spec.url)
                     .map_err(|e| format!("invalid url {}: {e}", self.where_()))?
                     .read_only(true)
-                    .create_if_missing(false);
+                    .create_if_missing(false)
+                    .log_statements(log::LevelFilter::Trace)
+                    .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
                 let mut conn =
                     connect_with_retry(|| sqlx::SqliteConnection::connect_with(&opts), connect_timeout, &self.where_())
                         .await?;

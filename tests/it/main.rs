@@ -4,6 +4,8 @@
 
 mod cli;
 mod crash;
+#[path = "../support/db.rs"]
+mod db;
 mod exim;
 mod golden;
 mod guard;

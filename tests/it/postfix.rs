@@ -3,7 +3,7 @@
 //! for listed recipients and `550 5.1.1 … User unknown in relay recipient table`
 //! for the others, and a sync must change that without any manual step.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,9 +16,7 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use crate::db::free_port;
 
 /// Whether to run; says why not when skipping.
 pub fn enabled(test: &str) -> bool {

@@ -2,15 +2,11 @@
 //! private data directories on free 127.0.0.1 ports (stopped on drop), and SQLite
 //! files. Each profile's schema uses the product's real table and column names.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::postfix::free_port;
+use crate::db::{MY_PASSWORD, Maria, PG_PASSWORD, Pg};
 use crate::util::{Run, TestDir, say};
-
-const PG_PASSWORD: &str = "pg-Secret-9f3k";
-const MY_PASSWORD: &str = "my-Secret-4h7q";
 
 /// Whether the real-database tests run; says why not when skipping.
 pub fn enabled(test: &str) -> bool {
@@ -26,215 +22,6 @@ pub fn enabled(test: &str) -> bool {
 fn fixture(profile: &str, name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sql").join(profile).join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not become ready");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// A private PostgreSQL server. Local socket connections are trusted (for
-/// loading fixtures); TCP connections need a password (scram-sha-256).
-pub struct Pg {
-    dir: PathBuf,
-    bin: PathBuf,
-    pub port: u16,
-    running: bool,
-}
-
-impl Pg {
-    pub fn start(dir: &Path) -> Pg {
-        let bin = PathBuf::from(
-            std::env::var("RCPTSYNC_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
-        );
-        std::fs::create_dir_all(dir).unwrap();
-        run_ok(Command::new("chown").arg("postgres:postgres").arg(dir));
-        run_ok(
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(bin.join("initdb"))
-                .arg("-D")
-                .arg(dir.join("data"))
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "-E",
-                    "UTF8",
-                    "--locale=C.UTF-8",
-                    "--no-sync",
-                ]),
-        );
-        let mut pg = Pg { dir: dir.to_path_buf(), bin, port: free_port(), running: false };
-        pg.start_again();
-        pg.psql("postgres", &format!("CREATE ROLE rcptsync LOGIN PASSWORD '{PG_PASSWORD}';"));
-        pg
-    }
-
-    /// Starts the (stopped) server again on the same port.
-    pub fn start_again(&mut self) {
-        let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off",
-            self.port,
-            self.dir.display()
-        );
-        run_ok(
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .arg("-l")
-                .arg(self.dir.join("log"))
-                .args(["-w", "-o", &opts, "start"]),
-        );
-        self.running = true;
-    }
-
-    pub fn stop(&mut self) {
-        if self.running {
-            let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .args(["-m", "immediate", "-w", "stop"])
-                .output();
-            self.running = false;
-        }
-    }
-
-    pub fn psql(&self, db: &str, sql: &str) -> String {
-        run_ok(Command::new("psql").arg("-h").arg(&self.dir).args([
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qAt",
-            "-c",
-            sql,
-        ]))
-    }
-
-    /// Creates database `db` with `schema`, readable by the rcptsync role.
-    pub fn database(&self, db: &str, schema: &str) {
-        self.psql("postgres", &format!("CREATE DATABASE {db}"));
-        self.psql(db, schema);
-        self.psql(db, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO rcptsync");
-    }
-
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://rcptsync@127.0.0.1:{}/{db}", self.port)
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A private MariaDB server.
-pub struct Maria {
-    dir: PathBuf,
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl Maria {
-    pub fn start(dir: &Path) -> Maria {
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        run_ok(Command::new("chown").arg("-R").arg("mysql:mysql").arg(dir));
-        run_ok(
-            Command::new("mariadb-install-db")
-                .args(["--no-defaults", "--user=mysql", "--skip-test-db", "--auth-root-authentication-method=socket"])
-                .arg(format!("--datadir={}", dir.join("data").display())),
-        );
-        let port = free_port();
-        let child = Command::new("mariadbd")
-            .args([
-                "--no-defaults",
-                "--user=mysql",
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--skip-log-bin",
-            ])
-            .args(["--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", "--innodb-buffer-pool-size=64M"])
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .arg(format!("--socket={}", dir.join("mysql.sock").display()))
-            .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
-            .arg(format!("--log-error={}", dir.join("error.log").display()))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mariadbd");
-        let m = Maria { dir: dir.to_path_buf(), port, child: Some(child) };
-        let sock = m.dir.join("mysql.sock");
-        wait_until("mariadb", || {
-            Command::new("mariadb-admin")
-                .args(["--no-defaults", "-uroot", "ping"])
-                .arg(format!("--socket={}", sock.display()))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        m.sql("", &format!("CREATE USER 'rcptsync'@'127.0.0.1' IDENTIFIED BY '{MY_PASSWORD}';"));
-        m
-    }
-
-    pub fn sql(&self, db: &str, sql: &str) -> String {
-        let mut c = Command::new("mariadb");
-        c.args(["--no-defaults", "-uroot", "-N", "-B"])
-            .arg(format!("--socket={}", self.dir.join("mysql.sock").display()));
-        if !db.is_empty() {
-            c.arg(db);
-        }
-        run_ok(c.arg("-e").arg(sql))
-    }
-
-    pub fn database(&self, db: &str, schema: &str) {
-        self.sql("", &format!("CREATE DATABASE {db}"));
-        self.sql(db, schema);
-        self.sql("", &format!("GRANT SELECT ON {db}.* TO 'rcptsync'@'127.0.0.1'"));
-    }
-
-    pub fn url(&self, db: &str) -> String {
-        format!("mysql://rcptsync@127.0.0.1:{}/{db}", self.port)
-    }
-}
-
-impl Drop for Maria {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling the server we started.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Creates an SQLite database file from SQL text (through sqlx, as rcptsync uses it).
@@ -499,4 +286,59 @@ fn modoboa_and_mailu_on_sqlite() {
         sqlite_db(&db, &format!("{}\n{}", fixture(profile, "schema.sqlite.sql"), fixture(profile, "seed.sql")));
         assert_profile(&t, profile, &format!("sqlite://{}", db.display()), "", &[]);
     }
+}
+
+#[test]
+fn postfixadmin_feeds_real_postfix() {
+    if !enabled("postfixadmin_feeds_real_postfix") || !crate::postfix::enabled("postfixadmin_feeds_real_postfix") {
+        return;
+    }
+    use crate::postfix::Postfix;
+    use crate::smtp::rcpt_replies;
+    let t = TestDir::new();
+    let pg = Pg::start(&t.join("pg"));
+    pg.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    let pw = t.write("db-password", PG_PASSWORD);
+    std::fs::create_dir_all(t.join("maps")).unwrap();
+    let map = t.join("maps/relay_recipients");
+    t.config(&format!(
+        r#"state_dir = "state"
+[[source]]
+name = "primary"
+kind = "sql"
+profile = "postfixadmin"
+url = "{}"
+password_file = "{}"
+[[output]]
+name = "postfix"
+template = "postfix"
+path = "{}"
+postmap = "lmdb"
+"#,
+        pg.url("postfixadmin"),
+        pw.display(),
+        map.display()
+    ));
+    let etc =
+        Postfix::configure(&t.join("pf"), "example.test, alias.test, catch.test", &format!("lmdb:{}", map.display()));
+    let sync = || Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
+    sync().expect(0);
+    let pf = Postfix::run(etc.clone());
+    let r = rcpt_replies(
+        pf.port,
+        &["alice@example.test", "sales@alias.test", "frank@example.test", "bob@example.test", "any@catch.test"],
+    );
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[4].starts_with("250"), "{r:?}");
+    assert!(r[2].starts_with("550 5.1.1") && r[3].starts_with("550 5.1.1"), "{r:?}");
+    // A mailbox added on the primary is accepted after one sync.
+    pg.psql(
+        "postfixadmin",
+        "INSERT INTO mailbox (username, local_part, domain) VALUES ('frank@example.test', 'frank', 'example.test')",
+    );
+    sync().expect(0);
+    let r = rcpt_replies(pf.port, &["frank@example.test", "frank@alias.test"]);
+    assert!(r.iter().all(|l| l.starts_with("250")), "{r:?}");
 }
