@@ -342,3 +342,60 @@ postmap = "lmdb"
     let r = rcpt_replies(pf.port, &["frank@example.test", "frank@alias.test"]);
     assert!(r.iter().all(|l| l.starts_with("250")), "{r:?}");
 }
+
+#[test]
+fn postgres_tls_is_verified_against_ca_file() {
+    if !enabled("postgres_tls_is_verified_against_ca_file") {
+        return;
+    }
+    let t = TestDir::new();
+    let mut pg = Pg::start(&t.join("pg"));
+    pg.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    let ca = pg.enable_tls();
+    let pw = t.write("db-password", PG_PASSWORD);
+    let url = format!("{}?sslmode=verify-full", pg.url("postfixadmin"));
+    let keys = format!("profile = \"postfixadmin\"\nurl = \"{url}\"\npassword_file = \"{}\"", pw.display());
+    // Trusted through ca_file: works.
+    sql_config(&t, &format!("{keys}\nca_file = \"{}\"", ca.display()), "");
+    let r = list(&t, &[]);
+    r.expect(0);
+    assert_eq!(sorted_lines(&r.stdout), expected("postfixadmin"));
+    // Without ca_file the test CA is not trusted: the source fails, clearly.
+    sql_config(&t, &keys, "");
+    let r = list(&t, &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("cannot connect to postgres://rcptsync@127.0.0.1"), "{}", r.stderr);
+    assert!(r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("tls"), "{}", r.stderr);
+}
+
+#[test]
+fn postgres_session_is_read_only() {
+    if !enabled("postgres_session_is_read_only") {
+        return;
+    }
+    let t = TestDir::new();
+    let pg = Pg::start(&t.join("pg"));
+    pg.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    pg.psql("postfixadmin", "GRANT INSERT ON alias TO rcptsync");
+    let pw = t.write("db-password", PG_PASSWORD);
+    // Even with INSERT granted, a query that writes is refused by the session.
+    sql_config(
+        &t,
+        &format!(
+            "url = \"{}\"\npassword_file = \"{}\"\nquery = \"INSERT INTO alias (address, goto, domain) VALUES ('w@example.test', 'x', 'example.test') RETURNING address\"",
+            pg.url("postfixadmin"),
+            pw.display()
+        ),
+        "",
+    );
+    let r = list(&t, &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("read-only transaction"), "{}", r.stderr);
+    assert_eq!(pg.psql("postfixadmin", "SELECT count(*) FROM alias WHERE address = 'w@example.test'").trim(), "0");
+}

@@ -106,6 +106,34 @@ impl Pg {
         }
     }
 
+    /// Turns TLS on with a test CA: writes the CA and a server certificate for
+    /// 127.0.0.1 into the server's directory, restarts, and returns the CA file.
+    pub fn enable_tls(&mut self) -> PathBuf {
+        let d = self.dir.join("tls");
+        std::fs::create_dir_all(&d).unwrap();
+        let sh = format!(
+            "set -e; cd {d}
+             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rcptsync-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem 2>/dev/null
+             chown postgres:postgres server.key server.pem && chmod 600 server.key",
+            d = d.display()
+        );
+        run_ok(Command::new("sh").arg("-c").arg(sh));
+        let conf = self.dir.join("data/postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            d.join("server.pem").display(),
+            d.join("server.key").display()
+        ));
+        std::fs::write(&conf, text).unwrap();
+        self.stop();
+        self.start_again();
+        d.join("ca.pem")
+    }
+
     pub fn psql(&self, db: &str, sql: &str) -> String {
         run_ok(Command::new("psql").arg("-h").arg(&self.dir).args([
             "-p",
