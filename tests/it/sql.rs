@@ -399,3 +399,38 @@ fn postgres_session_is_read_only() {
     assert!(r.stderr.contains("read-only transaction"), "{}", r.stderr);
     assert_eq!(pg.psql("postfixadmin", "SELECT count(*) FROM alias WHERE address = 'w@example.test'").trim(), "0");
 }
+
+#[test]
+fn silent_server_hits_connect_timeout_and_fails_the_source() {
+    // A server that accepts TCP and never says a word: each attempt ends at
+    // connect_timeout, and after the bounded retries the source fails.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok((c, _)) = listener.accept() {
+                conns.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let t = TestDir::new();
+    sql_config(
+        &t,
+        &format!(
+            "url = \"postgres://rcptsync@127.0.0.1:{port}/x\"\nquery = \"SELECT 1\"\nconnect_timeout = \"500ms\"\npassword = \"irrelevant-Pw\""
+        ),
+        "",
+    );
+    let started = Instant::now();
+    let r = list(&t, &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("no answer within 500ms (connect_timeout)"), "{}", r.stderr);
+    assert!(r.stderr.contains("retrying"), "no retry was logged: {}", r.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!r.stderr.contains("irrelevant-Pw"));
+    drop(held);
+}
