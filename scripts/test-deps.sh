@@ -20,7 +20,7 @@ DEBS="$OUT/debs"
 EXIM_ROOT="$OUT/exim-root"
 NSS="$OUT/nss"
 
-APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb postgresql mariadb-server)
+APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb postgresql mariadb-server slapd ldap-utils)
 EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
 
 log() { echo "test-deps: $*" >&2; }
@@ -61,6 +61,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing: ${missing[*]}"
   apt_update
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
   # (the postfix-lmdb/-cdb postinst print "postconf: fatal: open /etc/postfix/main.cf";
   #  harmless: they still register themselves in /etc/postfix/dynamicmaps.cf)
   quiet env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \

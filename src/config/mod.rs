@@ -150,6 +150,7 @@ pub struct SourceConfig {
 pub enum SourceSpec {
     File(FileSourceSpec),
     Sql(SqlSourceSpec),
+    Ldap(LdapSourceSpec),
 }
 
 impl SourceSpec {
@@ -157,12 +158,76 @@ impl SourceSpec {
         match self {
             SourceSpec::File(_) => "file",
             SourceSpec::Sql(_) => "sql",
+            SourceSpec::Ldap(_) => "ldap",
         }
     }
 }
 
 /// Kinds known to the contract but not built into this version.
-const PLANNED_KINDS: &[&str] = &["ldap", "graph", "google"];
+const PLANNED_KINDS: &[&str] = &["graph", "google"];
+
+/// `kind = "ldap"`: an LDAP directory (Active Directory, OpenLDAP, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSourceSpec {
+    /// `ldaps://dc1.example.com` or `ldap://…` (with `starttls`), or a list tried
+    /// in order (DC failover).
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
+    /// DN (or AD user principal name) to bind as; omitted = anonymous.
+    pub bind_dn: Option<String>,
+    #[serde(rename = "bind_password")]
+    bind_password_literal: Option<secret::Literal>,
+    bind_password_file: Option<PathBuf>,
+    bind_password_env: Option<String>,
+    #[serde(skip)]
+    pub bind_password: Option<secret::SecretSource>,
+    /// Where to search.
+    pub base_dn: String,
+    /// Upgrade `ldap://` with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// CA certificate(s) that issued the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Entries per page (RFC 2696); AD caps pages at 1000.
+    #[serde(default = "default_page_size")]
+    pub page_size: i32,
+    /// Which entries are recipients (usually from a profile).
+    #[serde(default)]
+    pub filter: String,
+    /// Attributes whose values are addresses (e.g. `mail`, `mailLocalAddress`).
+    #[serde(default)]
+    pub address_attributes: Vec<String>,
+    /// Attributes whose values are `type:address` (e.g. `proxyAddresses`); only
+    /// `smtp:` values (any case) count.
+    #[serde(default)]
+    pub prefixed_attributes: Vec<String>,
+    /// Allow a password bind over unencrypted `ldap://` (labs only; logged loudly).
+    #[serde(default)]
+    pub allow_plaintext_bind: bool,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Timeout of one operation (bind, one page of results).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub op_timeout: Option<Duration>,
+}
+
+fn default_page_size() -> i32 {
+    1000
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
 
 /// `kind = "sql"`: a mail server's database.
 #[derive(Debug, Clone, Deserialize)]
@@ -541,8 +606,66 @@ impl Validator {
                 self.validate_sql(at, &mut q);
                 SourceSpec::Sql(q)
             }
+            SourceSpec::Ldap(mut l) => {
+                self.validate_ldap(at, &mut l);
+                SourceSpec::Ldap(l)
+            }
         };
         Some(SourceConfig { name: name?, profile, spec })
+    }
+
+    fn validate_ldap(&mut self, at: &str, l: &mut LdapSourceSpec) {
+        if l.url.is_empty() {
+            self.push(format!("{at}.url"), "needs at least one server".into());
+        }
+        for (i, u) in l.url.iter().enumerate() {
+            if !(u.starts_with("ldap://") || u.starts_with("ldaps://") || u.starts_with("ldapi://")) {
+                self.push(format!("{at}.url[{i}]"), format!("{u:?} must start with ldaps://, ldap:// or ldapi://"));
+            }
+        }
+        match secret::SecretSource::from_keys(
+            "bind_password",
+            l.bind_password_literal.take().map(|x| x.0),
+            l.bind_password_file.take().map(|p| self.abs(p)),
+            l.bind_password_env.take(),
+        ) {
+            Ok(p) => l.bind_password = p,
+            Err(e) => self.push(format!("{at}.bind_password"), e),
+        }
+        match (&l.bind_dn, &l.bind_password) {
+            (Some(_), None) => self.push(format!("{at}.bind_password"), "is required with bind_dn".into()),
+            (None, Some(_)) => self.push(format!("{at}.bind_dn"), "is required with bind_password".into()),
+            _ => {}
+        }
+        let plaintext = l.url.iter().any(|u| u.starts_with("ldap://")) && !l.starttls;
+        if plaintext && l.bind_password.is_some() {
+            if l.allow_plaintext_bind {
+                tracing::warn!(source = %at, "allow_plaintext_bind: the bind password crosses the network unencrypted");
+            } else {
+                self.push(
+                    format!("{at}.url"),
+                    "a password bind over unencrypted ldap:// is refused: use ldaps://, or starttls = true, \
+                     or (labs only) allow_plaintext_bind = true"
+                        .into(),
+                );
+            }
+        }
+        if l.base_dn.trim().is_empty() {
+            self.push(format!("{at}.base_dn"), "is required".into());
+        }
+        if l.filter.trim().is_empty() {
+            self.push(format!("{at}.filter"), "is required: set filter or use a profile such as \"openldap\"".into());
+        }
+        if l.address_attributes.is_empty() && l.prefixed_attributes.is_empty() {
+            self.push(
+                format!("{at}.address_attributes"),
+                "name at least one attribute that holds addresses (or use a profile)".into(),
+            );
+        }
+        if !(1..=100_000).contains(&l.page_size) {
+            self.push(format!("{at}.page_size"), "must be between 1 and 100000".into());
+        }
+        l.ca_file = l.ca_file.take().map(|p| self.abs(p));
     }
 
     fn validate_sql(&mut self, at: &str, q: &mut SqlSourceSpec) {
@@ -793,7 +916,7 @@ mod tests {
             path = "y"
             [[source]]
             name = "c"
-            kind = "ldap"
+            kind = "graph"
             [[output]]
             name = "o"
             template = "nope"
@@ -815,7 +938,7 @@ mod tests {
             "guard.max_removed_percent: must be between 0 and 100",
             "source[0]: unknown field `colour`",
             "source[1].name: \"a b\" may only contain",
-            "source[2].kind: kind \"ldap\" is not available",
+            "source[2].kind: kind \"graph\" is not available",
             "output[0].template: unknown template \"nope\"",
             "output[1].postmap: postmap hash needs 'key value' lines",
             "output[1].reload: must be a non-empty argv list",
@@ -873,7 +996,7 @@ mod tests {
         let errs = parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"nosuch\""));
         assert!(
             errs[0].starts_with(
-                "source[0].profile: unknown profile \"nosuch\"; known: iredmail, mailcow, mailu, modoboa, plain-list, postfixadmin"
+                "source[0].profile: unknown profile \"nosuch\"; known: iredmail, mailcow, mailu, modoboa, openldap, plain-list, postfixadmin"
             ),
             "{errs:?}"
         );

@@ -4,6 +4,7 @@
 //! loudly rather than return a partial result.
 
 pub mod file;
+pub mod ldap;
 pub mod sql;
 
 use std::future::Future;
@@ -47,6 +48,7 @@ pub trait Connector {
 pub enum Source {
     File(file::FileSource),
     Sql(Box<sql::SqlSource>),
+    Ldap(Box<ldap::LdapSource>),
 }
 
 impl Source {
@@ -54,6 +56,7 @@ impl Source {
         match &cfg.spec {
             SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
             SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new(spec.clone()))),
+            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new(spec.clone()))),
         }
     }
 
@@ -61,6 +64,7 @@ impl Source {
         match self {
             Source::File(s) => s.fetch().await,
             Source::Sql(s) => s.fetch().await,
+            Source::Ldap(s) => s.fetch().await,
         }
     }
 
@@ -68,6 +72,7 @@ impl Source {
         match self {
             Source::File(s) => s.check().await,
             Source::Sql(s) => s.check().await,
+            Source::Ldap(s) => s.check().await,
         }
     }
 }

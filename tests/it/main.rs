@@ -9,8 +9,11 @@ mod db;
 mod exim;
 mod golden;
 mod guard;
+mod ldap;
 mod outputs;
 mod postfix;
+#[path = "../support/ldap.rs"]
+mod slapd;
 mod smtp;
 mod sql;
 mod util;
