@@ -205,6 +205,18 @@ pub struct LdapSourceSpec {
     /// Allow a password bind over unencrypted `ldap://` (labs only; logged loudly).
     #[serde(default)]
     pub allow_plaintext_bind: bool,
+    /// Entries left out although the filter matched them (profile data),
+    /// evaluated on the client so that a directory without an attribute (e.g. AD
+    /// without the Exchange schema) simply never matches it.
+    #[serde(default)]
+    pub skip: Vec<SkipRule>,
+    /// Names of `skip` rules to switch off for this source.
+    #[serde(default)]
+    pub keep_skipped: Vec<String>,
+    /// Entries whose addresses count only in the directory's own domains (e.g.
+    /// contacts, which often carry external addresses).
+    #[serde(default)]
+    pub restrict_to_own_domains: Option<Condition>,
     #[serde(default, deserialize_with = "de_duration")]
     pub connect_timeout: Option<Duration>,
     /// Timeout of one operation (bind, one page of results).
@@ -214,6 +226,32 @@ pub struct LdapSourceSpec {
 
 fn default_page_size() -> i32 {
     1000
+}
+
+/// A test on one attribute of an LDAP entry. Attribute names compare without
+/// case; a missing attribute never matches.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub attribute: String,
+    /// Matches when any value equals one of these (case-insensitive).
+    #[serde(default)]
+    pub any_of: Vec<String>,
+    /// Matches when any value, read as an integer, has all these bits set.
+    pub bits: Option<u64>,
+}
+
+/// A reason to leave out entries the filter matched.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SkipRule {
+    /// Short name, used by `keep_skipped` and in logs.
+    pub name: String,
+    /// What it means, in words (shown by `why` and in logs).
+    pub why: String,
+    pub when: Condition,
+    /// ... except when this matches.
+    pub unless: Option<Condition>,
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -666,6 +704,25 @@ impl Validator {
             self.push(format!("{at}.page_size"), "must be between 1 and 100000".into());
         }
         l.ca_file = l.ca_file.take().map(|p| self.abs(p));
+        let conditions = l
+            .skip
+            .iter()
+            .flat_map(|r| std::iter::once(&r.when).chain(r.unless.as_ref()))
+            .chain(l.restrict_to_own_domains.as_ref());
+        for c in conditions {
+            if c.any_of.is_empty() && c.bits.is_none() {
+                self.push(format!("{at}.skip"), format!("condition on {} needs any_of or bits", c.attribute));
+            }
+        }
+        for k in &l.keep_skipped {
+            if !l.skip.iter().any(|r| &r.name == k) {
+                let known: Vec<&str> = l.skip.iter().map(|r| r.name.as_str()).collect();
+                self.push(
+                    format!("{at}.keep_skipped"),
+                    format!("no skip rule named {k:?}; known: {}", known.join(", ")),
+                );
+            }
+        }
     }
 
     fn validate_sql(&mut self, at: &str, q: &mut SqlSourceSpec) {

@@ -6,14 +6,15 @@
 //! "1,000 recipients" bug of unpaged scripts). Which entries and attributes count
 //! is profile data (`connectors/openldap.toml`, …).
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
-use crate::config::LdapSourceSpec;
 use crate::config::secret::Secret;
+use crate::config::{Condition, LdapSourceSpec, SkipRule};
 use crate::connector::{Connector, Fetched, SourceError};
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
 
@@ -126,63 +127,16 @@ impl LdapSource {
         }
     }
 
-    fn to_fetched(&self, entries: Vec<SearchEntry>) -> Result<Fetched, SourceError> {
-        let mut out = Fetched::default();
-        for e in entries {
-            for (name, values) in &e.attrs {
-                let lower = name.to_ascii_lowercase();
-                if lower.contains(";range=") {
-                    return Err(SourceError::new(format!(
-                        "{}: the server returned {name} in ranges (more values than it sends at once); ranged retrieval is not \
-                         supported yet, so the source fails rather than publish a partial list",
-                        e.dn
-                    )));
-                }
-                let plain = self.spec.address_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
-                let prefixed = self.spec.prefixed_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
-                for v in values {
-                    let locator = Locator::Object(format!("{} {name}", e.dn).into());
-                    if plain {
-                        out.items.push(RawItem { value: v.clone(), kind: RawKind::Address, locator });
-                    } else if prefixed {
-                        // "SMTP:primary", "smtp:secondary": any case. X500:, SIP:, … are not mail.
-                        match v.split_once(':') {
-                            Some((p, addr)) if p.eq_ignore_ascii_case("smtp") => {
-                                out.items.push(RawItem { value: addr.to_string(), kind: RawKind::Address, locator })
-                            }
-                            Some(_) => {}
-                            None => out.rejected.push(Rejected {
-                                value: v.clone(),
-                                locator,
-                                reason: "has no address-type prefix such as smtp:".into(),
-                            }),
-                        }
-                    }
-                }
-            }
-            for (name, values) in &e.bin_attrs {
-                if self
-                    .spec
-                    .address_attributes
-                    .iter()
-                    .chain(&self.spec.prefixed_attributes)
-                    .any(|a| a.eq_ignore_ascii_case(name))
-                {
-                    for v in values {
-                        out.rejected.push(Rejected {
-                            value: String::from_utf8_lossy(v).into_owned(),
-                            locator: Locator::Object(format!("{} {name}", e.dn).into()),
-                            reason: "is not valid UTF-8".into(),
-                        });
-                    }
-                }
+    fn attributes(&self) -> Vec<String> {
+        let spec = &self.spec;
+        let mut attrs: Vec<String> = spec.address_attributes.iter().chain(&spec.prefixed_attributes).cloned().collect();
+        let conditions = spec.skip.iter().flat_map(|r| std::iter::once(&r.when).chain(r.unless.as_ref()));
+        for c in conditions.chain(spec.restrict_to_own_domains.as_ref()) {
+            if !attrs.iter().any(|a| a.eq_ignore_ascii_case(&c.attribute)) {
+                attrs.push(c.attribute.clone());
             }
         }
-        Ok(out)
-    }
-
-    fn attributes(&self) -> Vec<String> {
-        self.spec.address_attributes.iter().chain(&self.spec.prefixed_attributes).cloned().collect()
+        attrs
     }
 }
 
@@ -190,7 +144,7 @@ impl Connector for LdapSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
         let entries =
             self.search(&self.spec.base_dn, &self.spec.filter, &self.attributes(), self.spec.page_size).await?;
-        self.to_fetched(entries)
+        map_entries(&self.spec, entries)
     }
 
     async fn check(&self) -> Result<String, SourceError> {
@@ -207,6 +161,107 @@ impl Connector for LdapSource {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether an entry satisfies a condition. A missing attribute never matches.
+fn matches(e: &SearchEntry, c: &Condition) -> bool {
+    let Some(values) = e.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(&c.attribute)).map(|(_, v)| v) else {
+        return false;
+    };
+    values.iter().any(|v| {
+        c.any_of.iter().any(|x| x.eq_ignore_ascii_case(v.trim()))
+            || c.bits.is_some_and(|bits| v.trim().parse::<i128>().is_ok_and(|n| (n as u64) & bits == bits))
+    })
+}
+
+fn domain_of(value: &str) -> Option<String> {
+    value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
+}
+
+/// Turns directory entries into raw recipient values: the profile's skip rules,
+/// address attributes, `smtp:` prefixes and the own-domains restriction. Pure.
+pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Fetched, SourceError> {
+    let mut out = Fetched::default();
+    let skips: Vec<&SkipRule> = spec.skip.iter().filter(|r| !spec.keep_skipped.contains(&r.name)).collect();
+    let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut own_domains: HashSet<String> = HashSet::new();
+    let mut restricted: Vec<RawItem> = Vec::new();
+    for e in entries {
+        if let Some(name) = e.attrs.keys().find(|n| n.to_ascii_lowercase().contains(";range=")) {
+            return Err(SourceError::new(format!(
+                "{}: the server returned {name} in ranges (more values than it sends at once); ranged retrieval is not \
+                 supported yet, so the source fails rather than publish a partial list",
+                e.dn
+            )));
+        }
+        if let Some(rule) =
+            skips.iter().find(|r| matches(&e, &r.when) && !r.unless.as_ref().is_some_and(|u| matches(&e, u)))
+        {
+            tracing::debug!(dn = %e.dn, rule = %rule.name, "left out: {}", rule.why);
+            *skipped.entry(rule.name.as_str()).or_default() += 1;
+            continue;
+        }
+        let restrict = spec.restrict_to_own_domains.as_ref().is_some_and(|c| matches(&e, c));
+        let mut items = Vec::new();
+        for (name, values) in &e.attrs {
+            let plain = spec.address_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
+            let prefixed = spec.prefixed_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
+            for v in values {
+                let locator = Locator::Object(format!("{} {name}", e.dn).into());
+                if plain {
+                    items.push(RawItem { value: v.clone(), kind: RawKind::Address, locator });
+                } else if prefixed {
+                    // "SMTP:primary", "smtp:secondary": any case. X500:, SIP:, … are not mail.
+                    match v.split_once(':') {
+                        Some((p, addr)) if p.eq_ignore_ascii_case("smtp") => {
+                            items.push(RawItem { value: addr.to_string(), kind: RawKind::Address, locator })
+                        }
+                        Some(_) => {}
+                        None => out.rejected.push(Rejected {
+                            value: v.clone(),
+                            locator,
+                            reason: "has no address-type prefix such as smtp:".into(),
+                        }),
+                    }
+                }
+            }
+        }
+        for (name, values) in &e.bin_attrs {
+            if spec.address_attributes.iter().chain(&spec.prefixed_attributes).any(|a| a.eq_ignore_ascii_case(name)) {
+                for v in values {
+                    out.rejected.push(Rejected {
+                        value: String::from_utf8_lossy(v).into_owned(),
+                        locator: Locator::Object(format!("{} {name}", e.dn).into()),
+                        reason: "is not valid UTF-8".into(),
+                    });
+                }
+            }
+        }
+        if restrict {
+            restricted.extend(items);
+        } else {
+            own_domains.extend(items.iter().filter_map(|i| domain_of(&i.value)));
+            out.items.extend(items);
+        }
+    }
+    let mut outside = 0;
+    for item in restricted {
+        if domain_of(&item.value).is_some_and(|d| own_domains.contains(&d)) {
+            out.items.push(item);
+        } else {
+            outside += 1;
+        }
+    }
+    for (rule, n) in skipped {
+        tracing::info!(rule, entries = n, "entries left out by a skip rule");
+    }
+    if outside > 0 {
+        tracing::info!(
+            addresses = outside,
+            "addresses of restricted entries (e.g. contacts) outside the directory's own domains left out"
+        );
+    }
+    Ok(out)
 }
 
 fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {
@@ -248,5 +303,148 @@ fn describe_bind(e: &ldap3::LdapError, dn: &str) -> String {
             format!("bind as {dn} needs an encrypted connection ({}): use ldaps:// or starttls = true", result.text)
         }
         other => format!("bind as {dn} failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn spec(extra: &str) -> LdapSourceSpec {
+        let text = format!(
+            "state_dir = \"s\"\n[[source]]\nname = \"ad\"\nkind = \"ldap\"\nprofile = \"active-directory\"\nurl = \"ldaps://dc1\"\nbase_dn = \"DC=example,DC=com\"\n{extra}\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n"
+        );
+        let cfg = crate::config::parse(&text, std::path::Path::new("/")).unwrap();
+        match &cfg.sources[0].spec {
+            crate::config::SourceSpec::Ldap(l) => l.clone(),
+            _ => panic!("not ldap"),
+        }
+    }
+
+    fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> SearchEntry {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, vs) in attrs {
+            m.insert(k.to_string(), vs.iter().map(|v| v.to_string()).collect());
+        }
+        SearchEntry { dn: dn.to_string(), attrs: m, bin_attrs: HashMap::new() }
+    }
+
+    fn values(f: &Fetched) -> Vec<String> {
+        let mut v: Vec<String> = f.items.iter().map(|i| i.value.to_lowercase()).collect();
+        v.sort();
+        v
+    }
+
+    fn directory() -> Vec<SearchEntry> {
+        vec![
+            entry(
+                "CN=alice,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["top", "person", "user"]),
+                    ("userAccountControl", &["512"]),
+                    ("mail", &["Alice@example.com"]),
+                    (
+                        "proxyAddresses",
+                        &[
+                            "SMTP:Alice@example.com",
+                            "smtp:a.smith@example.com",
+                            "X500:/o=Org/cn=alice",
+                            "SIP:alice@example.com",
+                            "sMtP:alice@legacy.example.com",
+                            "smtp:@example.com",
+                        ],
+                    ),
+                ],
+            ),
+            entry(
+                "CN=carol,CN=Users,DC=example,DC=com",
+                &[("objectClass", &["user"]), ("userAccountControl", &["514"]), ("mail", &["carol@example.com"])],
+            ),
+            entry(
+                "CN=shared,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["user"]),
+                    ("userAccountControl", &["514"]),
+                    ("msExchRecipientTypeDetails", &["4"]),
+                    ("mail", &["shared@example.com"]),
+                ],
+            ),
+            entry(
+                "CN=room1,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["user"]),
+                    ("userAccountControl", &["66050"]),
+                    ("msExchRecipientTypeDetails", &["16"]),
+                    ("proxyAddresses", &["SMTP:room1@example.com"]),
+                ],
+            ),
+            entry(
+                "CN=ceo-only,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["user"]),
+                    ("userAccountControl", &["512"]),
+                    ("msExchRequireAuthToSendTo", &["TRUE"]),
+                    ("mail", &["board@example.com"]),
+                ],
+            ),
+            entry(
+                "CN=sales,CN=Users,DC=example,DC=com",
+                &[("objectClass", &["group"]), ("mail", &["sales@example.com"])],
+            ),
+            entry(
+                "CN=partner,OU=Contacts,DC=example,DC=com",
+                &[
+                    ("objectClass", &["top", "person", "contact"]),
+                    ("mail", &["partner@external.org"]),
+                    ("proxyAddresses", &["SMTP:partner@external.org", "smtp:partner@example.com"]),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn active_directory_profile_rules() {
+        let f = map_entries(&spec(""), directory()).unwrap();
+        assert_eq!(
+            values(&f),
+            [
+                "@example.com",
+                "a.smith@example.com",
+                "alice@example.com",
+                "alice@example.com",
+                "alice@legacy.example.com",
+                "partner@example.com",
+                "room1@example.com",
+                "sales@example.com",
+                "shared@example.com",
+            ]
+        );
+        // "smtp:@example.com" is passed on as a plain address value, which the
+        // address parser refuses: never a catch-all.
+        assert!(f.items.iter().all(|i| i.kind == RawKind::Address));
+    }
+
+    #[test]
+    fn keep_skipped_publishes_auth_only_recipients() {
+        let f = map_entries(&spec("keep_skipped = [\"auth-only\"]"), directory()).unwrap();
+        assert!(values(&f).contains(&"board@example.com".to_string()));
+        assert!(!values(&f).contains(&"carol@example.com".to_string()));
+        let err = crate::config::parse(
+            "[[source]]\nname = \"ad\"\nkind = \"ldap\"\nprofile = \"active-directory\"\nurl = \"ldaps://dc\"\nbase_dn = \"DC=x\"\nkeep_skipped = [\"nope\"]\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(
+            err[0].to_string().contains("no skip rule named \"nope\"; known: disabled-account, auth-only"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn ranged_values_fail_the_source() {
+        let e = entry("CN=big,DC=example,DC=com", &[("proxyAddresses;range=0-1499", &["smtp:a@example.com"])]);
+        let err = map_entries(&spec(""), vec![e]).unwrap_err();
+        assert!(err.message.contains("ranged retrieval is not supported yet"), "{}", err.message);
     }
 }

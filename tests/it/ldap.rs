@@ -184,3 +184,193 @@ fn server_down_keeps_last_good_and_new_entries_arrive() {
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     assert!(t.read("out/relay_recipients").contains("newbie@example.test OK\n"));
 }
+
+mod ad {
+    use super::*;
+    use crate::postfix::Postfix;
+    use crate::samba::{ADMIN, BASE, Samba};
+    use crate::smtp::rcpt_replies;
+
+    fn samba_enabled(test: &str) -> bool {
+        if std::env::var("RCPTSYNC_TEST_REAL_DB").is_ok_and(|v| v == "1")
+            && std::path::Path::new("/usr/sbin/samba").exists()
+        {
+            return true;
+        }
+        say(&format!(
+            "SKIPPED {test}: Samba AD tests need samba and RCPTSYNC_TEST_REAL_DB=1 (scripts/test.sh installs and sets both)"
+        ));
+        false
+    }
+
+    fn user(name: &str, uac: u32, extra: &[(&str, &str)]) -> String {
+        let mut s = format!(
+            "dn: CN={name},CN=Users,{BASE}\nobjectClass: user\nsAMAccountName: {name}\nuserAccountControl: {uac}\n"
+        );
+        for (k, v) in extra {
+            s.push_str(&format!("{k}: {v}\n"));
+        }
+        s.push('\n');
+        s
+    }
+
+    fn directory(exchange: bool) -> String {
+        let mut s = String::new();
+        s.push_str(&user(
+            "alice",
+            512,
+            &[
+                ("mail", "Alice@example.test"),
+                ("proxyAddresses", "SMTP:Alice@example.test"),
+                ("proxyAddresses", "smtp:a.smith@example.test"),
+                ("proxyAddresses", "X500:/o=Example/cn=alice"),
+                ("proxyAddresses", "SIP:alice@example.test"),
+                ("proxyAddresses", "smtp:@example.test"),
+            ],
+        ));
+        s.push_str(&user("carol", 514, &[("mail", "carol@example.test")]));
+        if exchange {
+            s.push_str(&user("shared", 514, &[("mail", "shared@example.test"), ("msExchRecipientTypeDetails", "4")]));
+            s.push_str(&user(
+                "room1",
+                66050,
+                &[("proxyAddresses", "SMTP:room1@example.test"), ("msExchRecipientTypeDetails", "16")],
+            ));
+            s.push_str(&user("ceo", 512, &[("mail", "ceo-only@example.test"), ("msExchRequireAuthToSendTo", "TRUE")]));
+        }
+        s.push_str(&format!("dn: CN=sales,CN=Users,{BASE}\nobjectClass: group\nsAMAccountName: sales\ngroupType: 8\nmail: sales@example.test\n\n"));
+        s.push_str(&format!(
+            "dn: CN=secgroup,CN=Users,{BASE}\nobjectClass: group\nsAMAccountName: secgroup\ngroupType: -2147483646\n\n"
+        ));
+        s.push_str(&format!("dn: CN=partner,CN=Users,{BASE}\nobjectClass: contact\nmail: partner@external.test\nproxyAddresses: SMTP:partner@external.test\nproxyAddresses: smtp:partner@example.test\n\n"));
+        s
+    }
+
+    fn bulk(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                user(
+                    &format!("bulk{i:04}"),
+                    512,
+                    &[
+                        ("mail", &format!("bulk{i:04}@example.test")),
+                        ("proxyAddresses", &format!("smtp:b{i:04}@example.test")),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    fn ad_config(t: &TestDir, dc: &Samba, extra: &str, output: &str) {
+        std::fs::create_dir_all(t.join("out")).unwrap();
+        t.config(&format!(
+            "state_dir = \"state\"\n[[source]]\nname = \"corp-ad\"\nkind = \"ldap\"\nprofile = \"active-directory\"\nurl = \"{}\"\nca_file = \"{}\"\nbind_dn = \"{ADMIN}\"\nbind_password_file = \"{}\"\nbase_dn = \"{BASE}\"\n{extra}\n{output}",
+            dc.url(),
+            dc.ca.display(),
+            dc.password_file.display()
+        ));
+    }
+
+    const PLAIN: &str = "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n";
+
+    #[test]
+    fn active_directory_profile_on_samba_with_exchange_schema() {
+        if !samba_enabled("active_directory_profile_on_samba_with_exchange_schema") {
+            return;
+        }
+        let t = TestDir::new();
+        let dc = Samba::start(&t.join("dc"), true);
+        dc.add(&directory(true));
+        dc.add(&bulk(2500));
+        ad_config(&t, &dc, "", PLAIN);
+        let r = list(&t);
+        r.expect(0);
+        let got: Vec<&str> = r.stdout.lines().collect();
+        let mut want: Vec<String> = vec![
+            "a.smith@example.test",
+            "alice@example.test",
+            "partner@example.test",
+            "room1@example.test",
+            "sales@example.test",
+            "shared@example.test",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        for i in 0..2500 {
+            want.push(format!("bulk{i:04}@example.test"));
+            want.push(format!("b{i:04}@example.test"));
+        }
+        want.sort();
+        let mut got_sorted: Vec<String> = got.iter().map(|s| s.to_string()).collect();
+        got_sorted.sort();
+        assert_eq!(got_sorted.len(), want.len(), "{}", r.stderr);
+        assert_eq!(got_sorted, want);
+        // "smtp:@example.test" is an invalid address, reported, never a catch-all.
+        assert!(r.stderr.contains("value=\"@example.test\""), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("rule=\"auth-only\" entries=1")
+                && r.stderr.contains("rule=\"disabled-account\" entries=1"),
+            "{}",
+            r.stderr
+        );
+
+        // The EdgeSync-like default can be switched off.
+        ad_config(&t, &dc, "keep_skipped = [\"auth-only\"]", PLAIN);
+        let r = list(&t);
+        assert!(r.stdout.lines().any(|l| l == "ceo-only@example.test"), "{}", r.stderr);
+
+        // check reports the bind and paging.
+        let r = t.run(&["check", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stdout.contains("searchable with paging"), "{}", r.stdout);
+
+        // End to end: a private Postfix accepts AD addresses and rejects a disabled user;
+        // a user added in AD is accepted after one sync.
+        if !crate::postfix::enabled("active_directory_profile_on_samba_with_exchange_schema (postfix part)") {
+            return;
+        }
+        let map = t.join("out/relay_recipients");
+        let etc = Postfix::configure(&t.join("pf"), "example.test", &format!("lmdb:{}", map.display()));
+        ad_config(
+            &t,
+            &dc,
+            "",
+            &format!(
+                "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"{}\"\npostmap = \"lmdb\"\n",
+                map.display()
+            ),
+        );
+        let sync = || Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
+        sync().expect(0);
+        let pf = Postfix::run(etc.clone());
+        let r = rcpt_replies(
+            pf.port,
+            &["a.smith@example.test", "shared@example.test", "carol@example.test", "newhire@example.test"],
+        );
+        assert!(r[0].starts_with("250") && r[1].starts_with("250"), "{r:?}");
+        assert!(r[2].starts_with("550 5.1.1") && r[3].starts_with("550 5.1.1"), "{r:?}");
+        dc.add(&user("newhire", 512, &[("mail", "newhire@example.test")]));
+        sync().expect(0);
+        let r = rcpt_replies(pf.port, &["newhire@example.test"]);
+        assert!(r[0].starts_with("250"), "{r:?}");
+    }
+
+    #[test]
+    fn active_directory_profile_on_samba_without_exchange_schema() {
+        if !samba_enabled("active_directory_profile_on_samba_without_exchange_schema") {
+            return;
+        }
+        let t = TestDir::new();
+        let dc = Samba::start(&t.join("dc"), false);
+        dc.add(&directory(false));
+        ad_config(&t, &dc, "", PLAIN);
+        let r = list(&t);
+        r.expect(0);
+        assert_eq!(
+            r.stdout, "a.smith@example.test\nalice@example.test\npartner@example.test\nsales@example.test\n",
+            "{}",
+            r.stderr
+        );
+    }
+}

@@ -12,6 +12,8 @@ mod guard;
 mod ldap;
 mod outputs;
 mod postfix;
+#[path = "../support/samba.rs"]
+mod samba;
 #[path = "../support/ldap.rs"]
 mod slapd;
 mod smtp;

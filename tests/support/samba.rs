@@ -1,0 +1,242 @@
+//! A private Samba Active Directory domain controller for tests: provisioned into
+//! its own directory, LDAPS with a test CA on 127.0.0.1:636 (Samba cannot move its
+//! LDAP ports, so one DC runs at a time: `Samba::start` holds a process-wide lock),
+//! optionally with the Exchange attributes the AD profile reads added to its schema.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::db::{run_ok, wait_until};
+use crate::slapd::test_ca;
+
+pub const ADMIN: &str = "Administrator@EXAMPLE.TEST";
+pub const ADMIN_PASSWORD: &str = "Passw0rd!Test";
+pub const BASE: &str = "DC=example,DC=test";
+
+static ONE_DC: Mutex<()> = Mutex::new(());
+
+pub struct Samba {
+    dir: PathBuf,
+    pub ca: PathBuf,
+    pub password_file: PathBuf,
+    child: Option<Child>,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+impl Samba {
+    pub fn start(dir: &Path, exchange_schema: bool) -> Samba {
+        let guard = ONE_DC.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", 636)).is_err(),
+            "127.0.0.1:636 is already in use (a Samba left running?); the test DC needs it"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        run_ok(
+            Command::new("samba-tool")
+                .args([
+                    "domain",
+                    "provision",
+                    "--realm=EXAMPLE.TEST",
+                    "--domain=EXAMPLE",
+                    "--server-role=dc",
+                    "--dns-backend=NONE",
+                ])
+                .arg(format!("--adminpass={ADMIN_PASSWORD}"))
+                .arg(format!("--targetdir={}", dir.display()))
+                .args([
+                    "--backend-store=mdb",
+                    "--option=ldb:nosync = true",
+                    "--option=interfaces = 127.0.0.1",
+                    "--option=bind interfaces only = yes",
+                ]),
+        );
+        let (ca, cert, key) = test_ca(&dir.join("tls"));
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        for sub in ["run", "log", "cache"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let d = dir.display();
+        let conf = format!(
+            "[global]
+	netbios name = DC1
+	workgroup = EXAMPLE
+	realm = EXAMPLE.TEST
+	server role = active directory domain controller
+	private dir = {d}/private
+	lock directory = {d}
+	state directory = {d}/state
+	cache directory = {d}/cache
+	binddns dir = {d}/bind-dns
+	pid directory = {d}/run
+	ncalrpc dir = {d}/run/ncalrpc
+	winbindd socket directory = {d}/run/winbindd
+	ntp signd socket directory = {d}/run/ntp_signd
+	log file = {d}/log/log.%m
+	logging = file
+	interfaces = 127.0.0.1
+	bind interfaces only = yes
+	server services = ldap, cldap, kdc
+	ldb:nosync = true
+	dreplsrv:periodic_startup_interval = 0
+	notify:inotify = false
+	tls enabled = yes
+	tls keyfile = {key}
+	tls certfile = {cert}
+	tls cafile = {ca}
+	dsdb:schema update allowed = true
+",
+            key = key.display(),
+            cert = cert.display(),
+            ca = ca.display()
+        );
+        std::fs::write(dir.join("etc/smb.conf"), conf).unwrap();
+        let password_file = dir.join("admin.pw");
+        std::fs::write(&password_file, ADMIN_PASSWORD).unwrap();
+        std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let child = Command::new("samba")
+            .args(["-i", "-M", "single", "-s"])
+            .arg(dir.join("etc/smb.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start samba");
+        let s = Samba { dir: dir.to_path_buf(), ca, password_file, child: Some(child), _one_at_a_time: guard };
+        wait_until("samba ldaps", || std::net::TcpStream::connect(("127.0.0.1", 636)).is_ok());
+        // LDAP answers a moment after the port opens.
+        let mut last = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = s.try_ldap(&["ldapsearch", "-s", "base", "-b", BASE, "dn"]) {
+            last = e;
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(s.dir.join("log/log.samba")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!("samba LDAP did not answer a search: {last}\nlog.samba (newest first):\n{}", tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = last;
+        if exchange_schema {
+            s.modify(&exchange_schema_ldif());
+        }
+        s
+    }
+
+    fn try_ldap(&self, args: &[&str]) -> Result<String, String> {
+        let (prog, rest) = args.split_first().unwrap();
+        let out = Command::new(prog)
+            .args(["-x", "-H", "ldaps://127.0.0.1", "-D", ADMIN, "-y"])
+            .arg(&self.password_file)
+            .args(rest)
+            .env("LDAPTLS_CACERT", &self.ca)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Applies an LDIF change file (ldapmodify; entries need `changetype`).
+    pub fn modify(&self, ldif: &str) {
+        let f = self.dir.join("change.ldif");
+        std::fs::write(&f, ldif).unwrap();
+        if let Err(e) = self.try_ldap(&["ldapmodify", "-f", &f.display().to_string()]) {
+            panic!("ldapmodify failed: {e}");
+        }
+    }
+
+    /// Adds entries (plain LDIF without changetype).
+    pub fn add(&self, ldif: &str) {
+        let f = self.dir.join("add.ldif");
+        std::fs::write(&f, ldif).unwrap();
+        if let Err(e) = self.try_ldap(&["ldapadd", "-f", &f.display().to_string()]) {
+            panic!("ldapadd failed: {e}");
+        }
+    }
+
+    pub fn url(&self) -> &'static str {
+        "ldaps://127.0.0.1"
+    }
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the server we started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            // The port must be free before the next DC may start.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", 636)).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The Exchange attributes the AD profile reads, with their real
+/// lDAPDisplayNames, added to the schema and allowed on users and groups.
+pub fn exchange_schema_ldif() -> String {
+    let cfg = format!("CN=Schema,CN=Configuration,{BASE}");
+    format!(
+        "dn: CN=ms-Exch-Recipient-Type-Details,{cfg}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Recipient-Type-Details
+attributeID: 1.2.840.113556.1.4.7000.102.50979
+lDAPDisplayName: msExchRecipientTypeDetails
+attributeSyntax: 2.5.5.16
+oMSyntax: 65
+isSingleValued: TRUE
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAQ==
+
+dn: CN=ms-Exch-Require-Authentication-To-Send-To,{cfg}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Require-Authentication-To-Send-To
+attributeID: 1.2.840.113556.1.4.7000.102.50138
+lDAPDisplayName: msExchRequireAuthToSendTo
+attributeSyntax: 2.5.5.8
+oMSyntax: 1
+isSingleValued: TRUE
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAg==
+
+dn:
+changetype: modify
+add: schemaUpdateNow
+schemaUpdateNow: 1
+-
+
+dn: CN=User,{cfg}
+changetype: modify
+add: mayContain
+mayContain: msExchRecipientTypeDetails
+mayContain: msExchRequireAuthToSendTo
+-
+
+dn: CN=Group,{cfg}
+changetype: modify
+add: mayContain
+mayContain: msExchRecipientTypeDetails
+mayContain: msExchRequireAuthToSendTo
+-
+
+dn:
+changetype: modify
+add: schemaUpdateNow
+schemaUpdateNow: 1
+-
+"
+    )
+}
