@@ -1051,12 +1051,9 @@ mod tests {
         let SourceSpec::File(f) = &c.sources[0].spec else { panic!("not a file source") };
         assert!(f.catchalls, "source key wins");
         let errs = parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"nosuch\""));
-        assert!(
-            errs[0].starts_with(
-                "source[0].profile: unknown profile \"nosuch\"; known: iredmail, mailcow, mailu, modoboa, openldap, plain-list, postfixadmin"
-            ),
-            "{errs:?}"
-        );
+        // The list names every profile, so adding one does not change the test.
+        assert!(errs[0].starts_with("source[0].profile: unknown profile \"nosuch\"; known: "), "{errs:?}");
+        assert!(errs[0].contains("plain-list") && errs[0].contains("postfixadmin"), "{errs:?}");
         let errs = parse_err(&MINIMAL.replace("kind = \"file\"", "kind = \"file\"\nprofile = \"postfixadmin\""));
         assert_eq!(errs, ["source[0].profile: profile \"postfixadmin\" is for kind \"sql\", not \"file\""]);
     }
