@@ -59,7 +59,7 @@ pub type FetchResults = Vec<(Result<Fetched, SourceError>, Duration)>;
 pub async fn fetch_all(cfg: &Config) -> FetchResults {
     let mut set = JoinSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
-        let source = Source::build(s);
+        let source = Source::build_with_state(s, &cfg.state_dir);
         set.spawn(async move {
             let started = Instant::now();
             let r = source.fetch().await;

@@ -149,8 +149,8 @@ pub struct SourceConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceSpec {
     File(FileSourceSpec),
-    Sql(SqlSourceSpec),
-    Ldap(LdapSourceSpec),
+    Sql(Box<SqlSourceSpec>),
+    Ldap(Box<LdapSourceSpec>),
 }
 
 impl SourceSpec {
@@ -210,6 +210,13 @@ pub struct LdapSourceSpec {
     /// without the Exchange schema) simply never matches it.
     #[serde(default)]
     pub skip: Vec<SkipRule>,
+    /// Active Directory: after a full pass, ask the same DC only for objects
+    /// changed since (uSNChanged) and for deleted objects; state in `state_dir`.
+    #[serde(default)]
+    pub incremental: bool,
+    /// Force a full pass this often in incremental mode (default 24h).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub full_sync_every: Option<Duration>,
     /// Names of `skip` rules to switch off for this source.
     #[serde(default)]
     pub keep_skipped: Vec<String>,

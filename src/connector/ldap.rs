@@ -7,6 +7,7 @@
 //! is profile data (`connectors/openldap.toml`, …).
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,18 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct LdapSource {
     spec: LdapSourceSpec,
+    /// Where incremental sync keeps its cursor and object map (None: always full).
+    state_file: Option<PathBuf>,
 }
 
 impl LdapSource {
     pub fn new(spec: LdapSourceSpec) -> LdapSource {
-        LdapSource { spec }
+        LdapSource { spec, state_file: None }
+    }
+
+    /// A source that may sync incrementally, keeping its state in `state_file`.
+    pub fn with_state(spec: LdapSourceSpec, state_file: PathBuf) -> LdapSource {
+        LdapSource { spec, state_file: Some(state_file) }
     }
 
     fn password(&self) -> Result<Option<Secret>, SourceError> {
@@ -87,20 +95,42 @@ impl LdapSource {
         page_size: i32,
     ) -> Result<Vec<SearchEntry>, SourceError> {
         let secret = self.password()?;
-        let clean = |m: String| match secret.as_ref().filter(|s| s.expose().len() >= 3) {
+        let (mut ldap, url) =
+            self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
+        let r = self.paged(&mut ldap, &url, base, filter, attrs, page_size, None).await;
+        let _ = ldap.unbind().await;
+        r.map_err(|e| SourceError::new(self.clean(e, &secret)))
+    }
+
+    fn clean(&self, m: String, secret: &Option<Secret>) -> String {
+        match secret.as_ref().filter(|s| s.expose().len() >= 3) {
             Some(s) => m.replace(s.expose(), "***"),
             None => m,
-        };
-        let (mut ldap, url) = self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(clean(e)))?;
+        }
+    }
+
+    /// One paged subtree search that must end with success.
+    #[allow(clippy::too_many_arguments)]
+    async fn paged(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        url: &str,
+        base: &str,
+        filter: &str,
+        attrs: &[String],
+        page_size: i32,
+        control: Option<ldap3::controls::RawControl>,
+    ) -> Result<Vec<SearchEntry>, String> {
         let op_timeout = self.spec.op_timeout.unwrap_or(OP_TIMEOUT);
         let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> =
             vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size))];
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let result = async {
-            let mut stream = ldap
-                .with_timeout(op_timeout)
-                .streaming_search_with(adapters, base, Scope::Subtree, filter, attr_refs)
-                .await?;
+            let handle = ldap.with_timeout(op_timeout);
+            if let Some(c) = control {
+                handle.with_controls(c);
+            }
+            let mut stream = handle.streaming_search_with(adapters, base, Scope::Subtree, filter, attr_refs).await?;
             let mut entries = Vec::new();
             while let Some(entry) = stream.next().await? {
                 entries.push(SearchEntry::construct(entry));
@@ -109,22 +139,180 @@ impl LdapSource {
             Ok::<_, ldap3::LdapError>((entries, res))
         }
         .await;
-        let _ = ldap.unbind().await;
-        let (entries, res) = result.map_err(|e| SourceError::new(clean(format!("search on {url} failed: {e}"))))?;
+        let (entries, res) = result.map_err(|e| format!("search on {url} failed: {e}"))?;
         match res.rc {
             0 => Ok(entries),
-            4 => Err(SourceError::new(format!(
+            4 => Err(format!(
                 "search on {url} hit the server's size limit after {} entries (result 4, sizeLimitExceeded); \
                  the list would be incomplete, so the source fails. Raise the limit for the bind DN or lower page_size",
                 entries.len()
-            ))),
-            11 => Err(SourceError::new(format!(
+            )),
+            11 => Err(format!(
                 "search on {url} hit an administrative limit (result 11, adminLimitExceeded{}); lower page_size (AD and \
                  OpenLDAP cap pages, typically at 1000)",
                 if res.text.is_empty() { String::new() } else { format!(": {}", res.text) }
-            ))),
-            rc => Err(SourceError::new(clean(format!("search on {url} ended with result {rc}: {}", res.text)))),
+            )),
+            rc => Err(format!("search on {url} ended with result {rc}: {}", res.text)),
         }
+    }
+
+    /// Full or incremental (uSNChanged) fetch, keeping the object map in state.
+    async fn fetch_incremental(&self, state_file: &std::path::Path) -> Result<Fetched, SourceError> {
+        let secret = self.password()?;
+        let (mut ldap, url) =
+            self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
+        let r = self.incremental_inner(&mut ldap, &url, state_file).await;
+        let _ = ldap.unbind().await;
+        let objects = r.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
+        Ok(finalize(objects.into_values()))
+    }
+
+    async fn incremental_inner(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        url: &str,
+        state_file: &std::path::Path,
+    ) -> Result<BTreeMap<String, ObjectRecord>, String> {
+        // The DC's position and identity, read before any search, so that a change
+        // made during this run is seen again by the next one rather than missed.
+        let root =
+            self.read_entry(ldap, url, "", &["highestCommittedUSN", "dsServiceName", "defaultNamingContext"]).await?;
+        let usn: u64 = first(&root, "highestCommittedUSN").and_then(|v| v.parse().ok()).ok_or_else(|| {
+            format!(
+                "{url} does not publish highestCommittedUSN in its rootDSE: incremental sync needs Active Directory"
+            )
+        })?;
+        let nc = first(&root, "defaultNamingContext").unwrap_or_else(|| self.spec.base_dn.clone());
+        let invocation = match first(&root, "dsServiceName") {
+            Some(dn) => {
+                let e = self.read_entry(ldap, url, &dn, &["invocationId"]).await?;
+                e.bin_attrs.get("invocationId").and_then(|v| v.first()).map(|b| hex(b)).unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        let now = unix_now();
+        let every = self.spec.full_sync_every.unwrap_or(FULL_SYNC_EVERY).as_secs();
+        let prev = std::fs::read(state_file).ok().and_then(|b| serde_json::from_slice::<SyncState>(&b).ok());
+        let reason = match &prev {
+            None => Some("no previous sync state".to_string()),
+            Some(p) if p.version != SYNC_STATE_VERSION => Some("sync state from another version".into()),
+            Some(p) if p.server != url => Some(format!("the previous sync used {}", p.server)),
+            Some(p) if p.invocation_id != invocation => {
+                Some("the DC's invocationId changed (restored or rebuilt)".into())
+            }
+            Some(p)
+                if p.filter != self.spec.filter
+                    || p.base_dn != self.spec.base_dn
+                    || p.attributes != self.attributes() =>
+            {
+                Some("filter, base_dn or attributes changed".into())
+            }
+            Some(p) if now.saturating_sub(p.full_at) >= every => Some("full_sync_every elapsed".into()),
+            Some(p) if usn < p.highest_usn => Some("the DC's USN went backwards".into()),
+            Some(_) => None,
+        };
+        let mut attrs = self.attributes();
+        attrs.push("objectGUID".into());
+        let (objects, full_at) = match (reason, prev) {
+            (None, Some(prev)) => {
+                let since = prev.highest_usn + 1;
+                let matching_filter = format!("(&{}(uSNChanged>={since}))", self.spec.filter);
+                let matching = self
+                    .paged(ldap, url, &self.spec.base_dn, &matching_filter, &attrs, self.spec.page_size, None)
+                    .await?;
+                // Everything that changed anywhere in the domain: an object that left
+                // the filter or the base DN must leave the list too.
+                let guid_only = ["objectGUID".to_string()];
+                let changed = self
+                    .paged(ldap, url, &nc, &format!("(uSNChanged>={since})"), &guid_only, self.spec.page_size, None)
+                    .await?;
+                let show_deleted =
+                    ldap3::controls::RawControl { ctype: SHOW_DELETED_OID.into(), crit: true, val: None };
+                let deleted_filter = format!("(&(isDeleted=TRUE)(uSNChanged>={since}))");
+                let deleted = self
+                    .paged(ldap, url, &nc, &deleted_filter, &guid_only, self.spec.page_size, Some(show_deleted))
+                    .await?;
+                let mut objects = prev.objects;
+                let before = objects.len();
+                for e in changed.iter().chain(&deleted) {
+                    if let Some(g) = guid(e) {
+                        objects.remove(&g);
+                    }
+                }
+                let mut skipped = BTreeMap::new();
+                for e in &matching {
+                    match (guid(e), map_one(&self.spec, e)?) {
+                        (Some(g), Some(rec)) => {
+                            objects.insert(g, rec);
+                        }
+                        (_, None) => count_skip(&self.spec, e, &mut skipped),
+                        _ => {}
+                    }
+                }
+                log_skips(skipped);
+                tracing::info!(
+                    server = %url,
+                    since,
+                    changed = changed.len(),
+                    deleted = deleted.len(),
+                    matching = matching.len(),
+                    objects_before = before,
+                    objects = objects.len(),
+                    "incremental sync"
+                );
+                (objects, prev.full_at)
+            }
+            (reason, _) => {
+                let reason = reason.unwrap_or_default();
+                let entries = self
+                    .paged(ldap, url, &self.spec.base_dn, &self.spec.filter, &attrs, self.spec.page_size, None)
+                    .await?;
+                let mut objects = BTreeMap::new();
+                let mut skipped = BTreeMap::new();
+                for e in &entries {
+                    match map_one(&self.spec, e)? {
+                        Some(rec) => {
+                            objects.insert(guid(e).unwrap_or_else(|| format!("dn:{}", e.dn)), rec);
+                        }
+                        None => count_skip(&self.spec, e, &mut skipped),
+                    }
+                }
+                log_skips(skipped);
+                tracing::info!(server = %url, reason = %reason, objects = objects.len(), "full sync");
+                (objects, now)
+            }
+        };
+        let state = SyncState {
+            version: SYNC_STATE_VERSION,
+            server: url.to_string(),
+            invocation_id: invocation,
+            highest_usn: usn,
+            full_at,
+            filter: self.spec.filter.clone(),
+            base_dn: self.spec.base_dn.clone(),
+            attributes: self.attributes(),
+            objects,
+        };
+        save_state(state_file, &state);
+        Ok(state.objects)
+    }
+
+    /// A base-scope read of one entry.
+    async fn read_entry(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        url: &str,
+        dn: &str,
+        attrs: &[&str],
+    ) -> Result<SearchEntry, String> {
+        let op_timeout = self.spec.op_timeout.unwrap_or(OP_TIMEOUT);
+        let (entries, _) = ldap
+            .with_timeout(op_timeout)
+            .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| format!("reading {dn:?} on {url} failed: {e}"))?;
+        entries.into_iter().next().map(SearchEntry::construct).ok_or_else(|| format!("{dn:?} not found on {url}"))
     }
 
     fn attributes(&self) -> Vec<String> {
@@ -142,6 +330,9 @@ impl LdapSource {
 
 impl Connector for LdapSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
+        if let (true, Some(state_file)) = (self.spec.incremental, &self.state_file) {
+            return self.fetch_incremental(state_file).await;
+        }
         let entries =
             self.search(&self.spec.base_dn, &self.spec.filter, &self.attributes(), self.spec.page_size).await?;
         map_entries(&self.spec, entries)
@@ -178,82 +369,160 @@ fn domain_of(value: &str) -> Option<String> {
     value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase())
 }
 
-/// Turns directory entries into raw recipient values: the profile's skip rules,
-/// address attributes, `smtp:` prefixes and the own-domains restriction. Pure.
-pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Fetched, SourceError> {
-    let mut out = Fetched::default();
-    let skips: Vec<&SkipRule> = spec.skip.iter().filter(|r| !spec.keep_skipped.contains(&r.name)).collect();
-    let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut own_domains: HashSet<String> = HashSet::new();
-    let mut restricted: Vec<RawItem> = Vec::new();
-    for e in entries {
-        if let Some(name) = e.attrs.keys().find(|n| n.to_ascii_lowercase().contains(";range=")) {
-            return Err(SourceError::new(format!(
-                "{}: the server returned {name} in ranges (more values than it sends at once); ranged retrieval is not \
-                 supported yet, so the source fails rather than publish a partial list",
-                e.dn
-            )));
+/// What one directory object contributes, kept between incremental runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ObjectRecord {
+    /// Whether the object's addresses only count in the directory's own domains.
+    restricted: bool,
+    /// (value, locator) of each address value.
+    items: Vec<(String, String)>,
+    /// (value, locator, reason) of each refused value.
+    rejected: Vec<(String, String, String)>,
+}
+
+const SYNC_STATE_VERSION: u32 = 1;
+/// The Show Deleted control (deleted objects in searches).
+const SHOW_DELETED_OID: &str = "1.2.840.113556.1.4.417";
+/// Default interval between forced full passes of an incremental source.
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SyncState {
+    version: u32,
+    server: String,
+    invocation_id: String,
+    highest_usn: u64,
+    full_at: u64,
+    filter: String,
+    base_dn: String,
+    attributes: Vec<String>,
+    objects: BTreeMap<String, ObjectRecord>,
+}
+
+fn save_state(path: &std::path::Path, state: &SyncState) {
+    let Some(dir) = path.parent().filter(|d| d.is_dir()) else { return };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("ldap");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let written = serde_json::to_vec(state).map_err(std::io::Error::other).and_then(|b| {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        // Without the state the next run is simply a full pass.
+        tracing::warn!(file = %path.display(), error = %e, "cannot save LDAP sync state");
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn first(e: &SearchEntry, attr: &str) -> Option<String> {
+    e.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).and_then(|(_, v)| v.first().cloned())
+}
+
+fn guid(e: &SearchEntry) -> Option<String> {
+    e.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case("objectGUID")).and_then(|(_, v)| v.first()).map(|b| hex(b))
+}
+
+fn count_skip(spec: &LdapSourceSpec, e: &SearchEntry, counts: &mut BTreeMap<String, usize>) {
+    let rule = skip_rule(spec, e).map(|r| r.name.clone()).unwrap_or_default();
+    *counts.entry(rule).or_default() += 1;
+}
+
+fn log_skips(counts: BTreeMap<String, usize>) {
+    for (rule, n) in counts {
+        tracing::info!(rule, entries = n, "entries left out by a skip rule");
+    }
+}
+
+/// The first active skip rule that leaves `e` out.
+fn skip_rule<'a>(spec: &'a LdapSourceSpec, e: &SearchEntry) -> Option<&'a SkipRule> {
+    spec.skip
+        .iter()
+        .filter(|r| !spec.keep_skipped.contains(&r.name))
+        .find(|r| matches(e, &r.when) && !r.unless.as_ref().is_some_and(|u| matches(e, u)))
+}
+
+/// What one entry contributes, or None when a skip rule leaves it out.
+pub fn map_one(spec: &LdapSourceSpec, e: &SearchEntry) -> Result<Option<ObjectRecord>, String> {
+    if let Some(name) = e.attrs.keys().find(|n| n.to_ascii_lowercase().contains(";range=")) {
+        return Err(format!(
+            "{}: the server returned {name} in ranges (more values than it sends at once); ranged retrieval is not \
+             supported yet, so the source fails rather than publish a partial list",
+            e.dn
+        ));
+    }
+    if let Some(rule) = skip_rule(spec, e) {
+        tracing::debug!(dn = %e.dn, rule = %rule.name, "left out: {}", rule.why);
+        return Ok(None);
+    }
+    let mut rec = ObjectRecord {
+        restricted: spec.restrict_to_own_domains.as_ref().is_some_and(|c| matches(e, c)),
+        items: Vec::new(),
+        rejected: Vec::new(),
+    };
+    for (name, values) in &e.attrs {
+        let plain = spec.address_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
+        let prefixed = spec.prefixed_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
+        for v in values {
+            let locator = format!("{} {name}", e.dn);
+            if plain {
+                rec.items.push((v.clone(), locator));
+            } else if prefixed {
+                // "SMTP:primary", "smtp:secondary": any case. X500:, SIP:, … are not mail.
+                match v.split_once(':') {
+                    Some((p, addr)) if p.eq_ignore_ascii_case("smtp") => rec.items.push((addr.to_string(), locator)),
+                    Some(_) => {}
+                    None => rec.rejected.push((v.clone(), locator, "has no address-type prefix such as smtp:".into())),
+                }
+            }
         }
-        if let Some(rule) =
-            skips.iter().find(|r| matches(&e, &r.when) && !r.unless.as_ref().is_some_and(|u| matches(&e, u)))
-        {
-            tracing::debug!(dn = %e.dn, rule = %rule.name, "left out: {}", rule.why);
-            *skipped.entry(rule.name.as_str()).or_default() += 1;
-            continue;
-        }
-        let restrict = spec.restrict_to_own_domains.as_ref().is_some_and(|c| matches(&e, c));
-        let mut items = Vec::new();
-        for (name, values) in &e.attrs {
-            let plain = spec.address_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
-            let prefixed = spec.prefixed_attributes.iter().any(|a| a.eq_ignore_ascii_case(name));
+    }
+    for (name, values) in &e.bin_attrs {
+        if spec.address_attributes.iter().chain(&spec.prefixed_attributes).any(|a| a.eq_ignore_ascii_case(name)) {
             for v in values {
-                let locator = Locator::Object(format!("{} {name}", e.dn).into());
-                if plain {
-                    items.push(RawItem { value: v.clone(), kind: RawKind::Address, locator });
-                } else if prefixed {
-                    // "SMTP:primary", "smtp:secondary": any case. X500:, SIP:, … are not mail.
-                    match v.split_once(':') {
-                        Some((p, addr)) if p.eq_ignore_ascii_case("smtp") => {
-                            items.push(RawItem { value: addr.to_string(), kind: RawKind::Address, locator })
-                        }
-                        Some(_) => {}
-                        None => out.rejected.push(Rejected {
-                            value: v.clone(),
-                            locator,
-                            reason: "has no address-type prefix such as smtp:".into(),
-                        }),
-                    }
-                }
+                let value = String::from_utf8_lossy(v).into_owned();
+                rec.rejected.push((value, format!("{} {name}", e.dn), "is not valid UTF-8".into()));
             }
         }
-        for (name, values) in &e.bin_attrs {
-            if spec.address_attributes.iter().chain(&spec.prefixed_attributes).any(|a| a.eq_ignore_ascii_case(name)) {
-                for v in values {
-                    out.rejected.push(Rejected {
-                        value: String::from_utf8_lossy(v).into_owned(),
-                        locator: Locator::Object(format!("{} {name}", e.dn).into()),
-                        reason: "is not valid UTF-8".into(),
-                    });
-                }
-            }
+    }
+    Ok(Some(rec))
+}
+
+/// The raw values of all objects, with the own-domains restriction applied.
+fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Fetched {
+    let mut out = Fetched::default();
+    let mut own_domains: HashSet<String> = HashSet::new();
+    let mut restricted: Vec<(String, String)> = Vec::new();
+    let item =
+        |(value, l): (String, String)| RawItem { value, kind: RawKind::Address, locator: Locator::Object(l.into()) };
+    for rec in records {
+        for (value, locator, reason) in rec.rejected {
+            out.rejected.push(Rejected { value, locator: Locator::Object(locator.into()), reason });
         }
-        if restrict {
-            restricted.extend(items);
+        if rec.restricted {
+            restricted.extend(rec.items);
         } else {
-            own_domains.extend(items.iter().filter_map(|i| domain_of(&i.value)));
-            out.items.extend(items);
+            own_domains.extend(rec.items.iter().filter_map(|(v, _)| domain_of(v)));
+            out.items.extend(rec.items.into_iter().map(item));
         }
     }
     let mut outside = 0;
-    for item in restricted {
-        if domain_of(&item.value).is_some_and(|d| own_domains.contains(&d)) {
-            out.items.push(item);
+    for (value, l) in restricted {
+        if domain_of(&value).is_some_and(|d| own_domains.contains(&d)) {
+            out.items.push(item((value, l)));
         } else {
             outside += 1;
         }
-    }
-    for (rule, n) in skipped {
-        tracing::info!(rule, entries = n, "entries left out by a skip rule");
     }
     if outside > 0 {
         tracing::info!(
@@ -261,7 +530,22 @@ pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<F
             "addresses of restricted entries (e.g. contacts) outside the directory's own domains left out"
         );
     }
-    Ok(out)
+    out
+}
+
+/// Turns directory entries into raw recipient values: the profile's skip rules,
+/// address attributes, `smtp:` prefixes and the own-domains restriction. Pure.
+pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Fetched, SourceError> {
+    let mut records = Vec::with_capacity(entries.len());
+    let mut skipped = BTreeMap::new();
+    for e in &entries {
+        match map_one(spec, e).map_err(SourceError::new)? {
+            Some(r) => records.push(r),
+            None => count_skip(spec, e, &mut skipped),
+        }
+    }
+    log_skips(skipped);
+    Ok(finalize(records.into_iter()))
 }
 
 fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {
@@ -317,7 +601,7 @@ mod tests {
         );
         let cfg = crate::config::parse(&text, std::path::Path::new("/")).unwrap();
         match &cfg.sources[0].spec {
-            crate::config::SourceSpec::Ldap(l) => l.clone(),
+            crate::config::SourceSpec::Ldap(l) => (**l).clone(),
             _ => panic!("not ldap"),
         }
     }

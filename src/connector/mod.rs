@@ -55,8 +55,20 @@ impl Source {
     pub fn build(cfg: &SourceConfig) -> Source {
         match &cfg.spec {
             SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
-            SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new(spec.clone()))),
-            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new(spec.clone()))),
+            SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new((**spec).clone()))),
+            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new((**spec).clone()))),
+        }
+    }
+
+    /// Like [`Source::build`], for a source that may keep incremental-sync state
+    /// in `state_dir` (LDAP with `incremental = true`).
+    pub fn build_with_state(cfg: &SourceConfig, state_dir: &std::path::Path) -> Source {
+        match &cfg.spec {
+            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::with_state(
+                (**spec).clone(),
+                state_dir.join("sources").join(format!("{}.ldap.json", cfg.name)),
+            ))),
+            _ => Source::build(cfg),
         }
     }
 

@@ -373,4 +373,59 @@ mod ad {
             r.stderr
         );
     }
+
+    #[test]
+    fn incremental_sync_reads_only_changes_and_equals_a_full_pass() {
+        if !samba_enabled("incremental_sync_reads_only_changes_and_equals_a_full_pass") {
+            return;
+        }
+        let t = TestDir::new();
+        let dc = Samba::start(&t.join("dc"), true);
+        dc.add(&directory(true));
+        dc.add(&bulk(300));
+        ad_config(&t, &dc, "[guard]\nmax_removed_percent = 100", PLAIN);
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stderr.contains("full sync") && r.stderr.contains("no previous sync state"), "{}", r.stderr);
+
+        // Changes between runs: an addition, an added alias, a deletion, a user
+        // disabled, a mail attribute removed (the object leaves the filter).
+        dc.add(&user("delta", 512, &[("mail", "delta@example.test")]));
+        dc.modify(&format!(
+            "dn: CN=alice,CN=Users,{BASE}\nchangetype: modify\nadd: proxyAddresses\nproxyAddresses: smtp:new.alias@example.test\n-\n\n\
+             dn: CN=bulk0001,CN=Users,{BASE}\nchangetype: delete\n\n\
+             dn: CN=bulk0002,CN=Users,{BASE}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n-\n\n\
+             dn: CN=bulk0003,CN=Users,{BASE}\nchangetype: modify\ndelete: mail\n-\ndelete: proxyAddresses\n-\n"
+        ));
+        let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+        r.expect(0);
+        assert!(r.stderr.contains("incremental sync"), "{}", r.stderr);
+        let matching: usize = r
+            .stderr
+            .split("matching=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(matching <= 4, "the delta run read {matching} matching objects, not just the changes: {}", r.stderr);
+        let v = r.json();
+        assert_eq!((v["added"].as_u64(), v["removed"].as_u64()), (Some(2), Some(6)), "{v}");
+        let incremental = t.read("out/plain");
+        assert!(incremental.contains("delta@example.test\n") && incremental.contains("new.alias@example.test\n"));
+        for gone in ["bulk0001@example.test", "b0001@", "bulk0002@", "bulk0003@"] {
+            assert!(!incremental.contains(gone), "{gone} still published");
+        }
+
+        // The same directory read by a full, non-incremental pass gives the same list.
+        let full = TestDir::new();
+        ad_config(&full, &dc, "incremental = false", PLAIN);
+        let r = full.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert_eq!(full.read("out/plain"), incremental);
+
+        // An unchanged directory: the next incremental run sees nothing new.
+        let r = t.run(&["sync", "-c", "rcptsync.toml", "--detailed-exitcode"]);
+        r.expect(0);
+        assert!(r.stderr.contains("changed=0") || r.stderr.contains("nothing to do"), "{}", r.stderr);
+    }
 }
