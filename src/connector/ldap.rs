@@ -339,18 +339,44 @@ impl Connector for LdapSource {
     }
 
     async fn check(&self) -> Result<String, SourceError> {
-        // A one-entry probe: binds, checks the base DN and filter, and that the
-        // paged-results control is accepted.
-        let entries = self.search(&self.spec.base_dn, &self.spec.filter, &self.attributes(), 1).await;
-        match entries {
-            Ok(e) => Ok(format!(
-                "{}: bound, base {} searchable with paging ({} entries seen)",
-                self.spec.url.join(", "),
+        // Bind, read the rootDSE (server, naming context, paging support), and run
+        // the filter once with a size limit of one entry.
+        let secret = self.password()?;
+        let (mut ldap, url) =
+            self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
+        let r = async {
+            let root = self
+                .read_entry(&mut ldap, &url, "", &["defaultNamingContext", "namingContexts", "dnsHostName", "supportedControl", "vendorName"])
+                .await?;
+            let paging = root
+                .attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("supportedControl"))
+                .is_some_and(|(_, v)| v.iter().any(|c| c == PAGED_RESULTS_OID));
+            let nc = first(&root, "defaultNamingContext").or_else(|| first(&root, "namingContexts")).unwrap_or_default();
+            let host = first(&root, "dnsHostName").or_else(|| first(&root, "vendorName")).unwrap_or_else(|| "?".into());
+            let opts = ldap3::SearchOptions::new().sizelimit(1);
+            let probe = ldap
+                .with_search_options(opts)
+                .with_timeout(self.spec.op_timeout.unwrap_or(OP_TIMEOUT))
+                .search(&self.spec.base_dn, Scope::Subtree, &self.spec.filter, self.attributes())
+                .await
+                .map_err(|e| format!("probe search on {url} failed: {e}"))?;
+            if probe.1.rc != 0 && probe.1.rc != 4 {
+                return Err(format!("probe search of {} on {url} ended with result {}: {}", self.spec.base_dn, probe.1.rc, probe.1.text));
+            }
+            if !paging {
+                return Err(format!("{url} does not announce the paged-results control; rcptsync needs it"));
+            }
+            Ok(format!(
+                "{url}: bound, server {host}, naming context {nc}, paging supported, filter matches under {} ({} entry in a 1-entry probe)",
                 self.spec.base_dn,
-                e.len()
-            )),
-            Err(e) => Err(e),
+                probe.0.len()
+            ))
         }
+        .await;
+        let _ = ldap.unbind().await;
+        r.map_err(|e| SourceError::new(self.clean(e, &secret)))
     }
 }
 
@@ -381,6 +407,8 @@ pub struct ObjectRecord {
 }
 
 const SYNC_STATE_VERSION: u32 = 1;
+/// The paged-results control (RFC 2696).
+const PAGED_RESULTS_OID: &str = "1.2.840.113556.1.4.319";
 /// The Show Deleted control (deleted objects in searches).
 const SHOW_DELETED_OID: &str = "1.2.840.113556.1.4.417";
 /// Default interval between forced full passes of an incremental source.
