@@ -192,6 +192,10 @@ pub struct LdapSourceSpec {
     /// Entries per page (RFC 2696); AD caps pages at 1000.
     #[serde(default = "default_page_size")]
     pub page_size: i32,
+    /// Ask for multi-valued address attributes in ranges of this many values
+    /// (AD's range retrieval). Ranged answers are always completed; this only
+    /// makes rcptsync ask for ranges itself.
+    pub range_size: Option<u32>,
     /// Which entries are recipients (usually from a profile).
     #[serde(default)]
     pub filter: String,
@@ -706,6 +710,9 @@ impl Validator {
                 format!("{at}.address_attributes"),
                 "name at least one attribute that holds addresses (or use a profile)".into(),
             );
+        }
+        if l.range_size == Some(0) {
+            self.push(format!("{at}.range_size"), "must be at least 1".into());
         }
         if !(1..=100_000).contains(&l.page_size) {
             self.push(format!("{at}.page_size"), "must be between 1 and 100000".into());

@@ -139,9 +139,12 @@ impl LdapSource {
             Ok::<_, ldap3::LdapError>((entries, res))
         }
         .await;
-        let (entries, res) = result.map_err(|e| format!("search on {url} failed: {e}"))?;
+        let (mut entries, res) = result.map_err(|e| format!("search on {url} failed: {e}"))?;
         match res.rc {
-            0 => Ok(entries),
+            0 => {
+                self.complete_ranges(ldap, url, &mut entries).await?;
+                Ok(entries)
+            }
             4 => Err(format!(
                 "search on {url} hit the server's size limit after {} entries (result 4, sizeLimitExceeded); \
                  the list would be incomplete, so the source fails. Raise the limit for the bind DN or lower page_size",
@@ -297,6 +300,54 @@ impl LdapSource {
         Ok(state.objects)
     }
 
+    /// Completes attributes the server returned in ranges (`proxyAddresses;range=0-1499`,
+    /// as AD does above MaxValRange values, or as asked by `range_size`): asks for
+    /// the next range until the last one (`…-*`), and stores all values under the
+    /// plain attribute name.
+    async fn complete_ranges(
+        &self,
+        ldap: &mut ldap3::Ldap,
+        url: &str,
+        entries: &mut [SearchEntry],
+    ) -> Result<(), String> {
+        for e in entries.iter_mut() {
+            let ranged: Vec<String> =
+                e.attrs.keys().filter(|k| k.to_ascii_lowercase().contains(";range=")).cloned().collect();
+            for key in ranged {
+                let mut all = e.attrs.remove(&key).unwrap_or_default();
+                let (base, mut next) =
+                    parse_range(&key).ok_or_else(|| format!("{}: cannot parse ranged attribute {key}", e.dn))?;
+                let mut rounds = 0;
+                while let Some(hi) = next {
+                    rounds += 1;
+                    if rounds > 100_000 {
+                        return Err(format!("{}: {base} ranges do not end", e.dn));
+                    }
+                    let request = format!("{base};range={}-*", hi + 1);
+                    let more = self.read_entry(ldap, url, &e.dn, &[request.as_str()]).await?;
+                    let prefix = format!("{};range=", base.to_ascii_lowercase());
+                    let Some((k, v)) =
+                        more.attrs.into_iter().find(|(k, _)| k.to_ascii_lowercase().starts_with(&prefix))
+                    else {
+                        return Err(format!(
+                            "{}: the server stopped answering {request}; the values would be incomplete",
+                            e.dn
+                        ));
+                    };
+                    let (_, after) =
+                        parse_range(&k).ok_or_else(|| format!("{}: cannot parse ranged attribute {k}", e.dn))?;
+                    if after.is_some_and(|a| a <= hi) {
+                        return Err(format!("{}: {k} does not advance past {hi}", e.dn));
+                    }
+                    all.extend(v);
+                    next = after;
+                }
+                e.attrs.entry(base).or_default().extend(all);
+            }
+        }
+        Ok(())
+    }
+
     /// A base-scope read of one entry.
     async fn read_entry(
         &self,
@@ -317,10 +368,15 @@ impl LdapSource {
 
     fn attributes(&self) -> Vec<String> {
         let spec = &self.spec;
-        let mut attrs: Vec<String> = spec.address_attributes.iter().chain(&spec.prefixed_attributes).cloned().collect();
+        let ranged = |a: &String| match spec.range_size {
+            Some(n) => format!("{a};range=0-{}", n.saturating_sub(1)),
+            None => a.clone(),
+        };
+        let mut attrs: Vec<String> =
+            spec.address_attributes.iter().chain(&spec.prefixed_attributes).map(ranged).collect();
         let conditions = spec.skip.iter().flat_map(|r| std::iter::once(&r.when).chain(r.unless.as_ref()));
         for c in conditions.chain(spec.restrict_to_own_domains.as_ref()) {
-            if !attrs.iter().any(|a| a.eq_ignore_ascii_case(&c.attribute)) {
+            if !attrs.iter().any(|a| a.split(';').next().unwrap_or(a).eq_ignore_ascii_case(&c.attribute)) {
                 attrs.push(c.attribute.clone());
             }
         }
@@ -447,6 +503,17 @@ fn save_state(path: &std::path::Path, state: &SyncState) {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `proxyAddresses;range=0-1499` → ("proxyAddresses", Some(1499));
+/// `proxyAddresses;range=1500-*` → ("proxyAddresses", None).
+fn parse_range(key: &str) -> Option<(String, Option<u64>)> {
+    let lower = key.to_ascii_lowercase();
+    let at = lower.find(";range=")?;
+    let (lo_hi, base) = (&key[at + ";range=".len()..], &key[..at]);
+    let (_, hi) = lo_hi.split_once('-')?;
+    let hi = if hi == "*" { None } else { Some(hi.parse().ok()?) };
+    Some((base.to_string(), hi))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -754,7 +821,15 @@ mod tests {
     }
 
     #[test]
-    fn ranged_values_fail_the_source() {
+    fn range_keys_parse() {
+        assert_eq!(parse_range("proxyAddresses;range=0-1499"), Some(("proxyAddresses".into(), Some(1499))));
+        assert_eq!(parse_range("proxyAddresses;Range=1500-*"), Some(("proxyAddresses".into(), None)));
+        assert_eq!(parse_range("mail"), None);
+        assert_eq!(parse_range("x;range=0-abc"), None);
+    }
+
+    #[test]
+    fn uncompleted_ranged_values_fail_the_source() {
         let e = entry("CN=big,DC=example,DC=com", &[("proxyAddresses;range=0-1499", &["smtp:a@example.com"])]);
         let err = map_entries(&spec(""), vec![e]).unwrap_err();
         assert!(err.message.contains("ranged retrieval is not supported yet"), "{}", err.message);

@@ -490,4 +490,31 @@ mod ad {
         r.expect(0);
         assert!(r.stderr.contains("changed=0") || r.stderr.contains("nothing to do"), "{}", r.stderr);
     }
+
+    #[test]
+    fn many_proxy_addresses_arrive_complete_with_range_retrieval() {
+        if !samba_enabled("many_proxy_addresses_arrive_complete_with_range_retrieval") {
+            return;
+        }
+        let t = TestDir::new();
+        let dc = Samba::start(&t.join("dc"), false);
+        let mut many = format!(
+            "dn: CN=many,CN=Users,{BASE}\nobjectClass: user\nsAMAccountName: many\nuserAccountControl: 512\nmail: many@example.test\n"
+        );
+        for i in 0..1600 {
+            many.push_str(&format!("proxyAddresses: smtp:many{i}@example.test\n"));
+        }
+        dc.add(&format!("{many}\n"));
+        // Samba sends all values at once; range_size makes rcptsync ask in ranges
+        // of 100, the way AD answers above MaxValRange, and complete them with
+        // follow-up requests until the last range.
+        for keys in ["incremental = false", "incremental = false\nrange_size = 100"] {
+            ad_config(&t, &dc, keys, PLAIN);
+            let r = list(&t);
+            r.expect(0);
+            let got: Vec<&str> = r.stdout.lines().collect();
+            assert_eq!(got.len(), 1601, "{keys}: {}", r.stderr);
+            assert!(got.contains(&"many1599@example.test") && got.contains(&"many0@example.test"));
+        }
+    }
 }
