@@ -185,6 +185,62 @@ fn server_down_keeps_last_good_and_new_entries_arrive() {
     assert!(t.read("out/relay_recipients").contains("newbie@example.test OK\n"));
 }
 
+#[test]
+fn iredmail_ldap_profile() {
+    if !enabled("iredmail_ldap_profile") {
+        return;
+    }
+    let entry = |uid: &str, class: &str, attrs: &[(&str, &str)]| {
+        let mut e = format!("dn: mail={uid}@example.test,ou=people,dc=example,dc=test\n");
+        if class == "mailUser" {
+            e.push_str("objectClass: inetOrgPerson\nobjectClass: mailUser\n");
+            e.push_str(&format!("uid: {uid}\ncn: {uid}\nsn: {uid}\n"));
+        } else {
+            e.push_str(&format!("objectClass: {class}\ncn: {uid}\n"));
+        }
+        e.push_str(&format!("mail: {uid}@example.test\n"));
+        for (k, v) in attrs {
+            e.push_str(&format!("{k}: {v}\n"));
+        }
+        e.push('\n');
+        e
+    };
+    let active = [("accountStatus", "active"), ("enabledService", "mail"), ("enabledService", "deliver")];
+    let mut ldif = String::new();
+    ldif.push_str(&entry(
+        "alice",
+        "mailUser",
+        &[active[0], active[1], active[2], ("shadowAddress", "a.liddell@example.test")],
+    ));
+    ldif.push_str(&entry("nodeliver", "mailUser", &[active[0], active[1]]));
+    ldif.push_str(&entry("disabled", "mailUser", &[("accountStatus", "disabled"), active[1], active[2]]));
+    ldif.push_str(&entry("indisabled", "mailUser", &[active[0], active[1], active[2], ("domainStatus", "disabled")]));
+    ldif.push_str(&entry(
+        "sales",
+        "mailAlias",
+        &[active[0], active[1], ("mailForwardingAddress", "alice@example.test")],
+    ));
+    ldif.push_str(&entry("news", "mailList", &[active[0], active[1], ("shadowAddress", "newsletter@example.test")]));
+    let t = TestDir::new();
+    let s = Slapd::start(&t.join("slapd"), &ldif);
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let pw = t.write("ldap-password", SYNC_PASSWORD);
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"iredmail\"\nkind = \"ldap\"\nprofile = \"iredmail-ldap\"\nurl = \"{}\"\nca_file = \"{}\"\nbind_dn = \"{SYNC_DN}\"\nbind_password_file = \"{}\"\nbase_dn = \"ou=people,dc=example,dc=test\"\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"out/plain\"\n",
+        s.ldaps_url(),
+        s.ca.display(),
+        pw.display()
+    ));
+    let r = list(&t);
+    r.expect(0);
+    assert_eq!(
+        r.stdout,
+        "a.liddell@example.test\nalice@example.test\nnews@example.test\nnewsletter@example.test\nsales@example.test\n",
+        "{}",
+        r.stderr
+    );
+}
+
 /// A TCP relay on 127.0.0.1 that cuts the connection after the server has sent
 /// `limit` bytes: a server dying between two pages of a search.
 fn cutting_proxy(target: u16, limit: usize) -> u16 {
@@ -427,13 +483,18 @@ mod ad {
         let dc = Samba::start(&t.join("dc"), false);
         dc.add(&directory(false));
         ad_config(&t, &dc, "", PLAIN);
+        let want = "a.smith@example.test\nalice@example.test\npartner@example.test\nsales@example.test\n";
         let r = list(&t);
         r.expect(0);
-        assert_eq!(
-            r.stdout, "a.smith@example.test\nalice@example.test\npartner@example.test\nsales@example.test\n",
-            "{}",
-            r.stderr
-        );
+        assert_eq!(r.stdout, want, "{}", r.stderr);
+        // StartTLS on 389 with the test CA works too.
+        let cfg = t
+            .read("rcptsync.toml")
+            .replace("url = \"ldaps://127.0.0.1\"", "url = \"ldap://127.0.0.1\"\nstarttls = true");
+        t.config(&cfg);
+        let r = list(&t);
+        r.expect(0);
+        assert_eq!(r.stdout, want, "{}", r.stderr);
     }
 
     #[test]
@@ -489,6 +550,31 @@ mod ad {
         let r = t.run(&["sync", "-c", "rcptsync.toml", "--detailed-exitcode"]);
         r.expect(0);
         assert!(r.stderr.contains("changed=0") || r.stderr.contains("nothing to do"), "{}", r.stderr);
+
+        // A restored or rebuilt DC (new invocationId) or another DC forces a full pass.
+        let state_file = t.join("state/sources/corp-ad.ldap.json");
+        let edit = |key: &str, value: &str| {
+            let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+            state[key] = serde_json::json!(value);
+            std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+        };
+        edit("invocation_id", "00ff");
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stderr.contains("full sync") && r.stderr.contains("invocationId changed"), "{}", r.stderr);
+        edit("server", "ldaps://dc2.example.test");
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        assert!(
+            r.stderr.contains("full sync") && r.stderr.contains("the previous sync used ldaps://dc2.example.test"),
+            "{}",
+            r.stderr
+        );
+        // full_sync_every forces one periodically.
+        ad_config(&t, &dc, "full_sync_every = \"1s\"\n[guard]\nmax_removed_percent = 100", PLAIN);
+        std::thread::sleep(Duration::from_millis(1100));
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        assert!(r.stderr.contains("full sync") && r.stderr.contains("full_sync_every elapsed"), "{}", r.stderr);
+        assert_eq!(t.read("out/plain"), full.read("out/plain"));
     }
 
     #[test]

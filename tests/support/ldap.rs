@@ -66,6 +66,7 @@ include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/nis.schema
 include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/misc.schema
+include {schema}
 pidfile {d}/slapd.pid
 argsfile {d}/slapd.args
 modulepath /usr/lib/ldap
@@ -81,6 +82,7 @@ rootpw admin-Secret-1
 directory {d}/db
 index objectClass eq
 index mail eq
+index shadowAddress eq
 limits dn.exact=\"{limited}\" size.soft=1000 size.hard=1000 size.pr=1000 size.prtotal=1500
 limits users size.soft=1000 size.hard=1000 size.pr=1000 size.prtotal=unlimited
 limits anonymous size.soft=1000 size.hard=1000 size.pr=1000 size.prtotal=unlimited
@@ -92,6 +94,7 @@ access to * by users read by * none
             cert = cert.display(),
             key = key.display(),
             limited = LIMITED_DN,
+            schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ldap/iredmail.schema").display(),
         );
         std::fs::write(dir.join("slapd.conf"), conf).unwrap();
         let base = format!(
