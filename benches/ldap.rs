@@ -13,10 +13,18 @@ mod db;
 mod samba;
 #[path = "../tests/support/ldap.rs"]
 mod slapd;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use support::median;
+
+fn measure(cmd: &mut Command) -> std::time::Duration {
+    support::measure(cmd).0
+}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -134,17 +142,4 @@ fn main() {
         100.0 * incr.as_secs_f64() / full.as_secs_f64()
     );
     println!("(median of {runs} runs each)");
-}
-
-fn measure(cmd: &mut Command) -> Duration {
-    let t = Instant::now();
-    let out = cmd.output().expect("spawn");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    t.elapsed()
-}
-
-fn median(it: impl Iterator<Item = Duration>) -> Duration {
-    let mut v: Vec<Duration> = it.collect();
-    v.sort();
-    v[v.len() / 2]
 }

@@ -7,9 +7,14 @@
 //! sync ≤ 1.5× the floor, unchanged re-run ≤ 1.0× the floor and rewriting nothing,
 //! peak RSS ≤ 400 MB. Set RCPTSYNC_BENCH_N to change the size (e.g. 5000000).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use support::{measure, median};
 
 fn main() {
     // `cargo test --all-targets` runs benchmark binaries too; only `cargo bench`
@@ -148,31 +153,6 @@ fn generate(path: &Path, n: usize) {
     let mut text = lines.join("\n");
     text.push('\n');
     std::fs::write(path, text).unwrap();
-}
-
-/// Wall time and peak RSS (KiB) of one child process.
-// The child is reaped by wait4 (which also reports its peak RSS), not Child::wait.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> (Duration, i64) {
-    let start = Instant::now();
-    let child = cmd.spawn().expect("spawn");
-    let mut status = 0;
-    // SAFETY: zeroed rusage is a valid initial value; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child by pid.
-    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    let took = start.elapsed();
-    assert!(
-        rc > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "command failed: {cmd:?} status {status}"
-    );
-    (took, usage.ru_maxrss)
-}
-
-fn median(it: impl Iterator<Item = Duration>) -> Duration {
-    let mut v: Vec<Duration> = it.collect();
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
