@@ -444,7 +444,41 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let mut cfg = parse(&text, &base).map_err(|errors| ConfigErrors { file: path.to_path_buf(), errors })?;
     cfg.file = path.to_path_buf();
+    warn_if_secrets_readable(path, &cfg);
     Ok(cfg)
+}
+
+/// Keys that hold a literal secret in the file.
+pub fn literal_secret_keys(cfg: &Config) -> Vec<String> {
+    use secret::SecretSource::Literal;
+    let mut keys = Vec::new();
+    for s in &cfg.sources {
+        let literal = match &s.spec {
+            SourceSpec::Sql(q) => matches!(q.password, Some(Literal(_))),
+            SourceSpec::Ldap(l) => matches!(l.bind_password, Some(Literal(_))),
+            SourceSpec::File(_) => false,
+        };
+        if literal {
+            keys.push(format!("source {} password", s.name));
+        }
+    }
+    keys
+}
+
+/// A config file holding a literal password should be readable by its owner only.
+fn warn_if_secrets_readable(path: &Path, cfg: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = literal_secret_keys(cfg);
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if !keys.is_empty() && mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = %format!("{mode:04o}"),
+            secrets = keys.join(", "),
+            "the config holds a literal secret and is readable by group or others: chmod 600 it, or use *_file / *_env"
+        );
+    }
 }
 
 /// Parses and validates config text; relative paths are taken against `base`.

@@ -222,3 +222,26 @@ fn log_format_json_gives_json_lines() {
     }
     assert!(r.stderr.contains("\"source\":\"list\""), "{}", r.stderr);
 }
+
+#[test]
+fn literal_secret_in_a_readable_config_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"db\"\nkind = \"sql\"\nurl = \"postgres://u@127.0.0.1:1/x\"\nquery = \"SELECT 1\"\npassword = \"Literal-Pw-99\"\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"out/o\"\n",
+    );
+    std::fs::set_permissions(t.join("rcptsync.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(
+        r.stderr.contains("holds a literal secret and is readable by group or others")
+            && r.stderr.contains("mode=0644"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Literal-Pw-99") && !r.stdout.contains("Literal-Pw-99"));
+    std::fs::set_permissions(t.join("rcptsync.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    assert!(!r.stderr.contains("literal secret"), "{}", r.stderr);
+}
