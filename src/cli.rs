@@ -283,7 +283,7 @@ fn in_path(prog: &str) -> bool {
 }
 
 /// Fetch + merge with the normal source-failure rules; never writes.
-async fn gather_and_merge(cfg: &Config) -> Result<(Vec<run::Gathered>, crate::policy::RecipientList), u8> {
+async fn gather_and_merge(cfg: &Config, full: bool) -> Result<(Vec<run::Gathered>, crate::policy::RecipientList), u8> {
     let state = match StateDir::open(&cfg.state_dir, false) {
         Ok(s) => s,
         Err(e) => {
@@ -291,7 +291,7 @@ async fn gather_and_merge(cfg: &Config) -> Result<(Vec<run::Gathered>, crate::po
             return Err(exit::FAILURE);
         }
     };
-    let gathered = run::gather(cfg, &state).await;
+    let gathered = if full { run::gather_full(cfg, &state).await } else { run::gather(cfg, &state).await };
     let failed: Vec<&str> = gathered
         .iter()
         .filter(|g| g.status == crate::report::SourceStatus::Failed)
@@ -310,7 +310,7 @@ async fn list(arg: &ConfigArg, format: Format) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (_, list) = match gather_and_merge(&cfg).await {
+    let (_, list) = match gather_and_merge(&cfg, false).await {
         Ok(v) => v,
         Err(code) => return code,
     };
@@ -347,7 +347,7 @@ async fn why(arg: &ConfigArg, address: &str) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (gathered, list) = match gather_and_merge(&cfg).await {
+    let (gathered, list) = match gather_and_merge(&cfg, true).await {
         Ok(v) => v,
         Err(code) => return code,
     };

@@ -35,6 +35,8 @@ pub struct Gathered {
     pub status: SourceStatus,
     pub entries: Vec<Located>,
     pub rejected: Vec<Rejected>,
+    /// Values a profile rule left out on purpose (for `why`).
+    pub left_out: Vec<Rejected>,
     pub error: Option<String>,
 }
 
@@ -48,7 +50,14 @@ pub enum RunError {
 /// Fetches every source concurrently and validates what they return. A failed
 /// source falls back to its last-known-good slice when the config says so.
 pub async fn gather(cfg: &Config, state: &StateDir) -> Vec<Gathered> {
-    let fetched = fetch_all(cfg).await;
+    let fetched = fetch_all(cfg, true).await;
+    validate(cfg, state, fetched)
+}
+
+/// Like [`gather`], but every source reads in full (no incremental shortcuts), so
+/// that what a directory leaves out on purpose can be explained (`why`).
+pub async fn gather_full(cfg: &Config, state: &StateDir) -> Vec<Gathered> {
+    let fetched = fetch_all(cfg, false).await;
     validate(cfg, state, fetched)
 }
 
@@ -56,10 +65,10 @@ pub async fn gather(cfg: &Config, state: &StateDir) -> Vec<Gathered> {
 pub type FetchResults = Vec<(Result<Fetched, SourceError>, Duration)>;
 
 /// Fetches every source concurrently.
-pub async fn fetch_all(cfg: &Config) -> FetchResults {
+pub async fn fetch_all(cfg: &Config, incremental: bool) -> FetchResults {
     let mut set = JoinSet::new();
     for (i, s) in cfg.sources.iter().enumerate() {
-        let source = Source::build_with_state(s, &cfg.state_dir);
+        let source = if incremental { Source::build_with_state(s, &cfg.state_dir) } else { Source::build(s) };
         set.spawn(async move {
             let started = Instant::now();
             let r = source.fetch().await;
@@ -88,7 +97,7 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
         let kind = s.spec.kind();
         match result {
             Ok(f) => {
-                let Fetched { items, mut rejected } = f;
+                let Fetched { items, mut rejected, left_out } = f;
                 let t = Instant::now();
                 let (entries, bad) = tokio::task::block_in_place(|| normalise(items));
                 tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, "validated");
@@ -103,6 +112,7 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
                     status: SourceStatus::Ok,
                     entries,
                     rejected,
+                    left_out,
                     error: None,
                 });
             }
@@ -133,6 +143,7 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
                     status,
                     entries,
                     rejected: Vec::new(),
+                    left_out: Vec::new(),
                     error: Some(error),
                 });
             }
@@ -173,7 +184,7 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
     let state = StateDir::open(&cfg.state_dir, !opts.dry_run)?;
     let _lock = if opts.dry_run { None } else { Some(state.lock(cfg.lock_timeout)?) };
 
-    let fetched = fetch_all(cfg).await;
+    let fetched = fetch_all(cfg, true).await;
     let config_fp = config_fingerprint(cfg);
     let raw_fps: Vec<Option<String>> = fetched.iter().map(|(r, _)| r.as_ref().ok().map(raw_fingerprint)).collect();
     if let Some(mut report) = tokio::task::block_in_place(|| unchanged(cfg, &state, &config_fp, &raw_fps)) {

@@ -95,6 +95,13 @@ pub fn explain(
                 }
             }
         }
+        for r in &g.left_out {
+            if r.value.to_lowercase() == entry.as_str() {
+                seen = true;
+                let _ =
+                    writeln!(t, "  source {} ({}), {}: {} left out: {}", g.name, g.kind, r.locator, r.value, r.reason);
+            }
+        }
         for r in &g.rejected {
             if r.value.to_lowercase().contains(entry.as_str()) {
                 seen = true;

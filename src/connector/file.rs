@@ -46,8 +46,11 @@ pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
     }
     let parts: Vec<Fetched> =
         chunks.into_par_iter().map(|(first, chunk)| parse_chunk(chunk, first, catchalls)).collect();
-    let mut out =
-        Fetched { items: Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum()), rejected: Vec::new() };
+    let mut out = Fetched {
+        items: Vec::with_capacity(parts.iter().map(|p| p.items.len()).sum()),
+        rejected: Vec::new(),
+        left_out: Vec::new(),
+    };
     for p in parts {
         out.items.extend(p.items);
         out.rejected.extend(p.rejected);
@@ -56,7 +59,7 @@ pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
 }
 
 fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> Fetched {
-    let mut out = Fetched { items: Vec::with_capacity(bytes.len() / 24), rejected: Vec::new() };
+    let mut out = Fetched { items: Vec::with_capacity(bytes.len() / 24), rejected: Vec::new(), left_out: Vec::new() };
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));

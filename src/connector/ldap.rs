@@ -560,6 +560,11 @@ pub fn map_one(spec: &LdapSourceSpec, e: &SearchEntry) -> Result<Option<ObjectRe
         tracing::debug!(dn = %e.dn, rule = %rule.name, "left out: {}", rule.why);
         return Ok(None);
     }
+    Ok(Some(extract(spec, e)))
+}
+
+/// The address values of an entry, whatever the skip rules say.
+fn extract(spec: &LdapSourceSpec, e: &SearchEntry) -> ObjectRecord {
     let mut rec = ObjectRecord {
         restricted: spec.restrict_to_own_domains.as_ref().is_some_and(|c| matches(e, c)),
         items: Vec::new(),
@@ -590,7 +595,7 @@ pub fn map_one(spec: &LdapSourceSpec, e: &SearchEntry) -> Result<Option<ObjectRe
             }
         }
     }
-    Ok(Some(rec))
+    rec
 }
 
 /// The raw values of all objects, with the own-domains restriction applied.
@@ -633,14 +638,25 @@ fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Fetched {
 pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Fetched, SourceError> {
     let mut records = Vec::with_capacity(entries.len());
     let mut skipped = BTreeMap::new();
+    let mut left_out = Vec::new();
     for e in &entries {
         match map_one(spec, e).map_err(SourceError::new)? {
             Some(r) => records.push(r),
-            None => count_skip(spec, e, &mut skipped),
+            None => {
+                count_skip(spec, e, &mut skipped);
+                if let Some(rule) = skip_rule(spec, e) {
+                    let reason = format!("skip rule {} ({})", rule.name, rule.why);
+                    for (value, l) in extract(spec, e).items {
+                        left_out.push(Rejected { value, locator: Locator::Object(l.into()), reason: reason.clone() });
+                    }
+                }
+            }
         }
     }
     log_skips(skipped);
-    Ok(finalize(records.into_iter()))
+    let mut out = finalize(records.into_iter());
+    out.left_out = left_out;
+    Ok(out)
 }
 
 fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {

@@ -18,6 +18,9 @@ pub struct Fetched {
     pub items: Vec<RawItem>,
     /// Values the connector itself had to refuse (e.g. not UTF-8).
     pub rejected: Vec<Rejected>,
+    /// Values of objects a profile rule deliberately left out (e.g. disabled
+    /// accounts), with the rule: not errors, but what `why` explains.
+    pub left_out: Vec<Rejected>,
 }
 
 /// Why a source could not be read. The message says what to fix; it never

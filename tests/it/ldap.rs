@@ -438,6 +438,20 @@ mod ad {
         let r = list(&t);
         assert!(r.stdout.lines().any(|l| l == "ceo-only@example.test"), "{}", r.stderr);
 
+        // why names the rule that left an address out.
+        ad_config(&t, &dc, "", PLAIN);
+        let r = t.run(&["why", "carol@example.test", "-c", "rcptsync.toml"]);
+        r.expect(1);
+        assert!(
+            r.stdout.contains(
+                "CN=carol,CN=Users,DC=example,DC=test mail: carol@example.test left out: skip rule disabled-account"
+            ),
+            "{}",
+            r.stdout
+        );
+        let r = t.run(&["why", "ceo-only@example.test", "-c", "rcptsync.toml"]);
+        assert!(r.stdout.contains("skip rule auth-only"), "{}", r.stdout);
+
         // check reports the bind and paging.
         let r = t.run(&["check", "-c", "rcptsync.toml"]);
         r.expect(0);
