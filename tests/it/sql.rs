@@ -36,6 +36,16 @@ pub fn sqlite_db(path: &Path, sql: &str) {
     });
 }
 
+/// A private PostgreSQL with the PostfixAdmin fixture as database "postfixadmin".
+fn postfixadmin_pg(t: &TestDir) -> Pg {
+    let pg = Pg::start(&t.join("pg"));
+    pg.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    pg
+}
+
 /// A config with one SQL source and a postfix output.
 fn sql_config(t: &TestDir, source_keys: &str, extra: &str) {
     std::fs::create_dir_all(t.join("out")).unwrap();
@@ -94,11 +104,7 @@ fn postfixadmin_on_postgres_with_faults() {
         return;
     }
     let t = TestDir::new();
-    let mut pg = Pg::start(&t.join("pg"));
-    pg.database(
-        "postfixadmin",
-        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
-    );
+    let mut pg = postfixadmin_pg(&t);
     pg.psql(
         "postfixadmin",
         "INSERT INTO alias (address, goto, domain) VALUES (E'new\\nline@example.test', 'x', 'example.test')",
@@ -296,11 +302,7 @@ fn postfixadmin_feeds_real_postfix() {
     use crate::postfix::Postfix;
     use crate::smtp::rcpt_replies;
     let t = TestDir::new();
-    let pg = Pg::start(&t.join("pg"));
-    pg.database(
-        "postfixadmin",
-        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
-    );
+    let pg = postfixadmin_pg(&t);
     let pw = t.write("db-password", PG_PASSWORD);
     std::fs::create_dir_all(t.join("maps")).unwrap();
     let map = t.join("maps/relay_recipients");
@@ -349,11 +351,7 @@ fn postgres_tls_is_verified_against_ca_file() {
         return;
     }
     let t = TestDir::new();
-    let mut pg = Pg::start(&t.join("pg"));
-    pg.database(
-        "postfixadmin",
-        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
-    );
+    let mut pg = postfixadmin_pg(&t);
     let ca = pg.enable_tls();
     let pw = t.write("db-password", PG_PASSWORD);
     let url = format!("{}?sslmode=verify-full", pg.url("postfixadmin"));
@@ -377,11 +375,7 @@ fn postgres_session_is_read_only() {
         return;
     }
     let t = TestDir::new();
-    let pg = Pg::start(&t.join("pg"));
-    pg.database(
-        "postfixadmin",
-        &format!("{}\n{}", fixture("postfixadmin", "schema.postgres.sql"), fixture("postfixadmin", "seed.sql")),
-    );
+    let pg = postfixadmin_pg(&t);
     pg.psql("postfixadmin", "GRANT INSERT ON alias TO rcptsync");
     let pw = t.write("db-password", PG_PASSWORD);
     // Even with INSERT granted, a query that writes is refused by the session.
