@@ -77,16 +77,84 @@ pub async fn fetch_all(cfg: &Config, incremental: bool) -> FetchResults {
     }
     let mut fetched: Vec<Option<(Result<Fetched, SourceError>, Duration)>> =
         (0..cfg.sources.len()).map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, r, took)) => fetched[i] = Some((r, took)),
-            Err(e) => tracing::error!(error = %e, "source task failed"),
+    let mut progress = Progress::new(cfg.sources.iter().map(|s| s.name.clone()).collect());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                Some(Ok((i, r, took))) => {
+                    fetched[i] = Some((r, took));
+                    progress.done(i);
+                }
+                Some(Err(e)) => tracing::error!(error = %e, "source task failed"),
+                None => break,
+            },
+            _ = tick.tick() => progress.show(),
         }
     }
+    progress.clear();
     fetched
         .into_iter()
         .map(|f| f.unwrap_or_else(|| (Err(SourceError::new("fetch task did not complete")), Duration::ZERO)))
         .collect()
+}
+
+/// A one-line "still fetching" display on stderr, only when stderr is a terminal
+/// and a fetch takes more than a moment (a directory with many pages).
+struct Progress {
+    names: Vec<String>,
+    done: Vec<bool>,
+    started: Instant,
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(names: Vec<String>) -> Progress {
+        use std::io::IsTerminal as _;
+        let n = names.len();
+        Progress {
+            names,
+            done: vec![false; n],
+            started: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn done(&mut self, i: usize) {
+        if let Some(d) = self.done.get_mut(i) {
+            *d = true;
+        }
+    }
+
+    fn show(&mut self) {
+        if !self.tty || self.started.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let waiting: Vec<&str> =
+            self.names.iter().zip(&self.done).filter(|(_, d)| !**d).map(|(n, _)| n.as_str()).collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let line = format!(
+            "fetching {}: {:.0}s, {} of {} sources done",
+            waiting.join(", "),
+            self.started.elapsed().as_secs_f64(),
+            self.names.len() - waiting.len(),
+            self.names.len()
+        );
+        eprint!("\r\x1b[2K{line}");
+        self.shown = true;
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+            self.shown = false;
+        }
+    }
 }
 
 /// Validates what the sources returned; a failed source falls back to its

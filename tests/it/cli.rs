@@ -245,3 +245,50 @@ fn literal_secret_in_a_readable_config_is_warned_about() {
     let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
     assert!(!r.stderr.contains("literal secret"), "{}", r.stderr);
 }
+
+#[test]
+fn long_fetch_shows_progress_on_a_terminal_only() {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.config(&config_with(POSTFIX_OUT, ""));
+    let slow_source = |t: &TestDir| {
+        let fifo = t.join("recipients.txt");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // The "directory" answers after 2.5 s.
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(2500));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                let f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+                if let Ok(mut f) = f {
+                    let _ = f.write_all(b"alice@example.com\n");
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    // On a terminal (script allocates a pty): a progress line, then the summary.
+    let writer = slow_source(&t);
+    let cmd = format!("{} sync -c {}", env!("CARGO_BIN_EXE_rcptsync"), t.join("rcptsync.toml").display());
+    let out =
+        std::process::Command::new("script").args(["-qefc", &cmd, "/dev/null"]).current_dir(t.path()).output().unwrap();
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("fetching list: 1s, 0 of 1 sources done")
+            || text.contains("fetching list: 2s, 0 of 1 sources done"),
+        "{text}"
+    );
+    assert!(text.contains("list    1 entries"), "{text}");
+    // Not a terminal (pipelines, cron): no progress line.
+    let writer = slow_source(&t);
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    writer.join().unwrap();
+    r.expect(0);
+    assert!(!r.stderr.contains("fetching") && !r.stdout.contains("fetching"), "{}", r.stderr);
+}
