@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
 use crate::connector::Source;
-use crate::policy::address::{Entry, parse_address, parse_catchall};
+use crate::policy::address::{parse_address, parse_catchall};
 use crate::report::exit;
 use crate::run::{self, SyncOptions};
 use crate::state::StateDir;
@@ -363,6 +363,6 @@ fn published_contains(cfg: &Config, address: &str) -> Option<bool> {
     let (_, entries) = state.read_list(&state.applied_path()).ok()??;
     let e = if address.starts_with('@') { parse_catchall(address) } else { parse_address(address) }.ok()?;
     let catchall = parse_catchall(e.domain()).ok()?;
+    // read_list verified the entries are sorted and unique.
     Some(entries.binary_search(&e).is_ok() || entries.binary_search(&catchall).is_ok())
-        .map(|found| found || entries.iter().any(|x: &Entry| x == &e))
 }

@@ -560,18 +560,8 @@ fn stage_state(
     // (addresses and catch-alls merged), so no sorting is needed.
     let names = list.source_names();
     let mut slices: Vec<Vec<&str>> = vec![Vec::new(); names.len()];
-    let c = list.catchalls();
-    let mut j = 0;
-    for (i, a) in list.addresses().iter().enumerate() {
-        while j < c.len() && c[j].as_str() < a.as_str() {
-            push_unique(&mut slices, list.catchall_sources(j).iter().copied(), c[j].as_str());
-            j += 1;
-        }
-        push_unique(&mut slices, list.address_sources(i).iter().copied(), a.as_str());
-    }
-    while j < c.len() {
-        push_unique(&mut slices, list.catchall_sources(j).iter().copied(), c[j].as_str());
-        j += 1;
+    for (entry, sources) in list.sorted_with_sources() {
+        push_unique(&mut slices, sources.iter().copied(), entry);
     }
     for (name, slice) in names.iter().zip(slices) {
         if name == crate::policy::INCLUDE_SOURCE {

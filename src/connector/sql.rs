@@ -148,7 +148,7 @@ impl SqlSource {
                     let mut out = Vec::new();
                     let mut stream = sqlx::query(sql).fetch(&mut conn);
                     while let Some(row) = stream.try_next().await? {
-                        out.push(first_column_pg(&row)?);
+                        out.push(first_column(&row)?);
                     }
                     Ok::<_, sqlx::Error>(out)
                 })
@@ -176,7 +176,7 @@ impl SqlSource {
                     let mut out = Vec::new();
                     let mut stream = sqlx::query(sql).fetch(&mut conn);
                     while let Some(row) = stream.try_next().await? {
-                        out.push(first_column_mysql(&row)?);
+                        out.push(first_column(&row)?);
                     }
                     Ok::<_, sqlx::Error>(out)
                 })
@@ -198,7 +198,7 @@ impl SqlSource {
                     let mut out = Vec::new();
                     let mut stream = sqlx::query(sql).fetch(&mut conn);
                     while let Some(row) = stream.try_next().await? {
-                        out.push(first_column_sqlite(&row)?);
+                        out.push(first_column(&row)?);
                     }
                     Ok::<_, sqlx::Error>(out)
                 })
@@ -329,22 +329,15 @@ where
     Err(last)
 }
 
-fn first_column_pg(row: &sqlx::postgres::PgRow) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    match row.try_get::<Option<String>, _>(0) {
-        Ok(v) => Ok(v.map(String::into_bytes)),
-        Err(_) => row.try_get::<Option<Vec<u8>>, _>(0),
-    }
-}
-
-fn first_column_mysql(row: &sqlx::mysql::MySqlRow) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    // CONCAT() over binary collations yields VARBINARY: accept bytes too.
-    match row.try_get::<Option<String>, _>(0) {
-        Ok(v) => Ok(v.map(String::into_bytes)),
-        Err(_) => row.try_get::<Option<Vec<u8>>, _>(0),
-    }
-}
-
-fn first_column_sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Option<Vec<u8>>, sqlx::Error> {
+/// The first column of a row as bytes: text, or binary (MySQL's CONCAT() over
+/// binary collations yields VARBINARY).
+fn first_column<'r, R>(row: &'r R) -> Result<Option<Vec<u8>>, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     match row.try_get::<Option<String>, _>(0) {
         Ok(v) => Ok(v.map(String::into_bytes)),
         Err(_) => row.try_get::<Option<Vec<u8>>, _>(0),

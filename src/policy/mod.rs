@@ -168,18 +168,32 @@ impl RecipientList {
     /// Every entry in byte order (addresses and catch-alls merged): the order of
     /// state files and fingerprints.
     pub fn sorted_entries(&self) -> Vec<&str> {
-        let c = &self.catchalls;
+        // Sized up front: the iterator cannot tell its length, and a million
+        // entries grown by doubling would cost a reallocation chain.
         let mut out = Vec::with_capacity(self.len());
-        let mut j = 0;
-        for a in self.addresses.iter() {
-            while j < c.len() && c[j].as_str() < a.as_str() {
-                out.push(c[j].as_str());
-                j += 1;
-            }
-            out.push(a.as_str());
-        }
-        out.extend(c[j..].iter().map(Entry::as_str));
+        out.extend(self.sorted_with_sources().map(|(e, _)| e));
         out
+    }
+
+    /// Every entry in byte order with the indexes of the sources that produced it.
+    pub fn sorted_with_sources(&self) -> impl Iterator<Item = (&str, &[u16])> {
+        let c = &self.catchalls;
+        let mut j = 0;
+        let mut addresses = self.addresses.iter().enumerate().peekable();
+        std::iter::from_fn(move || {
+            let next_address = addresses.peek().map(|(_, a)| a.as_str());
+            match (next_address, c.get(j)) {
+                (Some(a), Some(cj)) if cj.as_str() < a => {
+                    j += 1;
+                    Some((cj.as_str(), self.catchall_sources(j - 1)))
+                }
+                (None, Some(cj)) => {
+                    j += 1;
+                    Some((cj.as_str(), self.catchall_sources(j - 1)))
+                }
+                _ => addresses.next().map(|(i, a)| (a.as_str(), self.address_sources(i))),
+            }
+        })
     }
 
     /// Origins of address number `i` (locators are `LastGood` stand-ins when the
@@ -519,6 +533,27 @@ mod tests {
         assert_eq!(list.address_source_names(0), ["a", "b"]);
         assert_eq!(list.address_source_names(3), [INCLUDE_SOURCE]);
         assert_eq!(list.catchall_origins(0), [Origin { source: 1, locator: Locator::Line(2) }]);
+    }
+
+    #[test]
+    fn sorted_order_interleaves_catchalls_with_their_sources() {
+        let p = policy(None, &[], &[]);
+        let (list, _) = p.apply(vec![
+            ("a".into(), located(&["z@b.org", "m@a.com"])),
+            ("b".into(), located(&["@b.org", "a@a.com", "@zz.org", "m@a.com"])),
+        ]);
+        let got: Vec<(&str, Vec<u16>)> = list.sorted_with_sources().map(|(e, s)| (e, s.to_vec())).collect();
+        assert_eq!(
+            got,
+            [
+                ("@b.org", vec![1]),
+                ("@zz.org", vec![1]),
+                ("a@a.com", vec![1]),
+                ("m@a.com", vec![0, 1]),
+                ("z@b.org", vec![0]),
+            ]
+        );
+        assert_eq!(list.sorted_entries(), ["@b.org", "@zz.org", "a@a.com", "m@a.com", "z@b.org"]);
     }
 
     #[test]
