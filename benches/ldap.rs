@@ -93,15 +93,7 @@ fn main() {
         )
         .unwrap();
     };
-    let bin = env!("CARGO_BIN_EXE_rcptsync");
-    let sync = || {
-        let mut c = Command::new(bin);
-        c.args(["sync", "-c", "rcptsync.toml"])
-            .current_dir(&dir)
-            .env("RCPTSYNC_LOG", "warn")
-            .stdout(std::process::Stdio::null());
-        c
-    };
+    let sync = || support::sync_command(&dir);
     config(false);
     let full = median((0..runs).map(|_| {
         let _ = std::fs::remove_dir_all(dir.join("state"));

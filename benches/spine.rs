@@ -71,15 +71,7 @@ path = "out/recipients.json"
         d
     }));
 
-    let bin = env!("CARGO_BIN_EXE_rcptsync");
-    let sync = || {
-        let mut c = Command::new(bin);
-        c.args(["sync", "-c", "rcptsync.toml"])
-            .current_dir(&dir)
-            .env("RCPTSYNC_LOG", "warn")
-            .stdout(std::process::Stdio::null());
-        c
-    };
+    let sync = || support::sync_command(&dir);
     let mut cold = Vec::new();
     let mut cold_rss = 0;
     for _ in 0..runs {

@@ -101,19 +101,12 @@ fn main() {
         )
         .0
     }));
-    let bin = env!("CARGO_BIN_EXE_rcptsync");
     let mut cold = Vec::new();
     let mut rss = 0;
     for _ in 0..runs {
         let _ = std::fs::remove_dir_all(dir.join("state"));
         let _ = std::fs::remove_file(dir.join("out/relay_recipients"));
-        let (d, r) = measure(
-            Command::new(bin)
-                .args(["sync", "-c", "rcptsync.toml"])
-                .current_dir(&dir)
-                .env("RCPTSYNC_LOG", "warn")
-                .stdout(std::process::Stdio::null()),
-        );
+        let (d, r) = measure(&mut support::sync_command(&dir));
         cold.push(d);
         rss = rss.max(r);
     }

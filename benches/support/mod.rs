@@ -29,3 +29,13 @@ pub fn median(it: impl Iterator<Item = Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// `rcptsync sync -c rcptsync.toml` in `dir`, quiet, with the benchmarked binary.
+pub fn sync_command(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rcptsync"));
+    c.args(["sync", "-c", "rcptsync.toml"])
+        .current_dir(dir)
+        .env("RCPTSYNC_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    c
+}
