@@ -151,6 +151,8 @@ pub enum SourceSpec {
     File(FileSourceSpec),
     Sql(Box<SqlSourceSpec>),
     Ldap(Box<LdapSourceSpec>),
+    Graph(Box<GraphSourceSpec>),
+    Google(Box<GoogleSourceSpec>),
 }
 
 impl SourceSpec {
@@ -159,12 +161,153 @@ impl SourceSpec {
             SourceSpec::File(_) => "file",
             SourceSpec::Sql(_) => "sql",
             SourceSpec::Ldap(_) => "ldap",
+            SourceSpec::Graph(_) => "graph",
+            SourceSpec::Google(_) => "google",
         }
     }
 }
 
-/// Kinds known to the contract but not built into this version.
-const PLANNED_KINDS: &[&str] = &["graph", "google"];
+/// Microsoft national clouds: each has its own token authority and Graph host.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    #[default]
+    Global,
+    Usgov,
+    Dod,
+    China,
+}
+
+impl Cloud {
+    /// (token authority, Graph root) as Microsoft documents them per cloud.
+    pub fn endpoints(self) -> (&'static str, &'static str) {
+        match self {
+            Cloud::Global => ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+            Cloud::Usgov => ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+            Cloud::Dod => ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+            Cloud::China => ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+        }
+    }
+}
+
+/// HTTP behaviour shared by the cloud connectors.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Trust only these CA certificates (a private CA or a TLS-inspecting proxy);
+    /// None = the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Whole-request timeout, body included.
+    pub timeout: Duration,
+    /// Retries of one request after throttling, 5xx or a broken connection.
+    pub max_retries: u32,
+}
+
+/// `kind = "graph"`: Microsoft 365 / Entra ID through Microsoft Graph.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSourceSpec {
+    /// Tenant ID (GUID) or a verified domain such as `contoso.onmicrosoft.com`.
+    pub tenant: String,
+    /// The app registration's application (client) ID.
+    pub client_id: String,
+    #[serde(rename = "client_secret")]
+    client_secret_literal: Option<secret::Literal>,
+    client_secret_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    #[serde(skip)]
+    pub client_secret: Option<secret::SecretSource>,
+    /// Certificate credential: the PEM certificate registered on the app…
+    pub certificate_file: Option<PathBuf>,
+    /// …and its PEM private key (PKCS#8 or PKCS#1).
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Override the cloud's token authority (e.g. `https://login.microsoftonline.com`).
+    pub authority_url: Option<String>,
+    /// Override the cloud's Graph root (e.g. `https://graph.microsoft.com`).
+    pub graph_url: Option<String>,
+    /// Use delta queries after a first full pass (state in `state_dir`).
+    #[serde(default = "yes")]
+    pub incremental: bool,
+    /// Force a full pass this often in incremental mode (default 24h).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub full_sync_every: Option<Duration>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+}
+
+impl GraphSourceSpec {
+    pub fn authority(&self) -> String {
+        self.authority_url.clone().unwrap_or_else(|| self.cloud.endpoints().0.into()).trim_end_matches('/').into()
+    }
+    pub fn graph_root(&self) -> String {
+        self.graph_url.clone().unwrap_or_else(|| self.cloud.endpoints().1.into()).trim_end_matches('/').into()
+    }
+    pub fn http(&self) -> HttpSettings {
+        http_settings(&self.ca_file, self.connect_timeout, self.timeout, self.max_retries)
+    }
+}
+
+/// `kind = "google"`: Google Workspace through the Admin SDK Directory API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleSourceSpec {
+    /// The service account's JSON key (its `token_uri` is the token endpoint).
+    pub credentials_file: PathBuf,
+    /// The admin the service account impersonates (domain-wide delegation).
+    pub subject: String,
+    #[serde(default = "default_customer")]
+    pub customer: String,
+    #[serde(default = "default_google_api")]
+    pub api_url: String,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+}
+
+impl GoogleSourceSpec {
+    pub fn http(&self) -> HttpSettings {
+        http_settings(&self.ca_file, self.connect_timeout, self.timeout, self.max_retries)
+    }
+}
+
+fn default_customer() -> String {
+    "my_customer".into()
+}
+
+fn default_google_api() -> String {
+    "https://admin.googleapis.com".into()
+}
+
+fn http_settings(
+    ca_file: &Option<PathBuf>,
+    connect: Option<Duration>,
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+) -> HttpSettings {
+    HttpSettings {
+        ca_file: ca_file.clone(),
+        connect_timeout: connect.unwrap_or(Duration::from_secs(10)),
+        timeout: timeout.unwrap_or(Duration::from_secs(120)),
+        max_retries: retries.unwrap_or(6),
+    }
+}
+
+fn check_http_url(v: &mut Validator, at: &str, key: &str, url: &str) {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        v.push(format!("{at}.{key}"), format!("{url:?} must start with https://"));
+    } else if url.starts_with("http://") {
+        tracing::warn!(source = %at, key, url, "plain http:// endpoint: tokens cross the network unencrypted (tests only)");
+    }
+}
 
 /// `kind = "ldap"`: an LDAP directory (Active Directory, OpenLDAP, …).
 #[derive(Debug, Clone, Deserialize)]
@@ -456,7 +599,8 @@ pub fn literal_secret_keys(cfg: &Config) -> Vec<String> {
         let literal = match &s.spec {
             SourceSpec::Sql(q) => matches!(q.password, Some(Literal(_))),
             SourceSpec::Ldap(l) => matches!(l.bind_password, Some(Literal(_))),
-            SourceSpec::File(_) => false,
+            SourceSpec::Graph(g) => matches!(g.client_secret, Some(Literal(_))),
+            SourceSpec::File(_) | SourceSpec::Google(_) => false,
         };
         if literal {
             keys.push(format!("source {} password", s.name));
@@ -643,10 +787,6 @@ impl Validator {
                 return None;
             }
         };
-        if PLANNED_KINDS.contains(&kind.as_str()) {
-            self.push(format!("{at}.kind"), format!("kind {kind:?} is not available in this version of rcptsync"));
-            return None;
-        }
         let profile = match table.remove("profile") {
             Some(toml::Value::String(p)) => {
                 match catalog.profile(&p) {
@@ -693,8 +833,63 @@ impl Validator {
                 self.validate_ldap(at, &mut l);
                 SourceSpec::Ldap(l)
             }
+            SourceSpec::Graph(mut g) => {
+                self.validate_graph(at, &mut g);
+                SourceSpec::Graph(g)
+            }
+            SourceSpec::Google(mut g) => {
+                g.credentials_file = self.abs(g.credentials_file);
+                g.ca_file = g.ca_file.take().map(|p| self.abs(p));
+                if !g.subject.contains('@') {
+                    self.push(format!("{at}.subject"), "must be the email address of the admin to impersonate".into());
+                }
+                if g.customer.trim().is_empty() {
+                    self.push(format!("{at}.customer"), "must not be empty (the default is my_customer)".into());
+                }
+                let url = g.api_url.clone();
+                check_http_url(self, at, "api_url", &url);
+                SourceSpec::Google(g)
+            }
         };
         Some(SourceConfig { name: name?, profile, spec })
+    }
+
+    fn validate_graph(&mut self, at: &str, g: &mut GraphSourceSpec) {
+        if g.tenant.trim().is_empty() || g.tenant.contains('/') {
+            self.push(format!("{at}.tenant"), "must be the tenant ID or a verified domain of the tenant".into());
+        }
+        if g.client_id.trim().is_empty() {
+            self.push(format!("{at}.client_id"), "is required (the app registration's application ID)".into());
+        }
+        match secret::SecretSource::from_keys(
+            "client_secret",
+            g.client_secret_literal.take().map(|x| x.0),
+            g.client_secret_file.take().map(|p| self.abs(p)),
+            g.client_secret_env.take(),
+        ) {
+            Ok(p) => g.client_secret = p,
+            Err(e) => self.push(format!("{at}.client_secret"), e),
+        }
+        g.certificate_file = g.certificate_file.take().map(|p| self.abs(p));
+        g.private_key_file = g.private_key_file.take().map(|p| self.abs(p));
+        g.ca_file = g.ca_file.take().map(|p| self.abs(p));
+        match (&g.client_secret, &g.certificate_file, &g.private_key_file) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            (None, None, None) => self.push(
+                format!("{at}.client_secret"),
+                "set client_secret (or _file/_env), or certificate_file and private_key_file".into(),
+            ),
+            (Some(_), _, _) => self
+                .push(format!("{at}.certificate_file"), "use either client_secret or a certificate, not both".into()),
+            (None, _, _) => {
+                self.push(format!("{at}.certificate_file"), "certificate_file and private_key_file go together".into())
+            }
+        }
+        for (key, url) in [("authority_url", g.authority_url.clone()), ("graph_url", g.graph_url.clone())] {
+            if let Some(u) = url {
+                check_http_url(self, at, key, &u);
+            }
+        }
     }
 
     fn validate_ldap(&mut self, at: &str, l: &mut LdapSourceSpec) {
@@ -1043,7 +1238,7 @@ mod tests {
             "guard.max_removed_percent: must be between 0 and 100",
             "source[0]: unknown field `colour`",
             "source[1].name: \"a b\" may only contain",
-            "source[2].kind: kind \"graph\" is not available",
+            "source[2]: missing field `tenant`",
             "output[0].template: unknown template \"nope\"",
             "output[1].postmap: postmap hash needs 'key value' lines",
             "output[1].reload: must be a non-empty argv list",
@@ -1054,6 +1249,70 @@ mod tests {
             assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn cloud_sources_validate_credentials_and_endpoints() {
+        let errs = parse_err(
+            r#"
+            [[source]]
+            name = "m365"
+            kind = "graph"
+            tenant = "contoso.onmicrosoft.com"
+            client_id = "app"
+            graph_url = "ftp://x"
+            [[source]]
+            name = "m365b"
+            kind = "graph"
+            tenant = "t"
+            client_id = "app"
+            client_secret_env = "X"
+            certificate_file = "c.pem"
+            [[source]]
+            name = "m365c"
+            kind = "graph"
+            tenant = "t"
+            client_id = "app"
+            certificate_file = "c.pem"
+            [[source]]
+            name = "gw"
+            kind = "google"
+            credentials_file = "sa.json"
+            subject = "admin"
+            customer = ""
+            [[output]]
+            name = "o"
+            template = "plain"
+            path = "/tmp/o"
+            "#,
+        );
+        let want = [
+            "source[0].client_secret: set client_secret (or _file/_env), or certificate_file and private_key_file",
+            "source[0].graph_url: \"ftp://x\" must start with https://",
+            "source[1].certificate_file: use either client_secret or a certificate, not both",
+            "source[2].certificate_file: certificate_file and private_key_file go together",
+            "source[3].subject: must be the email address of the admin to impersonate",
+            "source[3].customer: must not be empty",
+        ];
+        for w in want {
+            assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), want.len(), "{errs:#?}");
+
+        let cfg = parse(
+            "[[source]]\nname = \"m\"\nkind = \"graph\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret_file = \"s\"\ncloud = \"usgov\"\n\
+             [[source]]\nname = \"g\"\nkind = \"google\"\ncredentials_file = \"sa.json\"\nsubject = \"admin@example.com\"\n\
+             [[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n",
+            Path::new("/etc/rcptsync"),
+        )
+        .unwrap();
+        let SourceSpec::Graph(g) = &cfg.sources[0].spec else { panic!() };
+        assert_eq!(g.authority(), "https://login.microsoftonline.us");
+        assert_eq!(g.graph_root(), "https://graph.microsoft.us");
+        assert!(g.incremental);
+        let SourceSpec::Google(g) = &cfg.sources[1].spec else { panic!() };
+        assert_eq!(g.credentials_file, Path::new("/etc/rcptsync/sa.json"));
+        assert_eq!((g.customer.as_str(), g.api_url.as_str()), ("my_customer", "https://admin.googleapis.com"));
     }
 
     #[test]

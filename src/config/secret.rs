@@ -42,6 +42,12 @@ impl fmt::Debug for Literal {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value obtained at run time (e.g. an access token) so that it is
+    /// redacted wherever it is printed.
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

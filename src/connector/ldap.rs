@@ -53,7 +53,7 @@ impl LdapSource {
             .set_conn_timeout(self.spec.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
             .set_starttls(self.spec.starttls && url.starts_with("ldap://"));
         if let Some(ca) = &self.spec.ca_file {
-            s = s.set_config(Arc::new(tls_config(ca)?));
+            s = s.set_config(Arc::new(super::tls::client_config(Some(ca))?));
         }
         Ok(s)
     }
@@ -296,7 +296,7 @@ impl LdapSource {
             attributes: self.attributes(),
             objects,
         };
-        save_state(state_file, &state);
+        super::save_state(state_file, &state, "LDAP");
         Ok(state.objects)
     }
 
@@ -483,24 +483,6 @@ struct SyncState {
     objects: BTreeMap<String, ObjectRecord>,
 }
 
-fn save_state(path: &std::path::Path, state: &SyncState) {
-    let Some(dir) = path.parent().filter(|d| d.is_dir()) else { return };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("ldap");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let written = serde_json::to_vec(state).map_err(std::io::Error::other).and_then(|b| {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&b)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        // Without the state the next run is simply a full pass.
-        tracing::warn!(file = %path.display(), error = %e, "cannot save LDAP sync state");
-    }
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -657,25 +639,6 @@ pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<F
     let mut out = finalize(records.into_iter());
     out.left_out = left_out;
     Ok(out)
-}
-
-fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?;
-    for c in certs {
-        let c = c.map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?;
-        roots.add(c).map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("ca_file {} contains no certificate", ca_file.display()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 fn describe_connect(e: &ldap3::LdapError) -> String {

@@ -4,8 +4,13 @@
 //! loudly rather than return a partial result.
 
 pub mod file;
+pub mod google;
+pub mod graph;
+pub mod http;
+pub mod jwt;
 pub mod ldap;
 pub mod sql;
+pub mod tls;
 
 use std::future::Future;
 
@@ -52,6 +57,8 @@ pub enum Source {
     File(file::FileSource),
     Sql(Box<sql::SqlSource>),
     Ldap(Box<ldap::LdapSource>),
+    Graph(Box<graph::GraphSource>),
+    Google(Box<google::GoogleSource>),
 }
 
 impl Source {
@@ -60,6 +67,8 @@ impl Source {
             SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
             SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new((**spec).clone()))),
             SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new((**spec).clone()))),
+            SourceSpec::Graph(spec) => Source::Graph(Box::new(graph::GraphSource::new((**spec).clone()))),
+            SourceSpec::Google(spec) => Source::Google(Box::new(google::GoogleSource::new((**spec).clone()))),
         }
     }
 
@@ -71,6 +80,10 @@ impl Source {
                 (**spec).clone(),
                 state_dir.join("sources").join(format!("{}.ldap.json", cfg.name)),
             ))),
+            SourceSpec::Graph(spec) => Source::Graph(Box::new(graph::GraphSource::with_state(
+                (**spec).clone(),
+                state_dir.join("sources").join(format!("{}.graph.json", cfg.name)),
+            ))),
             _ => Source::build(cfg),
         }
     }
@@ -80,6 +93,8 @@ impl Source {
             Source::File(s) => s.fetch().await,
             Source::Sql(s) => s.fetch().await,
             Source::Ldap(s) => s.fetch().await,
+            Source::Graph(s) => s.fetch().await,
+            Source::Google(s) => s.fetch().await,
         }
     }
 
@@ -88,6 +103,32 @@ impl Source {
             Source::File(s) => s.check().await,
             Source::Sql(s) => s.check().await,
             Source::Ldap(s) => s.check().await,
+            Source::Graph(s) => s.check().await,
+            Source::Google(s) => s.check().await,
         }
+    }
+}
+
+/// Writes a connector's incremental-sync state atomically. A failure only costs
+/// a full pass next time, so it is logged, not fatal.
+pub(crate) fn save_state<T: serde::Serialize>(path: &std::path::Path, state: &T, what: &str) {
+    let Some(dir) = path.parent() else { return };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
+        return;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let written = serde_json::to_vec(state).map_err(std::io::Error::other).and_then(|b| {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        // Without the state the next run is simply a full pass.
+        tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
     }
 }

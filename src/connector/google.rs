@@ -1,0 +1,462 @@
+//! `kind = "google"`: Google Workspace through the Admin SDK Directory API.
+//!
+//! A service account with domain-wide delegation impersonates `subject` (an
+//! admin) with read-only scopes. Recipients are users' `primaryEmail`,
+//! `aliases` and `nonEditableAliases` and the same of groups, kept only in the
+//! customer's verified domains and domain aliases. Suspended and archived
+//! users are left out (Google rejects mail to them), and so are Google's
+//! internal `*.test-google-a.com` routing aliases. The Directory API has no
+//! delta query: every run lists users (500 a page) and groups (200 a page)
+//! concurrently.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use super::http::{Auth, Http, Response, TokenRequest, TokenSource};
+use super::jwt::{self, Alg, SigningKey};
+use super::{Connector, Fetched, SourceError};
+use crate::config::GoogleSourceSpec;
+use crate::policy::{Locator, RawItem, RawKind, Rejected};
+
+/// Read-only scopes the delegation must grant.
+pub const SCOPES: [&str; 3] = [
+    "https://www.googleapis.com/auth/admin.directory.user.readonly",
+    "https://www.googleapis.com/auth/admin.directory.group.readonly",
+    "https://www.googleapis.com/auth/admin.directory.domain.readonly",
+];
+const ROUTING_SUFFIX: &str = ".test-google-a.com";
+
+#[derive(Debug, Clone)]
+pub struct GoogleSource {
+    spec: GoogleSourceSpec,
+}
+
+/// The fields of a service-account key file used here. No Debug: it holds the key.
+#[derive(Deserialize)]
+struct KeyFile {
+    #[serde(rename = "type", default)]
+    kind: String,
+    client_email: String,
+    #[serde(default)]
+    client_id: String,
+    private_key: String,
+    #[serde(default)]
+    private_key_id: String,
+    #[serde(default)]
+    token_uri: String,
+}
+
+pub struct GoogleCredentials {
+    token_uri: String,
+    client_email: String,
+    client_id: String,
+    subject: String,
+    key_id: String,
+    key: SigningKey,
+}
+
+impl TokenSource for GoogleCredentials {
+    fn token_request(&self) -> Result<TokenRequest, String> {
+        let now = jwt::unix_now();
+        let mut header = serde_json::Map::new();
+        if !self.key_id.is_empty() {
+            header.insert("kid".into(), self.key_id.clone().into());
+        }
+        let claims = serde_json::json!({
+            "iss": self.client_email,
+            "sub": self.subject,
+            "scope": SCOPES.join(" "),
+            "aud": self.token_uri,
+            "iat": now,
+            "exp": now + 3500,
+        });
+        let assertion = self.key.sign(Alg::Rs256, header, &claims)?;
+        Ok((
+            self.token_uri.clone(),
+            vec![("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer".to_string()), ("assertion", assertion)],
+        ))
+    }
+
+    fn explain(&self, status: u16, error: &str, description: &str) -> String {
+        let remedy = match error {
+            "unauthorized_client" => format!(
+                "domain-wide delegation is missing these scopes: {} for client ID {} (Admin console → Security → \
+                 API controls → Domain-wide delegation; changes can take up to 24 hours)",
+                SCOPES.join(","),
+                self.client_id
+            ),
+            "invalid_grant" if description.contains("JWT") => {
+                format!("the signed assertion was refused ({description}): check this machine's clock (NTP)")
+            }
+            "invalid_grant" => format!(
+                "{description}: check that subject {} is an existing admin of the Workspace domain",
+                self.subject
+            ),
+            "invalid_client" => format!(
+                "the key in credentials_file is not accepted (deleted or disabled key of {}): create a new key",
+                self.client_email
+            ),
+            _ => description.lines().next().unwrap_or("").to_string(),
+        };
+        format!("Google refused the token ({status} {error}): {remedy}")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UsersPage {
+    #[serde(default)]
+    users: Vec<Member>,
+    #[serde(default, rename = "nextPageToken")]
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GroupsPage {
+    #[serde(default)]
+    groups: Vec<Member>,
+    #[serde(default, rename = "nextPageToken")]
+    next: Option<String>,
+}
+
+/// A user or a group: the fields that hold addresses.
+#[derive(Debug, Deserialize)]
+struct Member {
+    #[serde(default, rename = "primaryEmail")]
+    primary_email: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    aliases: Vec<Option<String>>,
+    #[serde(default, rename = "nonEditableAliases")]
+    non_editable_aliases: Vec<Option<String>>,
+    #[serde(default)]
+    suspended: bool,
+    #[serde(default)]
+    archived: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct DomainsPage {
+    #[serde(default)]
+    domains: Vec<DomainEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DomainEntry {
+    #[serde(rename = "domainName")]
+    domain_name: String,
+    #[serde(default)]
+    verified: bool,
+    #[serde(default, rename = "domainAliases")]
+    domain_aliases: Vec<DomainAlias>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DomainAlias {
+    #[serde(rename = "domainAliasName")]
+    domain_alias_name: String,
+    #[serde(default)]
+    verified: bool,
+}
+
+/// Adds one member's addresses to `out`, or to `left_out` with the reason.
+fn take(out: &mut Fetched, noun: &str, m: &Member, domains: &HashSet<String>) {
+    let Some(primary) = m.primary_email.as_deref().or(m.email.as_deref()) else { return };
+    let primary_key = if noun == "user" { "primaryEmail" } else { "email" };
+    let label = format!("{noun} {}", primary.escape_debug());
+    let whole = if m.suspended {
+        Some("user is suspended: Google rejects mail to suspended users".to_string())
+    } else if m.archived {
+        Some("user is archived: archived users receive no mail".to_string())
+    } else {
+        None
+    };
+    let values = std::iter::once((primary, primary_key))
+        .chain(m.aliases.iter().flatten().map(|a| (a.as_str(), "aliases")))
+        .chain(m.non_editable_aliases.iter().flatten().map(|a| (a.as_str(), "nonEditableAliases")));
+    for (value, from) in values {
+        let value = value.trim();
+        if value.is_empty() {
+            continue;
+        }
+        let locator = Locator::Object(format!("{label} {from}").into());
+        let domain = value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+        let reason = match &domain {
+            _ if whole.is_some() => whole.clone(),
+            Some(d) if d.ends_with(ROUTING_SUFFIX) => {
+                Some("Google-internal routing alias (*.test-google-a.com)".into())
+            }
+            Some(d) if !domains.contains(d) => {
+                Some(format!("domain {d} is not a verified domain or domain alias of the customer"))
+            }
+            _ => None,
+        };
+        match reason {
+            Some(reason) => out.left_out.push(Rejected { value: value.to_string(), locator, reason }),
+            None => out.items.push(RawItem { value: value.to_string(), kind: RawKind::Address, locator }),
+        }
+    }
+}
+
+impl GoogleSource {
+    pub fn new(spec: GoogleSourceSpec) -> GoogleSource {
+        GoogleSource { spec }
+    }
+
+    fn session(&self) -> Result<Session, SourceError> {
+        let what = format!("credentials_file {}", self.spec.credentials_file.display());
+        let text = std::fs::read(&self.spec.credentials_file).map_err(|e| SourceError::new(format!("{what}: {e}")))?;
+        let key: KeyFile = serde_json::from_slice(&text).map_err(|e| {
+            // serde_json's message names the field, never the value.
+            SourceError::new(format!("{what}: not a service-account key file: {e}"))
+        })?;
+        if key.kind != "service_account" {
+            return Err(SourceError::new(format!(
+                "{what}: type is {:?}, expected \"service_account\" (create a JSON key for a service account)",
+                key.kind
+            )));
+        }
+        let token_uri =
+            if key.token_uri.is_empty() { "https://oauth2.googleapis.com/token".to_string() } else { key.token_uri };
+        let signing = SigningKey::from_pem(key.private_key.as_bytes(), &format!("{what}: private_key"))
+            .map_err(SourceError::new)?;
+        let http = Http::new(&self.spec.http())?;
+        let auth = Auth::new(GoogleCredentials {
+            token_uri,
+            client_email: key.client_email,
+            client_id: key.client_id,
+            subject: self.spec.subject.clone(),
+            key_id: key.private_key_id,
+            key: signing,
+        });
+        let api = format!("{}/admin/directory/v1", self.spec.api_url.trim_end_matches('/'));
+        Ok(Session { http, auth, api, customer: self.spec.customer.clone(), subject: self.spec.subject.clone() })
+    }
+}
+
+struct Session {
+    http: Http,
+    auth: Auth<GoogleCredentials>,
+    api: String,
+    customer: String,
+    subject: String,
+}
+
+impl Session {
+    async fn get(&self, url: &reqwest::Url, what: &str) -> Result<Response, String> {
+        let r = self.http.get(url.as_str(), &self.auth, &[]).await?;
+        if r.ok() { Ok(r) } else { Err(self.api_error(&r, what)) }
+    }
+
+    fn api_error(&self, r: &Response, what: &str) -> String {
+        #[derive(Deserialize, Default)]
+        struct Envelope {
+            #[serde(default)]
+            error: Inner,
+        }
+        #[derive(Deserialize, Default)]
+        struct Inner {
+            #[serde(default)]
+            message: String,
+            #[serde(default)]
+            errors: Vec<Reason>,
+        }
+        #[derive(Deserialize, Default)]
+        struct Reason {
+            #[serde(default)]
+            reason: String,
+        }
+        let e: Envelope = serde_json::from_slice(&r.body).unwrap_or_default();
+        let reason = e.error.errors.first().map(|x| x.reason.as_str()).unwrap_or("");
+        let detail = if e.error.message.is_empty() { r.excerpt() } else { format!("{reason}: {}", e.error.message) };
+        let status = r.status.as_u16();
+        let remedy = match status {
+            401 => " (the access token was refused twice)".to_string(),
+            403 => format!(
+                " (subject {} must be an admin allowed to read users, groups and domains, and the Admin SDK API must be enabled in the service account's project)",
+                self.subject
+            ),
+            404 if what == "domains" => format!(" (customer {:?} does not exist; use my_customer)", self.customer),
+            _ => String::new(),
+        };
+        format!("reading {what} from {}: {status} {detail}{remedy}", r.what)
+    }
+
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<reqwest::Url, String> {
+        let mut u = reqwest::Url::parse(&format!("{}/{path}", self.api)).map_err(|e| format!("api_url: {e}"))?;
+        u.query_pairs_mut().extend_pairs(query);
+        Ok(u)
+    }
+
+    /// The customer's verified domains and domain aliases, lowercased.
+    async fn domains(&self) -> Result<HashSet<String>, String> {
+        let url = self.url(&format!("customer/{}/domains", self.customer), &[])?;
+        let r = self.get(&url, "domains").await?;
+        let page: DomainsPage = r.json()?;
+        let mut set = HashSet::new();
+        for d in page.domains.iter().filter(|d| d.verified) {
+            set.insert(d.domain_name.to_ascii_lowercase());
+            for a in d.domain_aliases.iter().filter(|a| a.verified) {
+                set.insert(a.domain_alias_name.to_ascii_lowercase());
+            }
+        }
+        if set.is_empty() {
+            return Err(format!("{} lists no verified domain; every address would be dropped", r.what));
+        }
+        Ok(set)
+    }
+
+    /// Every page of `users` or `groups`.
+    async fn list(&self, collection: &str) -> Result<Vec<Member>, String> {
+        let (max, fields) = match collection {
+            "users" => ("500", "nextPageToken,users(primaryEmail,aliases,nonEditableAliases,suspended,archived)"),
+            _ => ("200", "nextPageToken,groups(email,aliases,nonEditableAliases)"),
+        };
+        let mut members = Vec::new();
+        let mut token: Option<String> = None;
+        let mut seen = HashSet::new();
+        loop {
+            let mut q = vec![("customer", self.customer.as_str()), ("maxResults", max), ("fields", fields)];
+            if let Some(t) = &token {
+                q.push(("pageToken", t));
+            }
+            let r = self.get(&self.url(collection, &q)?, collection).await?;
+            let (page, next) = if collection == "users" {
+                let p: UsersPage = r.json()?;
+                (p.users, p.next)
+            } else {
+                let p: GroupsPage = r.json()?;
+                (p.groups, p.next)
+            };
+            members.extend(page);
+            match next.filter(|t| !t.is_empty()) {
+                Some(t) if !seen.insert(t.clone()) => {
+                    return Err(format!("{collection}: Google returned the same page token twice"));
+                }
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok(members)
+    }
+}
+
+impl Connector for GoogleSource {
+    async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let s = self.session()?;
+        let (domains, users, groups) =
+            tokio::try_join!(s.domains(), s.list("users"), s.list("groups")).map_err(SourceError::new)?;
+        let mut out = Fetched::default();
+        for u in &users {
+            take(&mut out, "user", u, &domains);
+        }
+        for g in &groups {
+            take(&mut out, "group", g, &domains);
+        }
+        tracing::info!(
+            api = %s.api,
+            users = users.len(),
+            groups = groups.len(),
+            requests = s.http.requests(),
+            "google directory read"
+        );
+        Ok(out)
+    }
+
+    async fn check(&self) -> Result<String, SourceError> {
+        let s = self.session()?;
+        let domains = s.domains().await.map_err(SourceError::new)?;
+        let mut names: Vec<_> = domains.into_iter().collect();
+        names.sort();
+        Ok(format!("customer {} as {}: token OK, verified domains: {}", s.customer, s.subject, names.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(json: serde_json::Value) -> Member {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn users_keep_primary_and_aliases_but_not_routing_aliases() {
+        let domains: HashSet<String> = ["example.com".to_string(), "example-alias.com".to_string()].into();
+        let mut out = Fetched::default();
+        take(
+            &mut out,
+            "user",
+            &member(serde_json::json!({
+                "primaryEmail": "Liz@Example.com", "aliases": ["sales@example.com"],
+                "nonEditableAliases": ["liz@example-alias.com", "liz@example.com.test-google-a.com"],
+                "emails": [{"address": "liz.personal@gmail.com"}]
+            })),
+            &domains,
+        );
+        let kept: Vec<&str> = out.items.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(kept, ["Liz@Example.com", "sales@example.com", "liz@example-alias.com"]);
+        assert_eq!(out.left_out.len(), 1);
+        assert!(out.left_out[0].reason.contains("test-google-a.com"));
+    }
+
+    #[test]
+    fn suspended_and_archived_users_are_left_out_whole() {
+        let domains: HashSet<String> = ["example.com".to_string()].into();
+        let mut out = Fetched::default();
+        take(
+            &mut out,
+            "user",
+            &member(
+                serde_json::json!({"primaryEmail": "a@example.com", "suspended": true, "aliases": ["b@example.com"]}),
+            ),
+            &domains,
+        );
+        take(
+            &mut out,
+            "user",
+            &member(serde_json::json!({"primaryEmail": "c@example.com", "archived": true})),
+            &domains,
+        );
+        assert!(out.items.is_empty());
+        assert_eq!(out.left_out.len(), 3);
+        assert!(out.left_out[0].reason.contains("suspended") && out.left_out[2].reason.contains("archived"));
+    }
+
+    #[test]
+    fn token_errors_name_the_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k.pem");
+        assert!(
+            std::process::Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                .arg(&k)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        );
+        let c = GoogleCredentials {
+            token_uri: "https://oauth2.googleapis.com/token".into(),
+            client_email: "svc@p.iam.gserviceaccount.com".into(),
+            client_id: "1234567890".into(),
+            subject: "admin@example.com".into(),
+            key_id: "kid1".into(),
+            key: SigningKey::from_pem(&std::fs::read(&k).unwrap(), "k").unwrap(),
+        };
+        let e = c.explain(401, "unauthorized_client", "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.");
+        assert!(e.contains("domain-wide delegation is missing these scopes") && e.contains("1234567890"), "{e}");
+        assert!(e.contains("admin.directory.user.readonly"), "{e}");
+        let e = c.explain(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.",
+        );
+        assert!(e.contains("clock"), "{e}");
+        let (url, form) = c.token_request().unwrap();
+        assert_eq!(url, "https://oauth2.googleapis.com/token");
+        assert_eq!(form[0].1, "urn:ietf:params:oauth:grant-type:jwt-bearer");
+        assert_eq!(form[1].1.split('.').count(), 3);
+    }
+}

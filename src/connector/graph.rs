@@ -1,0 +1,674 @@
+//! `kind = "graph"`: Microsoft 365 / Entra ID through Microsoft Graph v1.0.
+//!
+//! Recipients are the `smtp:` entries (any case) of `proxyAddresses` plus `mail`
+//! of users (shared, room and equipment mailboxes are disabled users and stay),
+//! mail-enabled groups and organisational contacts, kept only in the tenant's
+//! verified Email domains, so guests' external addresses never enter.
+//!
+//! A full pass lists the three collections concurrently (`$top=999`, following
+//! `@odata.nextLink` verbatim). With `incremental` (the default) it first asks
+//! each collection's delta function for a `$deltatoken=latest` link, and later
+//! runs replay only the changes from there; a delta link the service rejects,
+//! or `full_sync_every` elapsing, brings back a full pass.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::http::{Auth, Http, Response, TokenRequest, TokenSource};
+use super::jwt::{self, Alg, SigningKey};
+use super::{Connector, Fetched, SourceError};
+use crate::config::GraphSourceSpec;
+use crate::config::secret::SecretSource;
+use crate::policy::{Locator, RawItem, RawKind, Rejected};
+
+/// Default interval between forced full passes of an incremental source.
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(24 * 3600);
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct GraphSource {
+    spec: GraphSourceSpec,
+    state_file: Option<PathBuf>,
+}
+
+/// The three directory collections that hold recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Users,
+    Groups,
+    Contacts,
+}
+
+const KINDS: [Kind; 3] = [Kind::Users, Kind::Groups, Kind::Contacts];
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Users => "users",
+            Kind::Groups => "groups",
+            Kind::Contacts => "contacts",
+        }
+    }
+    fn select(self) -> &'static str {
+        match self {
+            Kind::Users => "id,userPrincipalName,mail,proxyAddresses",
+            Kind::Groups => "id,displayName,mail,mailEnabled,proxyAddresses",
+            Kind::Contacts => "id,displayName,mail,proxyAddresses",
+        }
+    }
+    /// The application permission that reads this collection.
+    fn permission(self) -> &'static str {
+        match self {
+            Kind::Users => "User.Read.All",
+            Kind::Groups => "GroupMember.Read.All or Group.Read.All",
+            Kind::Contacts => "OrgContact.Read.All",
+        }
+    }
+    fn key(self, id: &str) -> String {
+        format!("{}:{id}", &self.path()[..1])
+    }
+}
+
+/// One directory object as Graph returns it (only the selected properties).
+#[derive(Debug, Deserialize)]
+struct Obj {
+    id: String,
+    #[serde(default)]
+    mail: Option<String>,
+    #[serde(default, rename = "proxyAddresses")]
+    proxy_addresses: Option<Vec<Option<String>>>,
+    #[serde(default, rename = "userPrincipalName")]
+    upn: Option<String>,
+    #[serde(default, rename = "displayName")]
+    display_name: Option<String>,
+    #[serde(default, rename = "mailEnabled")]
+    mail_enabled: Option<bool>,
+    #[serde(default, rename = "@removed")]
+    removed: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Page<T> {
+    #[serde(default = "Vec::new")]
+    value: Vec<T>,
+    #[serde(default, rename = "@odata.nextLink")]
+    next: Option<String>,
+    #[serde(default, rename = "@odata.deltaLink")]
+    delta: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Domain {
+    id: String,
+    #[serde(default, rename = "isVerified")]
+    is_verified: bool,
+    #[serde(default, rename = "supportedServices")]
+    supported_services: Vec<String>,
+}
+
+/// What one object contributes: a label for `why` and its address values with
+/// the property each came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Record {
+    label: String,
+    values: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncState {
+    version: u32,
+    graph_root: String,
+    tenant: String,
+    client_id: String,
+    full_at: u64,
+    /// Delta link per collection path.
+    links: BTreeMap<String, String>,
+    objects: BTreeMap<String, Record>,
+}
+
+/// Maps one object to its record; None when it holds no recipient (a security
+/// group, a user without mailbox).
+fn record(kind: Kind, o: &Obj) -> Option<Record> {
+    if kind == Kind::Groups && o.mail_enabled != Some(true) {
+        return None;
+    }
+    let mut values: Vec<(String, String)> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut push = |v: &str, from: &str| {
+        let v = v.trim();
+        if !v.is_empty() && seen.insert(v.to_ascii_lowercase()) {
+            values.push((v.to_string(), from.to_string()));
+        }
+    };
+    for p in o.proxy_addresses.iter().flatten().flatten() {
+        // `SMTP:` is the primary, `smtp:` a secondary; `SIP:`, `X500:`, `SPO:`,
+        // `EUM:` … are not mail addresses.
+        if let Some((prefix, addr)) = p.split_once(':')
+            && prefix.trim().eq_ignore_ascii_case("smtp")
+        {
+            push(addr, "proxyAddresses");
+        }
+    }
+    if let Some(m) = &o.mail {
+        push(m, "mail");
+    }
+    if values.is_empty() {
+        return None;
+    }
+    let name = match kind {
+        Kind::Users => o.upn.as_deref(),
+        _ => o.display_name.as_deref(),
+    };
+    let noun = match kind {
+        Kind::Users => "user",
+        Kind::Groups => "group",
+        Kind::Contacts => "contact",
+    };
+    let label = match name {
+        Some(n) => format!("{noun} {}", n.escape_debug()),
+        None => format!("{noun} id {}", o.id.escape_debug()),
+    };
+    Some(Record { label, values })
+}
+
+/// Turns the object map into the fetch result, keeping only verified Email domains.
+fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &HashSet<String>) -> Fetched {
+    let mut out = Fetched::default();
+    for r in objects {
+        for (value, from) in &r.values {
+            let locator = Locator::Object(format!("{} {from}", r.label).into());
+            let domain = value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+            match domain {
+                Some(d) if !domains.contains(&d) => out.left_out.push(Rejected {
+                    value: value.clone(),
+                    locator,
+                    reason: format!("domain {d} is not a verified Email domain of the tenant"),
+                }),
+                _ => out.items.push(RawItem { value: value.clone(), kind: RawKind::Address, locator }),
+            }
+        }
+    }
+    out
+}
+
+/// Client credentials for the v2.0 token endpoint.
+pub struct GraphCredentials {
+    token_url: String,
+    scope: String,
+    client_id: String,
+    tenant: String,
+    secret: Option<SecretSource>,
+    cert: Option<(SigningKey, String)>,
+}
+
+impl TokenSource for GraphCredentials {
+    fn token_request(&self) -> Result<TokenRequest, String> {
+        let mut form = vec![
+            ("client_id", self.client_id.clone()),
+            ("scope", self.scope.clone()),
+            ("grant_type", "client_credentials".to_string()),
+        ];
+        if let Some(s) = &self.secret {
+            let secret = s.resolve("client_secret").map_err(|e| e.to_string())?;
+            form.push(("client_secret", secret.expose().to_string()));
+        }
+        if let Some((key, thumb)) = &self.cert {
+            let now = jwt::unix_now();
+            let mut header = serde_json::Map::new();
+            header.insert("x5t#S256".into(), thumb.clone().into());
+            let claims = serde_json::json!({
+                "aud": self.token_url,
+                "iss": self.client_id,
+                "sub": self.client_id,
+                "jti": jwt::random_uuid(),
+                "nbf": now,
+                "iat": now,
+                "exp": now + 600,
+            });
+            form.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_string()));
+            form.push(("client_assertion", key.sign(Alg::Ps256, header, &claims)?));
+        }
+        Ok((self.token_url.clone(), form))
+    }
+
+    fn explain(&self, status: u16, error: &str, description: &str) -> String {
+        let code = description
+            .find("AADSTS")
+            .map(|at| description[at + 6..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>())
+            .unwrap_or_default();
+        let (id, tenant) = (&self.client_id, &self.tenant);
+        let remedy = match code.as_str() {
+            "7000215" => format!(
+                "the client secret is wrong or expired: create a new secret for app {id} and update client_secret"
+            ),
+            "7000222" => {
+                format!("the client secret of app {id} has expired: create a new one and update client_secret")
+            }
+            "700016" => format!(
+                "application {id} was not found in tenant {tenant}: check client_id and tenant, and that an admin has consented"
+            ),
+            "90002" | "900023" => {
+                format!("tenant {tenant} was not found: check tenant (its ID or a verified domain) and cloud")
+            }
+            "700027" | "700024" | "7000274" | "700023" => format!(
+                "the certificate assertion was refused: upload certificate_file's certificate to app {id} (Certificates & secrets), and check the clock"
+            ),
+            "70011" | "1002012" => "the scope was refused: check cloud / graph_url".to_string(),
+            _ => String::new(),
+        };
+        let first_line = description.lines().next().unwrap_or("").trim();
+        if remedy.is_empty() {
+            format!("Microsoft identity platform refused the token ({status} {error}): {first_line}")
+        } else {
+            format!("Microsoft identity platform refused the token ({status} {error}, AADSTS{code}): {remedy}")
+        }
+    }
+}
+
+impl GraphSource {
+    pub fn new(spec: GraphSourceSpec) -> GraphSource {
+        GraphSource { spec, state_file: None }
+    }
+
+    pub fn with_state(spec: GraphSourceSpec, state_file: PathBuf) -> GraphSource {
+        GraphSource { spec, state_file: Some(state_file) }
+    }
+
+    fn auth(&self) -> Result<Auth<GraphCredentials>, String> {
+        let cert = match (&self.spec.certificate_file, &self.spec.private_key_file) {
+            (Some(c), Some(k)) => {
+                let what = format!("certificate_file {}", c.display());
+                let pem = std::fs::read(c).map_err(|e| format!("{what}: {e}"))?;
+                let thumb = jwt::cert_thumbprint_s256(&pem, &what)?;
+                let what = format!("private_key_file {}", k.display());
+                let pem = std::fs::read(k).map_err(|e| format!("{what}: {e}"))?;
+                Some((SigningKey::from_pem(&pem, &what)?, thumb))
+            }
+            _ => None,
+        };
+        Ok(Auth::new(GraphCredentials {
+            token_url: format!("{}/{}/oauth2/v2.0/token", self.spec.authority(), self.spec.tenant),
+            scope: format!("{}/.default", self.spec.graph_root()),
+            client_id: self.spec.client_id.clone(),
+            tenant: self.spec.tenant.clone(),
+            secret: self.spec.client_secret.clone(),
+            cert,
+        }))
+    }
+
+    fn session(&self) -> Result<Session, SourceError> {
+        let http = Http::new(&self.spec.http())?;
+        let auth = self.auth().map_err(SourceError::new)?;
+        Ok(Session { http, auth, root: self.spec.graph_root(), client_id: self.spec.client_id.clone() })
+    }
+
+    async fn fetch_inner(&self, s: &Session) -> Result<Fetched, String> {
+        let every = self.spec.full_sync_every.unwrap_or(FULL_SYNC_EVERY).as_secs();
+        let state_file = self.state_file.as_ref().filter(|_| self.spec.incremental);
+        let prev =
+            state_file.and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice::<SyncState>(&b).ok());
+        let now = jwt::unix_now();
+        let reason = match &prev {
+            _ if state_file.is_none() => None,
+            None => Some("no previous sync state"),
+            Some(p) if p.version != STATE_VERSION => Some("sync state from another version"),
+            Some(p) if p.graph_root != s.root || p.tenant != self.spec.tenant || p.client_id != s.client_id => {
+                Some("tenant, client_id or graph_url changed")
+            }
+            Some(p) if KINDS.iter().any(|k| !p.links.contains_key(k.path())) => Some("a delta link is missing"),
+            Some(p) if now.saturating_sub(p.full_at) >= every => Some("full_sync_every elapsed"),
+            Some(_) => None,
+        };
+        let incremental = state_file.is_some();
+        let work = async {
+            if let (true, None, Some(prev)) = (incremental, reason, prev) {
+                match s.apply_deltas(&prev).await {
+                    Ok((objects, links)) => return Ok(SyncState { links, objects, ..prev }),
+                    Err(DeltaError::Rejected(why)) => {
+                        tracing::warn!(graph = %s.root, reason = %why, "delta link rejected; falling back to a full sync");
+                    }
+                    Err(DeltaError::Failed(e)) => return Err(e),
+                }
+            } else if let Some(r) = reason {
+                tracing::info!(graph = %s.root, reason = r, "full sync");
+            }
+            let (objects, links) = s.full(incremental).await?;
+            Ok(SyncState {
+                version: STATE_VERSION,
+                graph_root: s.root.clone(),
+                tenant: self.spec.tenant.clone(),
+                client_id: s.client_id.clone(),
+                full_at: now,
+                links,
+                objects,
+            })
+        };
+        let (domains, state) = tokio::try_join!(s.domains(), work)?;
+        Ok(self.save_and_finalize(state, &domains))
+    }
+
+    fn save_and_finalize(&self, state: SyncState, domains: &HashSet<String>) -> Fetched {
+        let out = finalize(state.objects.values(), domains);
+        if let (Some(f), true) = (&self.state_file, self.spec.incremental && !state.links.is_empty()) {
+            super::save_state(f, &state, "Graph");
+        }
+        out
+    }
+}
+
+/// One run's client, token cache and Graph root.
+struct Session {
+    http: Http,
+    auth: Auth<GraphCredentials>,
+    root: String,
+    client_id: String,
+}
+
+enum DeltaError {
+    /// The service refused a stored delta link (expired token, resync needed).
+    Rejected(String),
+    /// Anything else: the source fails.
+    Failed(String),
+}
+
+impl Session {
+    async fn get(&self, url: &str) -> Result<Response, String> {
+        // Follow links only on the Graph host: a link elsewhere would carry the
+        // bearer token to a stranger.
+        if !same_origin(url, &self.root) {
+            return Err(format!("Graph returned a link outside {}: refusing to follow it", self.root));
+        }
+        self.http.get(url, &self.auth, &[]).await
+    }
+
+    /// Explains a Graph error response for `kind` (or the domains list).
+    fn api_error(&self, r: &Response, what: &str, permission: &str) -> String {
+        #[derive(Deserialize, Default)]
+        struct Envelope {
+            #[serde(default)]
+            error: Inner,
+        }
+        #[derive(Deserialize, Default)]
+        struct Inner {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let e: Envelope = serde_json::from_slice(&r.body).unwrap_or_default();
+        let status = r.status.as_u16();
+        let detail =
+            if e.error.code.is_empty() { r.excerpt() } else { format!("{}: {}", e.error.code, e.error.message) };
+        let remedy = match status {
+            401 => " (the access token was refused twice: check that the app's credentials belong to this tenant and cloud)".to_string(),
+            403 => format!(
+                " (app {} lacks the application permission {permission} or Directory.Read.All, or an admin has not consented)",
+                self.client_id
+            ),
+            _ => String::new(),
+        };
+        format!("reading {what} from {}: {status} {detail}{remedy}", r.what)
+    }
+
+    /// The tenant's verified domains that have the Email service, lowercased.
+    async fn domains(&self) -> Result<HashSet<String>, String> {
+        let mut url = format!("{}/v1.0/domains?$select=id,isVerified,supportedServices", self.root);
+        let mut set = HashSet::new();
+        let mut pages = 0;
+        loop {
+            let r = self.get(&url).await?;
+            if !r.ok() {
+                return Err(self.api_error(&r, "domains", "Domain.Read.All"));
+            }
+            let page: Page<Domain> = r.json()?;
+            for d in page.value {
+                if d.is_verified && d.supported_services.iter().any(|s| s.eq_ignore_ascii_case("email")) {
+                    set.insert(d.id.to_ascii_lowercase());
+                }
+            }
+            pages += 1;
+            match page.next {
+                Some(n) if pages < 1000 => url = n,
+                Some(_) => return Err("domains: more than 1000 pages".into()),
+                None => break,
+            }
+        }
+        if set.is_empty() {
+            return Err(format!(
+                "{}/v1.0/domains lists no verified domain with the Email service; every address would be dropped",
+                self.root
+            ));
+        }
+        Ok(set)
+    }
+
+    /// Follows a page chain from `url`, handing each page's objects to `each`.
+    /// Returns the delta link of the last page, if any.
+    async fn chain(&self, kind: Kind, mut url: String, mut each: impl FnMut(Obj)) -> Result<Option<String>, String> {
+        let mut last = String::new();
+        loop {
+            let r = self.get(&url).await?;
+            if !r.ok() {
+                return Err(self.api_error(&r, kind.path(), kind.permission()));
+            }
+            let page: Page<Obj> = r.json()?;
+            for o in page.value {
+                each(o);
+            }
+            match (page.next, page.delta) {
+                (Some(next), _) => {
+                    if next == url || next == last {
+                        return Err(format!("{}: Graph returned the same page link twice", kind.path()));
+                    }
+                    last = std::mem::replace(&mut url, next);
+                }
+                (None, delta) => return Ok(delta),
+            }
+        }
+    }
+
+    /// A full listing of all three collections, concurrently. With `links`, also
+    /// takes each collection's current delta link first, so that a change made
+    /// during the listing is replayed by the next incremental run.
+    async fn full(&self, links: bool) -> Result<(BTreeMap<String, Record>, BTreeMap<String, String>), String> {
+        let one = |kind: Kind| async move {
+            let link = if links {
+                let url =
+                    format!("{}/v1.0/{}/delta?$select={}&$deltatoken=latest", self.root, kind.path(), kind.select());
+                let link = self.chain(kind, url, |_| {}).await?;
+                Some(link.ok_or_else(|| format!("{}/delta returned no @odata.deltaLink", kind.path()))?)
+            } else {
+                None
+            };
+            let filter = if kind == Kind::Groups { "&$filter=mailEnabled%20eq%20true" } else { "" };
+            let url = format!("{}/v1.0/{}?$select={}{filter}&$top=999", self.root, kind.path(), kind.select());
+            let mut objects = Vec::new();
+            let mut count = 0usize;
+            self.chain(kind, url, |o| {
+                count += 1;
+                if let Some(r) = record(kind, &o) {
+                    objects.push((kind.key(&o.id), r));
+                }
+            })
+            .await?;
+            tracing::debug!(collection = kind.path(), objects = count, "listed");
+            Ok::<_, String>((objects, link))
+        };
+        let (u, g, c) = tokio::try_join!(one(Kind::Users), one(Kind::Groups), one(Kind::Contacts))?;
+        let mut objects = BTreeMap::new();
+        let mut out_links = BTreeMap::new();
+        for (kind, (objs, link)) in KINDS.into_iter().zip([u, g, c]) {
+            objects.extend(objs);
+            if let Some(l) = link {
+                out_links.insert(kind.path().to_string(), l);
+            }
+        }
+        tracing::info!(graph = %self.root, objects = objects.len(), requests = self.http.requests(), "full sync");
+        Ok((objects, out_links))
+    }
+
+    /// Replays the changes since the stored delta links onto the stored objects.
+    async fn apply_deltas(
+        &self,
+        prev: &SyncState,
+    ) -> Result<(BTreeMap<String, Record>, BTreeMap<String, String>), DeltaError> {
+        let one = |kind: Kind| async move {
+            let url = prev.links.get(kind.path()).cloned().unwrap_or_default();
+            // A refused first request means the stored token is no longer valid.
+            let first = self.get(&url).await.map_err(DeltaError::Failed)?;
+            let s = first.status.as_u16();
+            if (400..500).contains(&s) && !matches!(s, 401 | 403 | 429) {
+                return Err(DeltaError::Rejected(self.api_error(&first, kind.path(), kind.permission())));
+            }
+            if !first.ok() {
+                return Err(DeltaError::Failed(self.api_error(&first, kind.path(), kind.permission())));
+            }
+            let page: Page<Obj> = first.json().map_err(DeltaError::Failed)?;
+            let mut changes: Vec<(String, Option<Record>)> = Vec::new();
+            let mut take = |o: Obj| {
+                let rec = if o.removed.is_some() { None } else { record(kind, &o) };
+                changes.push((kind.key(&o.id), rec));
+            };
+            for o in page.value {
+                take(o);
+            }
+            let link = match (page.next, page.delta) {
+                (Some(next), _) => self.chain(kind, next, take).await.map_err(DeltaError::Failed)?,
+                (None, delta) => delta,
+            };
+            let link =
+                link.ok_or_else(|| DeltaError::Failed(format!("{}/delta returned no @odata.deltaLink", kind.path())))?;
+            Ok((changes, link))
+        };
+        let (u, g, c) = tokio::try_join!(one(Kind::Users), one(Kind::Groups), one(Kind::Contacts))?;
+        let mut objects = prev.objects.clone();
+        let mut links = BTreeMap::new();
+        let mut n = 0;
+        for (kind, (changes, link)) in KINDS.into_iter().zip([u, g, c]) {
+            n += changes.len();
+            for (key, rec) in changes {
+                match rec {
+                    Some(r) => objects.insert(key, r),
+                    None => objects.remove(&key),
+                };
+            }
+            links.insert(kind.path().to_string(), link);
+        }
+        tracing::info!(graph = %self.root, changes = n, objects = objects.len(), requests = self.http.requests(), "incremental sync");
+        Ok((objects, links))
+    }
+}
+
+/// Whether `url` is on the same scheme and host (and port) as `root`.
+fn same_origin(url: &str, root: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(root)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
+impl Connector for GraphSource {
+    async fn fetch(&self) -> Result<Fetched, SourceError> {
+        let s = self.session()?;
+        self.fetch_inner(&s).await.map_err(SourceError::new)
+    }
+
+    async fn check(&self) -> Result<String, SourceError> {
+        let s = self.session()?;
+        let domains = s.domains().await.map_err(SourceError::new)?;
+        let mut names: Vec<_> = domains.into_iter().collect();
+        names.sort();
+        Ok(format!("tenant {}: token OK, verified Email domains: {}", self.spec.tenant, names.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(json: serde_json::Value) -> Obj {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn only_smtp_proxy_addresses_and_mail_count() {
+        let o = obj(serde_json::json!({
+            "id": "1", "userPrincipalName": "AdeleV@contoso.com", "mail": "AdeleV@contoso.com",
+            "proxyAddresses": ["SMTP:AdeleV@contoso.com", "smtp:adele.vance@contoso.com", "sMtP: spaced@contoso.com",
+                "SIP:AdeleV@contoso.com", "X500:/o=ExchangeLabs/cn=Recipients", "SPO:SPO_x@SPO_y", "EUM:123;phone-context=x", null],
+            "otherMails": ["adele.personal@gmail.com"]
+        }));
+        let r = record(Kind::Users, &o).unwrap();
+        let values: Vec<&str> = r.values.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(values, ["AdeleV@contoso.com", "adele.vance@contoso.com", "spaced@contoso.com"]);
+        assert_eq!(r.label, "user AdeleV@contoso.com");
+    }
+
+    #[test]
+    fn security_groups_and_mailless_users_hold_no_recipient() {
+        let g = obj(
+            serde_json::json!({"id": "g", "displayName": "SG", "mail": null, "mailEnabled": false, "proxyAddresses": []}),
+        );
+        assert!(record(Kind::Groups, &g).is_none());
+        let g = obj(serde_json::json!({"id": "g", "displayName": "DL", "mail": "dl@contoso.com", "mailEnabled": true}));
+        assert_eq!(record(Kind::Groups, &g).unwrap().values.len(), 1);
+        let u = obj(
+            serde_json::json!({"id": "u", "userPrincipalName": "admin@x.onmicrosoft.com", "mail": null, "proxyAddresses": []}),
+        );
+        assert!(record(Kind::Users, &u).is_none());
+    }
+
+    #[test]
+    fn unverified_domains_are_left_out_with_the_reason() {
+        let recs = [Record {
+            label: "user john_fabrikam.com#EXT#@contoso.onmicrosoft.com".into(),
+            values: vec![
+                ("john@fabrikam.com".into(), "mail".into()),
+                ("John@Contoso.com".into(), "proxyAddresses".into()),
+            ],
+        }];
+        let domains: HashSet<String> = ["contoso.com".to_string()].into();
+        let f = finalize(recs.iter(), &domains);
+        assert_eq!(f.items.len(), 1);
+        assert_eq!(f.items[0].value, "John@Contoso.com");
+        assert_eq!(f.left_out.len(), 1);
+        assert!(f.left_out[0].reason.contains("fabrikam.com is not a verified Email domain"));
+    }
+
+    #[test]
+    fn token_errors_name_the_remedy_not_the_secret() {
+        let c = GraphCredentials {
+            token_url: "u".into(),
+            scope: "s".into(),
+            client_id: "app-1".into(),
+            tenant: "contoso.onmicrosoft.com".into(),
+            secret: Some(SecretSource::Literal("hunter2-secret".into())),
+            cert: None,
+        };
+        let e = c.explain(401, "invalid_client", "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value.\r\nTrace ID: x");
+        assert!(e.contains("client secret is wrong or expired") && e.contains("app-1"), "{e}");
+        assert!(!e.contains("hunter2"));
+        let e = c.explain(400, "invalid_request", "AADSTS90002: Tenant 'x' not found.");
+        assert!(e.contains("tenant contoso.onmicrosoft.com was not found"), "{e}");
+        let e = c.explain(400, "weird", "AADSTS1: Something.\r\nTrace ID: y");
+        assert!(e.ends_with("AADSTS1: Something."), "{e}");
+        let (_, form) = c.token_request().unwrap();
+        assert!(form.iter().any(|(k, v)| *k == "client_secret" && v == "hunter2-secret"));
+    }
+
+    #[test]
+    fn links_are_followed_only_on_the_graph_host() {
+        assert!(same_origin("https://graph.microsoft.com/v1.0/users?$skiptoken=x", "https://graph.microsoft.com"));
+        assert!(!same_origin("https://evil.example/v1.0/users", "https://graph.microsoft.com"));
+        assert!(!same_origin("http://graph.microsoft.com/v1.0/users", "https://graph.microsoft.com"));
+        assert!(same_origin("http://127.0.0.1:8080/v1.0/x", "http://127.0.0.1:8080"));
+        assert!(!same_origin("http://127.0.0.1:8081/v1.0/x", "http://127.0.0.1:8080"));
+    }
+}

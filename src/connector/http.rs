@@ -1,0 +1,433 @@
+//! The HTTP layer shared by the cloud connectors (Microsoft Graph, Google Admin
+//! SDK): one reqwest client with timeouts and verified TLS, OAuth2 access tokens
+//! cached until shortly before they expire, and a retry loop that honours
+//! `Retry-After` and backs off with jitter.
+//!
+//! The rule that protects mail lives here: a request that still fails after
+//! the bounded retries is an error of the whole source. Nothing in this module
+//! returns "no more pages" for a page it could not read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use serde::de::DeserializeOwned;
+
+use super::SourceError;
+use crate::config::HttpSettings;
+use crate::config::secret::Secret;
+
+/// Largest response body read; a directory page is a few MB at most, so a bigger
+/// body is a broken or hostile server, not data.
+pub const MAX_BODY: usize = 64 << 20;
+/// Longest `Retry-After` honoured; a server asking for more is treated as down.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// First backoff step without `Retry-After` (doubles per retry, capped).
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(32);
+
+/// One HTTP client for one source.
+#[derive(Debug)]
+pub struct Http {
+    client: reqwest::Client,
+    max_retries: u32,
+    requests: AtomicU64,
+}
+
+/// A response the retry loop let through: success, or an error the caller
+/// must interpret (it knows what a 403 on its endpoint means).
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// Scheme, host and path of the request (no query): safe to print.
+    pub what: String,
+}
+
+impl Response {
+    pub fn ok(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// Decodes a successful JSON body.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            format!("{} answered {} with a body that is not the expected JSON: {e}", self.what, self.status.as_u16())
+        })
+    }
+
+    /// A short, printable excerpt of the body for error messages.
+    pub fn excerpt(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(300)]);
+        text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_string()
+    }
+}
+
+/// A token endpoint and the form to post to it (holds secrets: never logged).
+pub type TokenRequest = (String, Vec<(&'static str, String)>);
+
+/// How the cloud connector obtains an access token.
+pub trait TokenSource: Send + Sync {
+    /// The token endpoint and the form to post to it. Built for every request
+    /// (a signed assertion is valid for minutes only). The form holds secrets:
+    /// it is never logged.
+    fn token_request(&self) -> Result<TokenRequest, String>;
+    /// Plain words for a refused token request (`error`, `error_description`).
+    fn explain(&self, status: u16, error: &str, description: &str) -> String;
+}
+
+#[derive(Clone)]
+struct Token {
+    value: Secret,
+    renew_at: Instant,
+}
+
+/// An access token cache in front of a [`TokenSource`]. Concurrent page chains
+/// share one token; a token the API refused is renewed once, by whichever chain
+/// notices first.
+pub struct Auth<T: TokenSource> {
+    pub source: T,
+    cached: tokio::sync::Mutex<Option<Token>>,
+}
+
+impl<T: TokenSource> Auth<T> {
+    pub fn new(source: T) -> Auth<T> {
+        Auth { source, cached: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A valid token: the cached one unless it is due for renewal or is `stale`
+    /// (the one the API just refused).
+    pub async fn token(&self, http: &Http, stale: Option<&Secret>) -> Result<Secret, String> {
+        let mut cached = self.cached.lock().await;
+        if let Some(t) = cached.as_ref()
+            && t.renew_at > Instant::now()
+            && stale.is_none_or(|s| s.expose() != t.value.expose())
+        {
+            return Ok(t.value.clone());
+        }
+        let (url, form) = self.source.token_request()?;
+        let resp = http.send::<T>(|c| c.post(&url).form(&form), None).await?;
+        #[derive(serde::Deserialize)]
+        struct Ok {
+            access_token: String,
+            expires_in: Option<f64>,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Err {
+            #[serde(default)]
+            error: String,
+            #[serde(default)]
+            error_description: String,
+        }
+        if !resp.ok() {
+            let e: Err = serde_json::from_slice(&resp.body).unwrap_or_default();
+            if e.error.is_empty() {
+                return Err(format!(
+                    "token endpoint {} answered {}: {}",
+                    resp.what,
+                    resp.status.as_u16(),
+                    resp.excerpt()
+                ));
+            }
+            return Err(self.source.explain(resp.status.as_u16(), &e.error, &e.error_description));
+        }
+        let ok: Ok = resp.json()?;
+        if ok.access_token.is_empty() {
+            return Err(format!("token endpoint {} returned an empty access_token", resp.what));
+        }
+        // Renew a little before expiry so that a page request never carries a
+        // token that expires in flight.
+        let life = Duration::from_secs_f64(ok.expires_in.unwrap_or(3600.0).clamp(0.0, 86_400.0));
+        let margin = (life / 10).min(Duration::from_secs(300));
+        let token = Token { value: Secret::new(ok.access_token), renew_at: Instant::now() + life - margin };
+        tracing::debug!(endpoint = %resp.what, expires_in = life.as_secs(), "access token obtained");
+        *cached = Some(token.clone());
+        Ok(token.value)
+    }
+}
+
+impl Http {
+    pub fn new(settings: &HttpSettings) -> Result<Http, SourceError> {
+        let mut tls = super::tls::client_config(settings.ca_file.as_deref()).map_err(SourceError::new)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            .user_agent(concat!("rcptsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SourceError::new(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Http { client, max_retries: settings.max_retries, requests: AtomicU64::new(0) })
+    }
+
+    /// HTTP requests sent so far (retries included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// GET `url` with a bearer token from `auth`, retrying as the module says.
+    pub async fn get<T: TokenSource>(
+        &self,
+        url: &str,
+        auth: &Auth<T>,
+        headers: &[(&'static str, &'static str)],
+    ) -> Result<Response, String> {
+        self.send(
+            |c| {
+                let mut r = c.get(url).header("Accept", "application/json");
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r
+            },
+            Some(auth),
+        )
+        .await
+    }
+
+    /// Sends the request `build` makes, retrying throttling (429, Google's 403
+    /// rate-limit reasons), 5xx and broken connections up to `max_retries` times.
+    /// With `auth`, adds a bearer token and renews it once after a 401.
+    async fn send<T: TokenSource>(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        auth: Option<&Auth<T>>,
+    ) -> Result<Response, String> {
+        let mut attempt = 0u32;
+        let mut renewed = false;
+        let mut stale: Option<Secret> = None;
+        loop {
+            let mut req = build(&self.client);
+            if let Some(auth) = auth {
+                // Boxed: obtaining a token sends a request itself.
+                let token = Box::pin(auth.token(self, stale.as_ref())).await?;
+                req = req.bearer_auth(token.expose());
+                stale = Some(token);
+            }
+            let req = req.build().map_err(|e| format!("cannot build request: {}", e.without_url()))?;
+            let what = describe_url(req.url());
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let outcome = match self.client.execute(req).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = retry_after(resp.headers());
+                    match read_body(resp).await {
+                        Ok(body) => Ok((status, retry_after, body)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(describe_transport(&e)),
+            };
+            let (why, wait) = match outcome {
+                Ok((status, retry_after, body)) => {
+                    let resp = Response { status, body, what: what.clone() };
+                    if status == StatusCode::UNAUTHORIZED && auth.is_some() && !renewed {
+                        // Expired or revoked mid-run: one new token, then the same request.
+                        tracing::info!(url = %what, "access token refused (401); renewing it once");
+                        renewed = true;
+                        continue;
+                    }
+                    if !retryable(&resp) {
+                        return Ok(resp);
+                    }
+                    (format!("{} {}", status.as_u16(), resp.excerpt()), retry_after)
+                }
+                Err(e) => (e, None),
+            };
+            if attempt >= self.max_retries {
+                return Err(format!("{what}: giving up after {} attempts; last answer: {why}", attempt + 1));
+            }
+            let wait = match wait {
+                Some(w) if w > MAX_RETRY_AFTER => {
+                    return Err(format!("{what}: the server asks to retry after {} s; giving up", w.as_secs()));
+                }
+                Some(w) => w,
+                None => backoff(attempt),
+            };
+            tracing::warn!(
+                url = %what,
+                attempt = attempt + 1,
+                wait_ms = wait.as_millis() as u64,
+                reason = %why,
+                "request failed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Reads a body up to [`MAX_BODY`].
+async fn read_body(mut resp: reqwest::Response) -> Result<Bytes, String> {
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(format!(
+            "response body of {} bytes exceeds the {} MiB limit",
+            resp.content_length().unwrap_or(0),
+            MAX_BODY >> 20
+        ));
+    }
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > MAX_BODY {
+                    return Err(format!("response body exceeds the {} MiB limit", MAX_BODY >> 20));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => return Err(describe_transport(&e)),
+        }
+    }
+}
+
+/// Whether an answer is worth asking again: throttling, a server error, or
+/// Google's rate-limit reasons on a 403.
+fn retryable(resp: &Response) -> bool {
+    let s = resp.status.as_u16();
+    if s == 429 || (500..600).contains(&s) && s != 501 {
+        return true;
+    }
+    if s == 403 {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            error: Inner,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            #[serde(default)]
+            errors: Vec<Reason>,
+            #[serde(default)]
+            status: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Reason {
+            #[serde(default)]
+            reason: String,
+        }
+        if let Ok(e) = serde_json::from_slice::<Envelope>(&resp.body) {
+            return e.error.status == "RESOURCE_EXHAUSTED"
+                || e.error.errors.iter().any(|r| {
+                    matches!(r.reason.as_str(), "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded")
+                });
+        }
+    }
+    false
+}
+
+/// `Retry-After` in (possibly fractional) seconds. An HTTP-date is rare from
+/// these APIs and falls back to the backoff.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v: &HeaderValue = headers.get(RETRY_AFTER)?;
+    let secs: f64 = v.to_str().ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e6)))
+}
+
+/// Exponential backoff with jitter: a random point in the upper half of
+/// `base · 2^attempt`, capped.
+fn backoff(attempt: u32) -> Duration {
+    let full = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(10)).min(BACKOFF_MAX);
+    let half = full / 2;
+    half + half.mul_f64(jitter())
+}
+
+/// A number in [0, 1) that differs between processes and calls; not for crypto.
+fn jitter() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let seed = (nanos as u64) ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+    (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Scheme, host and path of a URL: printable (no query, so no opaque tokens).
+fn describe_url(url: &reqwest::Url) -> String {
+    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while reading the body".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut src = e.source();
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        text.push_str(" (the server's certificate is not trusted: set ca_file to the CA that issued it)");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, body: &str) -> Response {
+        Response {
+            status: StatusCode::from_u16(status).unwrap(),
+            body: Bytes::from(body.to_string()),
+            what: "x".into(),
+        }
+    }
+
+    #[test]
+    fn retry_classification_follows_the_documented_rules() {
+        assert!(retryable(&resp(429, "")));
+        assert!(retryable(&resp(503, "")));
+        assert!(retryable(&resp(500, "")));
+        assert!(!retryable(&resp(501, "")), "501 is a query Graph cannot answer, not an outage");
+        assert!(!retryable(&resp(400, "")));
+        assert!(!retryable(&resp(404, "")));
+        let rate = r#"{"error":{"errors":[{"domain":"usageLimits","reason":"userRateLimitExceeded","message":"m"}],"code":403,"message":"m"}}"#;
+        assert!(retryable(&resp(403, rate)));
+        let quota = r#"{"error":{"errors":[{"reason":"quotaExceeded"}],"code":403,"message":"m"}}"#;
+        assert!(retryable(&resp(403, quota)));
+        let denied = r#"{"error":{"errors":[{"domain":"global","reason":"forbidden","message":"Not Authorized to access this resource/api"}],"code":403,"message":"Not Authorized to access this resource/api"}}"#;
+        assert!(!retryable(&resp(403, denied)));
+        let graph = r#"{"error":{"code":"Authorization_RequestDenied","message":"Insufficient privileges to complete the operation."}}"#;
+        assert!(!retryable(&resp(403, graph)));
+    }
+
+    #[test]
+    fn retry_after_accepts_integer_and_fractional_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("10"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(10)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("0.249"));
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(249)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, HeaderValue::from_static("-3"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 0..12 {
+            let full = BACKOFF_BASE.saturating_mul(1 << attempt.min(10)).min(BACKOFF_MAX);
+            for _ in 0..20 {
+                let d = backoff(attempt);
+                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
+            }
+        }
+        let spread: std::collections::HashSet<u128> = (0..50).map(|_| backoff(3).as_micros()).collect();
+        assert!(spread.len() > 10, "jitter must vary: {spread:?}");
+    }
+
+    #[test]
+    fn printed_urls_carry_no_query() {
+        let u = reqwest::Url::parse("https://graph.microsoft.com/v1.0/users?$skiptoken=SECRETISH&$top=999").unwrap();
+        assert_eq!(describe_url(&u), "https://graph.microsoft.com/v1.0/users");
+    }
+}
