@@ -197,14 +197,16 @@ impl Http {
     ) -> Result<Response, String> {
         let mut attempt = 0u32;
         let mut renewed = false;
-        let mut stale: Option<Secret> = None;
+        // The token the API refused (401), to be renewed past.
+        let mut refused: Option<Secret> = None;
+        let mut used: Option<Secret> = None;
         loop {
             let mut req = build(&self.client);
             if let Some(auth) = auth {
                 // Boxed: obtaining a token sends a request itself.
-                let token = Box::pin(auth.token(self, stale.as_ref())).await?;
+                let token = Box::pin(auth.token(self, refused.as_ref())).await?;
                 req = req.bearer_auth(token.expose());
-                stale = Some(token);
+                used = Some(token);
             }
             let req = req.build().map_err(|e| format!("cannot build request: {}", e.without_url()))?;
             let what = describe_url(req.url());
@@ -227,6 +229,7 @@ impl Http {
                         // Expired or revoked mid-run: one new token, then the same request.
                         tracing::info!(url = %what, "access token refused (401); renewing it once");
                         renewed = true;
+                        refused = used.take();
                         continue;
                     }
                     if !retryable(&resp) {
@@ -343,7 +346,10 @@ fn jitter() -> f64 {
 
 /// Scheme, host and path of a URL: printable (no query, so no opaque tokens).
 fn describe_url(url: &reqwest::Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path())
+    match url.port() {
+        Some(port) => format!("{}://{}:{port}{}", url.scheme(), url.host_str().unwrap_or(""), url.path()),
+        None => format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path()),
+    }
 }
 
 fn describe_transport(e: &reqwest::Error) -> String {

@@ -3,6 +3,9 @@
 //! (set by `scripts/test.sh`, which installs them).
 
 mod cli;
+mod cloud;
+#[path = "../support/cloud.rs"]
+mod cloud_fake;
 mod crash;
 #[path = "../support/db.rs"]
 mod db;

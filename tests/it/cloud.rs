@@ -1,0 +1,535 @@
+//! Microsoft Graph and Google Workspace sources against the in-process fakes in
+//! `tests/support/cloud.rs`: exact recipient sets from datasets full of traps,
+//! delta rounds, throttling, outages, expired tokens and refused credentials.
+//! Whatever fails, the published list must never get shorter.
+
+use std::time::Instant;
+
+use crate::cloud_fake::{
+    FakeGoogle, FakeGraph, Fault, GOOGLE_SCOPES, google_bulk, google_traps, graph_bulk, graph_traps, keypair,
+};
+use crate::util::{Run, TestDir};
+
+const TENANT: &str = "contoso.onmicrosoft.com";
+const APP: &str = "535fb089-9ff3-47b6-9bfb-4f1264799865";
+const SECRET: &str = "Zq8~graph-client-secret-value-do-not-log";
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_string).collect()
+}
+
+fn graph_source(g: &FakeGraph, extra: &str) -> String {
+    format!(
+        r#"[[source]]
+name = "m365"
+kind = "graph"
+tenant = "{TENANT}"
+client_id = "{APP}"
+authority_url = "{url}"
+graph_url = "{url}"
+{extra}
+"#,
+        url = g.url()
+    )
+}
+
+fn plain_output() -> &'static str {
+    "[[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
+}
+
+fn graph_with_secret(t: &TestDir) -> FakeGraph {
+    let g = FakeGraph::start(TENANT, APP);
+    g.state().client_secret = Some(SECRET.into());
+    t.write("graph-secret", &format!("{SECRET}\n"));
+    g
+}
+
+#[test]
+fn graph_exact_set_then_deltas_then_expired_delta_falls_back_to_full() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    let want = graph_traps(&mut g.state());
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\nmax_removed_percent = 50\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\""),
+        plain_output()
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(lines(&t.read("out/list")), want);
+    {
+        let s = g.state();
+        let log = &s.common.log;
+        let users = log.iter().find(|l| l.starts_with("GET /v1.0/users?")).expect("users listed");
+        assert!(
+            users.contains("$select=id,userPrincipalName,mail,proxyAddresses") && users.contains("$top=999"),
+            "{users}"
+        );
+        assert!(
+            log.iter().any(|l| l.starts_with("GET /v1.0/groups?") && l.contains("$filter=mailEnabled%20eq%20true")),
+            "{log:#?}"
+        );
+        assert!(log.iter().any(|l| l.starts_with("GET /v1.0/contacts?")), "{log:#?}");
+        assert!(log.iter().any(|l| l.starts_with("GET /v1.0/domains")), "{log:#?}");
+        // One delta link per collection taken before the listing.
+        assert_eq!(log.iter().filter(|l| l.contains("$deltatoken=latest")).count(), 3, "{log:#?}");
+        assert_eq!(s.common.tokens_issued, 1, "one token for the whole run");
+    }
+    // The state file keeps delta links and objects, never a credential or token.
+    let state = t.read("state/sources/m365.graph.json");
+    assert!(!state.contains(SECRET) && !state.contains("graph-token"), "secret or token in state");
+    assert!(!r.stderr.contains(SECRET) && !r.stderr.contains("graph-token"));
+
+    // Changes: a new mailbox, a room mailbox removed, a group renamed.
+    {
+        let mut s = g.state();
+        s.common.log.clear();
+        s.put("users", serde_json::json!({"id": "u7", "userPrincipalName": "new@contoso.com", "mail": "New@Contoso.com", "proxyAddresses": ["SMTP:New@Contoso.com"]}));
+        s.delete("users", "u2");
+        s.put("groups", serde_json::json!({"id": "g2", "displayName": "Golf Discussion", "mail": "golf@contoso.com", "mailEnabled": true, "proxyAddresses": ["SMTP:golf@contoso.com"]}));
+        s.put("groups", serde_json::json!({"id": "g5", "displayName": "Another SG", "mail": null, "mailEnabled": false, "proxyAddresses": []}));
+    }
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let mut want2: Vec<String> = want
+        .iter()
+        .filter(|a| !a.starts_with("adams@") && **a != "golftalk@contoso.com")
+        .map(|s| s.to_string())
+        .chain(["new@contoso.com".to_string(), "golf@contoso.com".to_string()])
+        .collect();
+    want2.sort();
+    assert_eq!(lines(&t.read("out/list")), want2);
+    {
+        let s = g.state();
+        let log = &s.common.log;
+        assert!(log.len() <= 6, "a delta run needs token + domains + 3 delta requests: {log:#?}");
+        assert!(!log.iter().any(|l| l.starts_with("GET /v1.0/users?")), "no full listing on a delta run: {log:#?}");
+        assert_eq!(log.iter().filter(|l| l.contains("/delta?$deltatoken=")).count(), 3, "{log:#?}");
+    }
+
+    // An expired delta token brings back a full pass, with the same result.
+    {
+        let mut s = g.state();
+        s.expire_delta_tokens();
+        s.delete("groups", "g4");
+        s.common.log.clear();
+    }
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stderr.contains("delta link rejected; falling back to a full sync"), "{}", r.stderr);
+    assert!(g.state().common.log.iter().any(|l| l.starts_with("GET /v1.0/users?")));
+    let want3: Vec<String> = want2.iter().filter(|a| *a != "sg-mail@contoso.com").cloned().collect();
+    assert_eq!(lines(&t.read("out/list")), want3);
+
+    // `why` explains a guest's external address.
+    let r = t.run(&["why", "john@fabrikam.com", "-c", "rcptsync.toml"]);
+    assert!(r.stdout.contains("not a verified Email domain"), "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn graph_full_sync_every_forces_a_full_pass() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    graph_traps(&mut g.state());
+    t.config(&format!(
+        "state_dir = \"state\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\"\nfull_sync_every = \"1s\""),
+        plain_output()
+    ));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    g.state().common.log.clear();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stderr.contains("full_sync_every elapsed"), "{}", r.stderr);
+    assert!(g.state().common.log.iter().any(|l| l.starts_with("GET /v1.0/users?")));
+}
+
+#[test]
+fn graph_certificate_credential_is_verified_and_a_foreign_key_is_refused() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = FakeGraph::start(TENANT, APP);
+    let registered = keypair(t.path(), "app");
+    let foreign = keypair(t.path(), "other");
+    g.state().cert = Some((registered.public_der.clone(), registered.x5t.clone(), registered.x5t_s256.clone()));
+    let want = graph_traps(&mut g.state());
+    let cfg = |k: &crate::cloud_fake::KeyPair| {
+        format!(
+            "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
+            graph_source(
+                &g,
+                &format!(
+                    "certificate_file = \"{}\"\nprivate_key_file = \"{}\"",
+                    k.cert_pem.display(),
+                    k.key_pem.display()
+                )
+            ),
+            plain_output()
+        )
+    };
+    t.config(&cfg(&registered));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(lines(&t.read("out/list")), want);
+    {
+        let s = g.state();
+        let (header, claims) = &s.assertions[0];
+        assert_eq!(header["alg"], "PS256");
+        assert_eq!(header["x5t#S256"], registered.x5t_s256.as_str());
+        assert_eq!(claims["aud"], format!("{}/{TENANT}/oauth2/v2.0/token", g.url()));
+        assert_eq!((claims["iss"].as_str(), claims["sub"].as_str()), (Some(APP), Some(APP)));
+    }
+    // A key whose certificate is not on the app: refused, named, list intact.
+    t.config(&cfg(&foreign));
+    let before = t.read("out/list");
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("certificate assertion was refused"), "{}", r.stderr);
+    assert!(r.stderr.contains("m365"), "the error names the source: {}", r.stderr);
+    assert_eq!(t.read("out/list"), before);
+}
+
+#[test]
+fn graph_token_errors_name_the_remedy_and_never_the_secret() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    graph_traps(&mut g.state());
+    t.config(&format!(
+        "state_dir = \"state\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\""),
+        plain_output()
+    ));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/list");
+    let wrong = "wrong-secret-value-9f8e7d";
+    t.write("graph-secret", wrong);
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(0);
+    let j = r.json();
+    assert_eq!(j["sources"][0]["status"], "last_good", "{j}");
+    let err = j["sources"][0]["error"].as_str().unwrap();
+    assert!(err.contains("client secret is wrong or expired") && err.contains("AADSTS7000215"), "{err}");
+    assert!(!r.stdout.contains(wrong) && !r.stderr.contains(wrong), "the secret leaked");
+    assert_eq!(t.read("out/list"), before, "a failed source keeps its last good slice");
+
+    // A tenant that does not exist.
+    t.config(&format!(
+        "state_dir = \"state\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\"").replace(TENANT, "nope.onmicrosoft.com"),
+        plain_output()
+    ));
+    let r = t.run(&["check", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stdout.contains("tenant nope.onmicrosoft.com was not found")
+            || r.stderr.contains("tenant nope.onmicrosoft.com was not found"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+fn graph_throttling_outages_and_token_expiry_never_shorten_the_list() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    {
+        let mut s = g.state();
+        graph_bulk(&mut s, 2500, 30, 5);
+        s.domains
+            .push(serde_json::json!({"id": "partner.example", "isVerified": true, "supportedServices": ["Email"]}));
+        s.common.faults.push(Fault::new("/v1.0/users", 1, 429, 2).retry_after("0.5"));
+        s.common.faults.push(Fault::new("/v1.0/groups", 0, 503, 1));
+        // Every token is revoked after 4 API requests: the run renews once.
+        s.common.revoke_tokens_after = Some(4);
+    }
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\"\nmax_retries = 2"),
+        plain_output()
+    ));
+    let start = Instant::now();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(start.elapsed().as_secs_f64() >= 1.0, "two Retry-After: 0.5 waits were honoured");
+    let list = t.read("out/list");
+    assert_eq!(list.lines().count(), 2500 * 2 + 30 + 5);
+    assert!(list.contains("user2499@bulk.example\n") && list.contains("u.1000@bulk.example\n"));
+    assert!(r.stderr.contains("request failed; retrying"), "{}", r.stderr);
+    assert!(r.stderr.contains("renewing it once"), "{}", r.stderr);
+    assert_eq!(g.state().common.tokens_issued, 2);
+
+    // Page 2 of users is down for good: the run fails and nothing changes.
+    std::fs::remove_dir_all(t.join("state/sources")).unwrap();
+    {
+        let mut s = g.state();
+        s.put("users", serde_json::json!({"id": "z", "mail": "late@bulk.example", "proxyAddresses": []}));
+        s.common.faults.push(Fault::new("/v1.0/users", 2, 503, 100));
+    }
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("giving up after 3 attempts"), "{}", r.stderr);
+    assert_eq!(t.read("out/list"), list, "an unreadable page never becomes a shorter list");
+}
+
+#[test]
+fn graph_follows_next_links_only_on_its_own_host() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    graph_bulk(&mut g.state(), 1200, 0, 0);
+    // A nextLink to another host would carry the bearer token to a stranger.
+    g.state().link_base = Some("http://attacker.invalid".into());
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\"\nincremental = false"),
+        plain_output()
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("Graph returned a link outside") && r.stderr.contains("refusing to follow it"),
+        "{}",
+        r.stderr
+    );
+    assert!(!t.join("out/list").exists());
+}
+
+#[test]
+fn graph_fake_refuses_oversized_pages_as_graph_does() {
+    let g = FakeGraph::start(TENANT, APP);
+    g.state().client_secret = Some(SECRET.into());
+    let (code, body) = raw_get(g.server.addr, "/v1.0/users?$top=1000", None);
+    assert_eq!(code, 401, "{body}");
+    let tok = {
+        let mut s = g.state();
+        s.common.token_lifetime = 60;
+        let (tok, _) = s.common.issue("graph-token");
+        tok
+    };
+    let (code, body) = raw_get(g.server.addr, "/v1.0/users?$top=1000", Some(&tok));
+    assert_eq!(code, 400);
+    assert!(body.contains("Invalid page size specified: '1000'. Must be between 1 and 999 inclusive."), "{body}");
+}
+
+/// A bare HTTP/1.1 GET (no client library): status and body.
+fn raw_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+// ----------------------------------------------------------------- Google --
+
+fn google_config(g: &FakeGoogle, key_file: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"state_dir = "state"
+[guard]
+on_source_failure = "abort"
+[[source]]
+name = "workspace"
+kind = "google"
+credentials_file = "{}"
+subject = "admin@example.com"
+api_url = "{}"
+{extra}
+{}"#,
+        key_file.display(),
+        g.url(),
+        plain_output()
+    )
+}
+
+#[test]
+fn google_exact_set_with_a_verified_assertion() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let key = keypair(t.path(), "sa");
+    let g = FakeGoogle::start("svc-recipients@rcptsync-test.iam.gserviceaccount.com", &key);
+    let want = google_traps(&mut g.state());
+    let kf = g.key_file(t.path(), &key);
+    t.config(&google_config(&g, &kf, ""));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(lines(&t.read("out/list")), want);
+    let s = g.state();
+    let log = &s.common.log;
+    let users = log.iter().find(|l| l.starts_with("GET /admin/directory/v1/users?")).unwrap();
+    assert!(
+        users.contains("customer=my_customer") && users.contains("maxResults=500") && users.contains("fields="),
+        "{users}"
+    );
+    let groups = log.iter().find(|l| l.starts_with("GET /admin/directory/v1/groups?")).unwrap();
+    assert!(groups.contains("maxResults=200"), "{groups}");
+    assert!(log.iter().any(|l| l.starts_with("GET /admin/directory/v1/customer/my_customer/domains")));
+    assert_eq!(s.common.tokens_issued, 1);
+    assert!(!r.stderr.contains("ya29.fake"));
+    drop(s);
+    let r = t.run(&["why", "former.employee@example.com", "-c", "rcptsync.toml"]);
+    assert!(r.stdout.contains("suspended"), "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn google_refusals_name_the_remedy_and_keep_the_list() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let key = keypair(t.path(), "sa");
+    let g = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
+    google_traps(&mut g.state());
+    let kf = g.key_file(t.path(), &key);
+    t.config(&google_config(&g, &kf, ""));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/list");
+
+    // Delegation lacks the group scope.
+    g.state().granted_scopes = vec![GOOGLE_SCOPES[0].into(), GOOGLE_SCOPES[2].into()];
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("domain-wide delegation is missing these scopes"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("admin.directory.group.readonly") && r.stderr.contains("109876543210987654321"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(t.read("out/list"), before);
+    g.state().granted_scopes = GOOGLE_SCOPES.iter().map(|s| s.to_string()).collect();
+
+    // A subject that is not an admin of the domain.
+    t.config(&google_config(&g, &kf, "").replace("admin@example.com", "nobody@example.com"));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("check that subject nobody@example.com is an existing admin"), "{}", r.stderr);
+
+    // A key the fake does not know: the signature really is checked.
+    let other = keypair(t.path(), "other");
+    let forged = std::fs::read_to_string(&kf).unwrap().replace(
+        &serde_json::to_string(&std::fs::read_to_string(&key.key_pem).unwrap()).unwrap(),
+        &serde_json::to_string(&std::fs::read_to_string(&other.key_pem).unwrap()).unwrap(),
+    );
+    assert_ne!(forged, std::fs::read_to_string(&kf).unwrap());
+    let forged_file = t.write("forged.json", &forged);
+    t.config(&google_config(&g, &forged_file, ""));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("Invalid JWT Signature"), "{}", r.stderr);
+    assert!(!r.stderr.contains("BEGIN PRIVATE KEY"));
+    assert_eq!(t.read("out/list"), before);
+}
+
+#[test]
+fn google_rate_limits_and_outages() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let key = keypair(t.path(), "sa");
+    let g = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
+    {
+        let mut s = g.state();
+        google_bulk(&mut s, 1200, 250);
+        s.common.faults.push(Fault::new("/admin/directory/v1/users", 1, 403, 1));
+        s.common.faults.push(Fault::new("/admin/directory/v1/groups", 1, 429, 1).retry_after("0.5"));
+        s.common.revoke_tokens_after = Some(3);
+    }
+    let kf = g.key_file(t.path(), &key);
+    t.config(&google_config(&g, &kf, "max_retries = 2"));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    let list = t.read("out/list");
+    assert_eq!(list.lines().count(), 1200 * 2 + 250);
+    assert!(!list.contains("test-google-a.com"));
+    assert!(r.stderr.contains("rateLimitExceeded"), "{}", r.stderr);
+    assert_eq!(g.state().common.tokens_issued, 2, "revoked token renewed once");
+
+    // Google's legacy envelope for a hard refusal is not retried, and is explained.
+    g.state().common.faults.push(
+        Fault::new("/admin/directory/v1/users", 0, 403, 1)
+            .body(r#"{"error":{"errors":[{"domain":"global","reason":"forbidden","message":"Not Authorized to access this resource/api"}],"code":403,"message":"Not Authorized to access this resource/api"}}"#),
+    );
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("forbidden: Not Authorized to access this resource/api"), "{}", r.stderr);
+    assert!(r.stderr.contains("must be an admin"), "{}", r.stderr);
+    // Persistent 503 on a middle page: fails after bounded retries.
+    g.state().common.faults.push(Fault::new("/admin/directory/v1/users", 2, 503, 100));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("giving up after 3 attempts"), "{}", r.stderr);
+    assert_eq!(t.read("out/list"), list);
+}
+
+// ------------------------------------------------------- real Postfix e2e --
+
+#[test]
+fn graph_and_google_feed_real_postfix() {
+    if !crate::postfix::enabled("graph_and_google_feed_real_postfix") {
+        return;
+    }
+    use crate::postfix::Postfix;
+    use crate::smtp::rcpt_replies;
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let graph = graph_with_secret(&t);
+    graph_traps(&mut graph.state());
+    let key = keypair(t.path(), "sa");
+    let google = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
+    google_traps(&mut google.state());
+    let kf = google.key_file(t.path(), &key);
+    std::fs::create_dir_all(t.join("maps")).unwrap();
+    let map = t.join("maps/relay_recipients");
+    t.config(&format!(
+        r#"state_dir = "state"
+{}
+[[source]]
+name = "workspace"
+kind = "google"
+credentials_file = "{}"
+subject = "admin@example.com"
+api_url = "{}"
+[[output]]
+name = "postfix"
+template = "postfix"
+path = "{}"
+postmap = "lmdb"
+"#,
+        graph_source(&graph, "client_secret_file = \"graph-secret\""),
+        kf.display(),
+        google.url(),
+        map.display()
+    ));
+    let etc = Postfix::configure(
+        &t.join("pf"),
+        "contoso.com, example.com, example-alias.com",
+        &format!("lmdb:{}", map.display()),
+    );
+    let sync = || Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
+    sync().expect(0);
+    let pf = Postfix::run(etc.clone());
+    let r = rcpt_replies(
+        pf.port,
+        &[
+            "AdeleV@contoso.com",
+            "adams@contoso.com",
+            "liz@example-alias.com",
+            "sales-team@example.com",
+            "nobody@contoso.com",
+            "former.employee@example.com",
+            "erics@contoso.com",
+        ],
+    );
+    assert!(r[..4].iter().all(|l| l.starts_with("250")), "{r:?}");
+    assert!(r[4..].iter().all(|l| l.starts_with("550 5.1.1")), "{r:?}");
+    // New people on both sides are accepted after one sync, with no manual step.
+    graph.state().put("users", serde_json::json!({"id": "n1", "userPrincipalName": "hire@contoso.com", "mail": "hire@contoso.com", "proxyAddresses": ["SMTP:hire@contoso.com"]}));
+    google.state().users.push(serde_json::json!({"primaryEmail": "newbie@example.com", "suspended": false}));
+    sync().expect(0);
+    let r = rcpt_replies(pf.port, &["hire@contoso.com", "newbie@example.com"]);
+    assert!(r.iter().all(|l| l.starts_with("250")), "{r:?}\n{}", pf.log_tail());
+}
