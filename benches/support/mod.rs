@@ -35,7 +35,7 @@ pub fn sync_command(dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rcptsync"));
     c.args(["sync", "-c", "rcptsync.toml"])
         .current_dir(dir)
-        .env("RCPTSYNC_LOG", "warn")
+        .env("RCPTSYNC_LOG", std::env::var("RCPTSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(std::process::Stdio::null());
     c
 }

@@ -107,16 +107,12 @@ impl TokenSource for GoogleCredentials {
 struct UsersPage {
     #[serde(default)]
     users: Vec<Member>,
-    #[serde(default, rename = "nextPageToken")]
-    next: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct GroupsPage {
     #[serde(default)]
     groups: Vec<Member>,
-    #[serde(default, rename = "nextPageToken")]
-    next: Option<String>,
 }
 
 /// A user or a group: the fields that hold addresses.
@@ -307,36 +303,54 @@ impl Session {
         Ok(set)
     }
 
-    /// Every page of `users` or `groups`.
+    /// Every page of `users` or `groups`. The next page is requested as soon
+    /// as its token is known, and this page is decoded while that request travels.
     async fn list(&self, collection: &str) -> Result<Vec<Member>, String> {
         let (max, fields) = match collection {
             "users" => ("500", "nextPageToken,users(primaryEmail,aliases,nonEditableAliases,suspended,archived)"),
             _ => ("200", "nextPageToken,groups(email,aliases,nonEditableAliases)"),
         };
-        let mut members = Vec::new();
-        let mut token: Option<String> = None;
-        let mut seen = HashSet::new();
-        loop {
+        let page_url = |token: Option<&str>| {
             let mut q = vec![("customer", self.customer.as_str()), ("maxResults", max), ("fields", fields)];
-            if let Some(t) = &token {
+            if let Some(t) = token {
                 q.push(("pageToken", t));
             }
-            let r = self.get(&self.url(collection, &q)?, collection).await?;
-            let (page, next) = if collection == "users" {
-                let p: UsersPage = r.json()?;
-                (p.users, p.next)
+            self.url(collection, &q)
+        };
+        /// Only the token; serde skips the list without building it.
+        #[derive(Deserialize)]
+        struct Next {
+            #[serde(default, rename = "nextPageToken")]
+            next: Option<String>,
+        }
+        let mut members = Vec::new();
+        let mut decode = |r: &Response| -> Result<(), String> {
+            if collection == "users" {
+                members.extend(r.json::<UsersPage>()?.users);
             } else {
-                let p: GroupsPage = r.json()?;
-                (p.groups, p.next)
-            };
-            members.extend(page);
-            match next.filter(|t| !t.is_empty()) {
-                Some(t) if !seen.insert(t.clone()) => {
-                    return Err(format!("{collection}: Google returned the same page token twice"));
-                }
-                Some(t) => token = Some(t),
-                None => break,
+                members.extend(r.json::<GroupsPage>()?.groups);
             }
+            Ok(())
+        };
+        let mut seen = HashSet::new();
+        let mut resp = self.get(&page_url(None)?, collection).await?;
+        loop {
+            let Some(token) = resp.json::<Next>()?.next.filter(|t| !t.is_empty()) else {
+                decode(&resp)?;
+                break;
+            };
+            if !seen.insert(token.clone()) {
+                return Err(format!("{collection}: Google returned the same page token twice"));
+            }
+            let url = page_url(Some(&token))?;
+            // The yield lets the connection task write the request before the
+            // decoding occupies this worker.
+            let (fetched, decoded) = tokio::join!(self.get(&url, collection), async {
+                tokio::task::yield_now().await;
+                decode(&resp)
+            });
+            decoded?;
+            resp = fetched?;
         }
         Ok(members)
     }

@@ -109,12 +109,22 @@ struct Domain {
     supported_services: Vec<String>,
 }
 
-/// What one object contributes: a label for `why` and its address values with
-/// the property each came from.
+/// What one object contributes: a label for `why`, the `smtp:` values of
+/// `proxyAddresses`, and `mail` when it is not among them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Record {
     label: String,
-    values: Vec<(String, String)>,
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
+    proxies: Vec<String>,
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    mail: Option<String>,
+}
+
+impl Record {
+    /// Each value with the property it came from.
+    fn values(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.proxies.iter().map(|v| (v.as_str(), "proxyAddresses")).chain(self.mail.as_deref().map(|m| (m, "mail")))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,27 +145,22 @@ fn record(kind: Kind, o: &Obj) -> Option<Record> {
     if kind == Kind::Groups && o.mail_enabled != Some(true) {
         return None;
     }
-    let mut values: Vec<(String, String)> = Vec::new();
+    let mut proxies: Vec<String> = Vec::new();
     let mut seen = HashSet::new();
-    let mut push = |v: &str, from: &str| {
-        let v = v.trim();
-        if !v.is_empty() && seen.insert(v.to_ascii_lowercase()) {
-            values.push((v.to_string(), from.to_string()));
-        }
-    };
     for p in o.proxy_addresses.iter().flatten().flatten() {
         // `SMTP:` is the primary, `smtp:` a secondary; `SIP:`, `X500:`, `SPO:`,
         // `EUM:` … are not mail addresses.
         if let Some((prefix, addr)) = p.split_once(':')
             && prefix.trim().eq_ignore_ascii_case("smtp")
         {
-            push(addr, "proxyAddresses");
+            let addr = addr.trim();
+            if !addr.is_empty() && seen.insert(addr.to_ascii_lowercase()) {
+                proxies.push(addr.to_string());
+            }
         }
     }
-    if let Some(m) = &o.mail {
-        push(m, "mail");
-    }
-    if values.is_empty() {
+    let mail = o.mail.as_deref().map(str::trim).filter(|m| !m.is_empty() && !seen.contains(&m.to_ascii_lowercase()));
+    if proxies.is_empty() && mail.is_none() {
         return None;
     }
     let name = match kind {
@@ -171,23 +176,23 @@ fn record(kind: Kind, o: &Obj) -> Option<Record> {
         Some(n) => format!("{noun} {}", n.escape_debug()),
         None => format!("{noun} id {}", o.id.escape_debug()),
     };
-    Some(Record { label, values })
+    Some(Record { label, proxies, mail: mail.map(str::to_string) })
 }
 
 /// Turns the object map into the fetch result, keeping only verified Email domains.
 fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &HashSet<String>) -> Fetched {
     let mut out = Fetched::default();
     for r in objects {
-        for (value, from) in &r.values {
+        for (value, from) in r.values() {
             let locator = Locator::Object(format!("{} {from}", r.label).into());
             let domain = value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
             match domain {
                 Some(d) if !domains.contains(&d) => out.left_out.push(Rejected {
-                    value: value.clone(),
+                    value: value.to_string(),
                     locator,
                     reason: format!("domain {d} is not a verified Email domain of the tenant"),
                 }),
-                _ => out.items.push(RawItem { value: value.clone(), kind: RawKind::Address, locator }),
+                _ => out.items.push(RawItem { value: value.to_string(), kind: RawKind::Address, locator }),
             }
         }
     }
@@ -326,7 +331,16 @@ impl GraphSource {
         let work = async {
             if let (true, None, Some(prev)) = (incremental, reason, prev) {
                 match s.apply_deltas(&prev).await {
-                    Ok((objects, links)) => return Ok(SyncState { links, objects, ..prev }),
+                    Ok((changes, links)) => {
+                        let mut prev = prev;
+                        for (key, rec) in changes {
+                            match rec {
+                                Some(r) => prev.objects.insert(key, r),
+                                None => prev.objects.remove(&key),
+                            };
+                        }
+                        return Ok(SyncState { links, ..prev });
+                    }
                     Err(DeltaError::Rejected(why)) => {
                         tracing::warn!(graph = %s.root, reason = %why, "delta link rejected; falling back to a full sync");
                     }
@@ -350,12 +364,14 @@ impl GraphSource {
         Ok(self.save_and_finalize(state, &domains))
     }
 
+    /// Saves the state (in incremental mode) while building the result.
     fn save_and_finalize(&self, state: SyncState, domains: &HashSet<String>) -> Fetched {
-        let out = finalize(state.objects.values(), domains);
-        if let (Some(f), true) = (&self.state_file, self.spec.incremental && !state.links.is_empty()) {
-            super::save_state(f, &state, "Graph");
-        }
-        out
+        std::thread::scope(|scope| {
+            if let (Some(f), true) = (&self.state_file, self.spec.incremental && !state.links.is_empty()) {
+                scope.spawn(|| super::save_state(f, &state, "Graph"));
+            }
+            finalize(state.objects.values(), domains)
+        })
     }
 }
 
@@ -366,6 +382,9 @@ struct Session {
     root: String,
     client_id: String,
 }
+
+/// Object key and its new record; None = the object no longer holds recipients.
+type Changes = Vec<(String, Option<Record>)>;
 
 enum DeltaError {
     /// The service refused a stored delta link (expired token, resync needed).
@@ -446,27 +465,47 @@ impl Session {
     }
 
     /// Follows a page chain from `url`, handing each page's objects to `each`.
-    /// Returns the delta link of the last page, if any.
-    async fn chain(&self, kind: Kind, mut url: String, mut each: impl FnMut(Obj)) -> Result<Option<String>, String> {
-        let mut last = String::new();
-        loop {
-            let r = self.get(&url).await?;
-            if !r.ok() {
-                return Err(self.api_error(&r, kind.path(), kind.permission()));
-            }
+    /// Returns the delta link of the last page, if any. The next page is
+    /// requested as soon as this page's link is known, and this page's objects
+    /// are decoded while that request travels.
+    async fn chain(&self, kind: Kind, url: String, mut each: impl FnMut(Obj)) -> Result<Option<String>, String> {
+        /// Only the links; serde skips `value` without building it.
+        #[derive(Deserialize)]
+        struct Links {
+            #[serde(default, rename = "@odata.nextLink")]
+            next: Option<String>,
+            #[serde(default, rename = "@odata.deltaLink")]
+            delta: Option<String>,
+        }
+        let mut decode = |r: &Response| -> Result<(), String> {
             let page: Page<Obj> = r.json()?;
-            for o in page.value {
-                each(o);
+            page.value.into_iter().for_each(&mut each);
+            Ok(())
+        };
+        let mut url = url;
+        let mut previous = String::new();
+        let mut resp = self.get(&url).await?;
+        loop {
+            if !resp.ok() {
+                return Err(self.api_error(&resp, kind.path(), kind.permission()));
             }
-            match (page.next, page.delta) {
-                (Some(next), _) => {
-                    if next == url || next == last {
-                        return Err(format!("{}: Graph returned the same page link twice", kind.path()));
-                    }
-                    last = std::mem::replace(&mut url, next);
-                }
-                (None, delta) => return Ok(delta),
+            let links: Links = resp.json()?;
+            let Some(next) = links.next else {
+                decode(&resp)?;
+                return Ok(links.delta);
+            };
+            if next == url || next == previous {
+                return Err(format!("{}: Graph returned the same page link twice", kind.path()));
             }
+            // The yield lets the connection task write the request before the
+            // decoding occupies this worker.
+            let (fetched, decoded) = tokio::join!(self.get(&next), async {
+                tokio::task::yield_now().await;
+                decode(&resp)
+            });
+            decoded?;
+            resp = fetched?;
+            previous = std::mem::replace(&mut url, next);
         }
     }
 
@@ -485,12 +524,13 @@ impl Session {
             };
             let filter = if kind == Kind::Groups { "&$filter=mailEnabled%20eq%20true" } else { "" };
             let url = format!("{}/v1.0/{}?$select={}{filter}&$top=999", self.root, kind.path(), kind.select());
-            let mut objects = Vec::new();
+            // Built while the next page travels, not after the last one.
+            let mut objects = BTreeMap::new();
             let mut count = 0usize;
             self.chain(kind, url, |o| {
                 count += 1;
                 if let Some(r) = record(kind, &o) {
-                    objects.push((kind.key(&o.id), r));
+                    objects.insert(kind.key(&o.id), r);
                 }
             })
             .await?;
@@ -500,8 +540,8 @@ impl Session {
         let (u, g, c) = tokio::try_join!(one(Kind::Users), one(Kind::Groups), one(Kind::Contacts))?;
         let mut objects = BTreeMap::new();
         let mut out_links = BTreeMap::new();
-        for (kind, (objs, link)) in KINDS.into_iter().zip([u, g, c]) {
-            objects.extend(objs);
+        for (kind, (mut objs, link)) in KINDS.into_iter().zip([u, g, c]) {
+            objects.append(&mut objs);
             if let Some(l) = link {
                 out_links.insert(kind.path().to_string(), l);
             }
@@ -510,11 +550,8 @@ impl Session {
         Ok((objects, out_links))
     }
 
-    /// Replays the changes since the stored delta links onto the stored objects.
-    async fn apply_deltas(
-        &self,
-        prev: &SyncState,
-    ) -> Result<(BTreeMap<String, Record>, BTreeMap<String, String>), DeltaError> {
+    /// The changes since the stored delta links, in order, and the new links.
+    async fn apply_deltas(&self, prev: &SyncState) -> Result<(Changes, BTreeMap<String, String>), DeltaError> {
         let one = |kind: Kind| async move {
             let url = prev.links.get(kind.path()).cloned().unwrap_or_default();
             // A refused first request means the stored token is no longer valid.
@@ -544,21 +581,14 @@ impl Session {
             Ok((changes, link))
         };
         let (u, g, c) = tokio::try_join!(one(Kind::Users), one(Kind::Groups), one(Kind::Contacts))?;
-        let mut objects = prev.objects.clone();
+        let mut all = Vec::new();
         let mut links = BTreeMap::new();
-        let mut n = 0;
         for (kind, (changes, link)) in KINDS.into_iter().zip([u, g, c]) {
-            n += changes.len();
-            for (key, rec) in changes {
-                match rec {
-                    Some(r) => objects.insert(key, r),
-                    None => objects.remove(&key),
-                };
-            }
+            all.extend(changes);
             links.insert(kind.path().to_string(), link);
         }
-        tracing::info!(graph = %self.root, changes = n, objects = objects.len(), requests = self.http.requests(), "incremental sync");
-        Ok((objects, links))
+        tracing::info!(graph = %self.root, changes = all.len(), requests = self.http.requests(), "incremental sync");
+        Ok((all, links))
     }
 }
 
@@ -606,7 +636,7 @@ mod tests {
             "otherMails": ["adele.personal@gmail.com"]
         }));
         let r = record(Kind::Users, &o).unwrap();
-        let values: Vec<&str> = r.values.iter().map(|(v, _)| v.as_str()).collect();
+        let values: Vec<&str> = r.values().map(|(v, _)| v).collect();
         assert_eq!(values, ["AdeleV@contoso.com", "adele.vance@contoso.com", "spaced@contoso.com"]);
         assert_eq!(r.label, "user AdeleV@contoso.com");
     }
@@ -618,7 +648,7 @@ mod tests {
         );
         assert!(record(Kind::Groups, &g).is_none());
         let g = obj(serde_json::json!({"id": "g", "displayName": "DL", "mail": "dl@contoso.com", "mailEnabled": true}));
-        assert_eq!(record(Kind::Groups, &g).unwrap().values.len(), 1);
+        assert_eq!(record(Kind::Groups, &g).unwrap().values().count(), 1);
         let u = obj(
             serde_json::json!({"id": "u", "userPrincipalName": "admin@x.onmicrosoft.com", "mail": null, "proxyAddresses": []}),
         );
@@ -629,15 +659,17 @@ mod tests {
     fn unverified_domains_are_left_out_with_the_reason() {
         let recs = [Record {
             label: "user john_fabrikam.com#EXT#@contoso.onmicrosoft.com".into(),
-            values: vec![
-                ("john@fabrikam.com".into(), "mail".into()),
-                ("John@Contoso.com".into(), "proxyAddresses".into()),
-            ],
+            proxies: vec!["John@Contoso.com".into()],
+            mail: Some("john@fabrikam.com".into()),
         }];
         let domains: HashSet<String> = ["contoso.com".to_string()].into();
         let f = finalize(recs.iter(), &domains);
         assert_eq!(f.items.len(), 1);
         assert_eq!(f.items[0].value, "John@Contoso.com");
+        assert_eq!(
+            f.items[0].locator.to_string(),
+            "user john_fabrikam.com#EXT#@contoso.onmicrosoft.com proxyAddresses"
+        );
         assert_eq!(f.left_out.len(), 1);
         assert!(f.left_out[0].reason.contains("fabrikam.com is not a verified Email domain"));
     }

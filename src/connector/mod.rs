@@ -109,8 +109,10 @@ impl Source {
     }
 }
 
-/// Writes a connector's incremental-sync state atomically. A failure only costs
-/// a full pass next time, so it is logged, not fatal.
+/// Writes a connector's incremental-sync state by rename. A failure only costs
+/// a full pass next time, so it is logged, not fatal. The state is a cache, so
+/// it is not fsynced: after a crash a torn file fails to parse, which also
+/// means a full pass, never a wrong list.
 pub(crate) fn save_state<T: serde::Serialize>(path: &std::path::Path, state: &T, what: &str) {
     let Some(dir) = path.parent() else { return };
     if let Err(e) = std::fs::create_dir_all(dir) {
@@ -119,16 +121,22 @@ pub(crate) fn save_state<T: serde::Serialize>(path: &std::path::Path, state: &T,
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let started = std::time::Instant::now();
     let written = serde_json::to_vec(state).map_err(std::io::Error::other).and_then(|b| {
         use std::io::Write as _;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&b)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        Ok(b.len())
     });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        // Without the state the next run is simply a full pass.
-        tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
+    match written {
+        Ok(bytes) => {
+            tracing::debug!(file = %path.display(), bytes, took_ms = started.elapsed().as_millis() as u64, "{what} sync state saved")
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            // Without the state the next run is simply a full pass.
+            tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
+        }
     }
 }

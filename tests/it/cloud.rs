@@ -328,6 +328,113 @@ fn raw_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16,
     (code, body)
 }
 
+#[test]
+fn graph_over_https_trusts_only_what_ca_file_names() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let (ca, cert, key) = crate::slapd::test_ca(&t.join("ca"));
+    let g = FakeGraph::start_on(TENANT, APP, Some((cert, key)));
+    g.state().client_secret = Some(SECRET.into());
+    t.write("graph-secret", SECRET);
+    let want = graph_traps(&mut g.state());
+    assert!(g.url().starts_with("https://"));
+    let cfg = |extra: &str| {
+        format!(
+            "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
+            graph_source(&g, &format!("client_secret_file = \"graph-secret\"\nmax_retries = 0\n{extra}")),
+            plain_output()
+        )
+    };
+    // The system trust store does not know the test CA: refused, with the fix.
+    t.config(&cfg(""));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("set ca_file to the CA that issued it"), "{}", r.stderr);
+    assert!(!t.join("out/list").exists());
+    t.config(&cfg(&format!("ca_file = \"{}\"", ca.display())));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(lines(&t.read("out/list")), want);
+    assert!(!r.stderr.contains("plain http://"), "no plaintext warning over https: {}", r.stderr);
+}
+
+#[test]
+fn graph_goes_through_the_proxy_from_the_environment() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    let want = graph_traps(&mut g.state());
+    // Names that do not resolve: only the proxy can reach them.
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\"")
+            .replace(g.url(), "http://graph.rcptsync-test.invalid"),
+        plain_output()
+    ));
+    let r = Run::from(
+        t.cmd(&["sync", "-c", "rcptsync.toml"])
+            .env("HTTP_PROXY", g.url())
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap(),
+    );
+    r.expect(0);
+    assert_eq!(lines(&t.read("out/list")), want);
+    assert!(
+        g.state().common.log.iter().any(|l| l.starts_with("GET http://graph.rcptsync-test.invalid/v1.0/users?")),
+        "{:#?}",
+        g.state().common.log
+    );
+}
+
+#[test]
+fn trace_logging_never_shows_secrets_or_tokens() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    graph_traps(&mut g.state());
+    let key = keypair(t.path(), "sa");
+    let google = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
+    google_traps(&mut google.state());
+    let kf = google.key_file(t.path(), &key);
+    let body = format!(
+        "state_dir = \"state\"\n{}\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\nsubject = \"admin@example.com\"\napi_url = \"{}\"\n{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\""),
+        kf.display(),
+        google.url(),
+        plain_output()
+    );
+    t.config(&body);
+    let r = Run::from(
+        t.cmd(&["sync", "-c", "rcptsync.toml", "--format", "json"]).env("RCPTSYNC_LOG", "trace").output().unwrap(),
+    );
+    r.expect(0);
+    // And once more with a refused secret, so that error paths are traced too.
+    t.write("graph-secret", "another-wrong-secret-77");
+    let r2 = Run::from(
+        t.cmd(&["sync", "-c", "rcptsync.toml", "--format", "json"]).env("RCPTSYNC_LOG", "trace").output().unwrap(),
+    );
+    let key_pem = std::fs::read_to_string(&key.key_pem).unwrap();
+    let key_line = key_pem.lines().nth(1).unwrap();
+    let tokens: Vec<String> =
+        google.state().common.tokens.keys().chain(g.state().common.tokens.keys()).cloned().collect();
+    assert!(!tokens.is_empty());
+    let state_files: String = std::fs::read_dir(t.join("state/sources"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    for text in [&r.stdout, &r.stderr, &r2.stdout, &r2.stderr, &state_files] {
+        for secret in [SECRET, "another-wrong-secret-77", key_line] {
+            assert!(!text.contains(secret), "secret {secret:?} leaked");
+        }
+        for tok in &tokens {
+            assert!(!text.contains(tok.as_str()), "token leaked");
+        }
+    }
+    assert!(r.stderr.contains("TRACE") || r.stderr.contains("DEBUG"), "trace logging was on");
+}
+
 // ----------------------------------------------------------------- Google --
 
 fn google_config(g: &FakeGoogle, key_file: &std::path::Path, extra: &str) -> String {

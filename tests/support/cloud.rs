@@ -43,7 +43,56 @@ impl Drop for Server {
     }
 }
 
+/// TLS server material: certificate chain and key (PEM files).
+pub type Tls = (PathBuf, PathBuf);
+
+/// A TCP listener that completes a TLS handshake before handing out a stream.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            // A client that refuses our certificate is simply dropped.
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn tls_acceptor((cert, key): &Tls) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).unwrap().map(|c| c.unwrap()).collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
 fn serve(router: Router) -> Server {
+    serve_on(router, None)
+}
+
+fn serve_on(router: Router, tls: Option<Tls>) -> Server {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -51,16 +100,23 @@ fn serve(router: Router) -> Server {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
+            let stopped = async move {
+                let _ = stopped.await;
+            };
+            match tls {
+                Some(tls) => {
+                    let acceptor = tls_acceptor(&tls);
+                    axum::serve(TlsListener { tcp: listener, acceptor }, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                        .unwrap()
+                }
+                None => axum::serve(listener, router).with_graceful_shutdown(stopped).await.unwrap(),
+            }
         });
     });
     let addr = rx.recv().unwrap();
-    Server { url: format!("http://{addr}"), addr, stop: Some(stop), thread: Some(thread) }
+    Server { url: format!("{scheme}://{addr}"), addr, stop: Some(stop), thread: Some(thread) }
 }
 
 /// A fault injected on one page of one endpoint.
@@ -205,6 +261,8 @@ pub struct Common {
     pub tokens_issued: usize,
     /// After this many more API requests every issued token is revoked.
     pub revoke_tokens_after: Option<usize>,
+    /// Time spent building answers (after the added latency).
+    pub busy: Duration,
 }
 
 impl Common {
@@ -253,7 +311,7 @@ fn crate_random() -> [u8; 12] {
 /// their last change; `None` = deleted.
 #[derive(Default)]
 pub struct Collection {
-    pub objects: BTreeMap<String, (u64, Option<Value>)>,
+    pub objects: BTreeMap<String, (u64, Option<Arc<Value>>)>,
 }
 
 pub struct GraphState {
@@ -273,6 +331,7 @@ pub struct GraphState {
     pub assertions: Vec<(Value, Value)>,
     /// Base of the links the fake returns (default: from the Host header).
     pub link_base: Option<String>,
+    pub scheme: &'static str,
 }
 
 impl GraphState {
@@ -285,7 +344,7 @@ impl GraphState {
         self.seq += 1;
         let seq = self.seq;
         let id = obj["id"].as_str().unwrap().to_string();
-        self.coll(collection).objects.insert(id, (seq, Some(obj)));
+        self.coll(collection).objects.insert(id, (seq, Some(Arc::new(obj))));
     }
 
     pub fn delete(&mut self, collection: &str, id: &str) {
@@ -308,6 +367,11 @@ pub struct FakeGraph {
 
 impl FakeGraph {
     pub fn start(tenant: &str, client_id: &str) -> FakeGraph {
+        FakeGraph::start_on(tenant, client_id, None)
+    }
+
+    /// Serves HTTPS with the given certificate and key.
+    pub fn start_on(tenant: &str, client_id: &str, tls: Option<Tls>) -> FakeGraph {
         let state = Arc::new(Mutex::new(GraphState {
             common: Common::default(),
             tenant: tenant.into(),
@@ -321,9 +385,10 @@ impl FakeGraph {
             delta_page: 200,
             assertions: Vec::new(),
             link_base: None,
+            scheme: if tls.is_some() { "https" } else { "http" },
         }));
         let router = Router::new().fallback(graph_handle).with_state(state.clone());
-        FakeGraph { server: serve(router), state }
+        FakeGraph { server: serve_on(router, tls), state }
     }
 
     pub fn state(&self) -> MutexGuard<'_, GraphState> {
@@ -411,6 +476,66 @@ fn project(obj: &Value, select: Option<&str>, collection: &str) -> Value {
     Value::Object(out)
 }
 
+/// Writes `project(obj)` as JSON text straight into `out` (the list pages'
+/// hot path: no intermediate values).
+fn write_projected(out: &mut Vec<u8>, obj: &Value, select: Option<&str>, collection: &str) {
+    let props: Vec<&str> = match select {
+        Some(s) => s.split(',').map(str::trim).collect(),
+        None => default_props(collection).to_vec(),
+    };
+    out.extend_from_slice(b"{\"id\":");
+    serde_json::to_writer(&mut *out, &obj["id"]).unwrap();
+    for p in props.into_iter().filter(|p| *p != "id") {
+        out.push(b',');
+        serde_json::to_writer(&mut *out, p).unwrap();
+        out.push(b':');
+        match obj.get(p) {
+            Some(v) => serde_json::to_writer(&mut *out, v).unwrap(),
+            None if matches!(p, "proxyAddresses" | "otherMails" | "businessPhones" | "groupTypes") => {
+                out.extend_from_slice(b"[]")
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+}
+
+/// A list page whose objects are serialised after the state lock is released.
+struct PageReply {
+    head: serde_json::Map<String, Value>,
+    objects: Vec<Arc<Value>>,
+    select: Option<String>,
+    collection: String,
+}
+
+impl PageReply {
+    fn into_response(self) -> Response {
+        let mut out = Vec::with_capacity(64 + self.objects.len() * 256);
+        let head = serde_json::to_vec(&self.head).unwrap();
+        out.extend_from_slice(&head[..head.len() - 1]);
+        out.extend_from_slice(if self.head.is_empty() { b"\"value\":[" } else { b",\"value\":[" });
+        for (i, o) in self.objects.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_projected(&mut out, o, self.select.as_deref(), &self.collection);
+        }
+        out.extend_from_slice(b"]}");
+        (StatusCode::OK, [("content-type", "application/json")], out).into_response()
+    }
+}
+
+enum Reply {
+    Done(Response),
+    Page(PageReply),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Reply {
+        Reply::Done(r)
+    }
+}
+
 async fn graph_handle(
     State(st): State<Arc<Mutex<GraphState>>>,
     method: Method,
@@ -420,28 +545,40 @@ async fn graph_handle(
 ) -> Response {
     let latency = {
         let mut s = st.lock().unwrap();
-        s.common.log.push(format!("{method} {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
+        // Origin-form as sent; absolute-form when it came through a proxy.
+        s.common.log.push(format!("{method} {uri}"));
         s.common.latency
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let mut s = st.lock().unwrap();
+    let started = Instant::now();
+    let reply = graph_route(&mut st.lock().unwrap(), method, uri, headers, body);
+    let r = match reply {
+        Reply::Done(r) => r,
+        Reply::Page(p) => p.into_response(),
+    };
+    st.lock().unwrap().common.busy += started.elapsed();
+    r
+}
+
+fn graph_route(s: &mut GraphState, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Reply {
     let path = uri.path().to_string();
     if method == Method::POST && path.ends_with("/oauth2/v2.0/token") {
-        return graph_token(&mut s, &path, &headers, &body);
+        return graph_token(s, &path, &headers, &body).into();
     }
     if !s.common.token_ok(&headers) {
-        return graph_error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", None);
+        return graph_error(401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", None)
+            .into();
     }
     let q = query_pairs(&uri);
-    let base = s.link_base.clone().unwrap_or_else(|| format!("http://{}", host(&headers)));
+    let base = s.link_base.clone().unwrap_or_else(|| format!("{}://{}", s.scheme, host(&headers)));
     let Some(rest) = path.strip_prefix("/v1.0/") else {
-        return graph_error(404, "Request_ResourceNotFound", "Resource not found", None);
+        return graph_error(404, "Request_ResourceNotFound", "Resource not found", None).into();
     };
     if rest == "domains" {
         if let Some(f) = s.common.fault(&path, 0) {
-            return fault_response(&f, true);
+            return fault_response(&f, true).into();
         }
         let select = param(&q, "$select");
         let v: Vec<Value> = s
@@ -462,19 +599,21 @@ async fn graph_handle(
             200,
             json!({"@odata.context": format!("{base}/v1.0/$metadata#domains"), "value": v}),
             None,
-        );
+        )
+        .into();
     }
     let (collection, delta) = match rest.strip_suffix("/delta") {
         Some(c) => (c.to_string(), true),
         None => (rest.to_string(), false),
     };
     if !["users", "groups", "contacts"].contains(&collection.as_str()) {
-        return graph_error(400, "BadRequest", &format!("Resource not found for the segment '{collection}'."), None);
+        return graph_error(400, "BadRequest", &format!("Resource not found for the segment '{collection}'."), None)
+            .into();
     }
     if delta {
-        graph_delta(&mut s, &collection, &q, &base, &path)
+        graph_delta(s, &collection, &q, &base, &path).into()
     } else {
-        graph_list(&mut s, &collection, &q, &base, &path)
+        graph_list(s, &collection, &q, &base, &path)
     }
 }
 
@@ -503,7 +642,7 @@ fn fault_response(f: &Fault, graph: bool) -> Response {
     }
 }
 
-fn graph_list(s: &mut GraphState, collection: &str, q: &[(String, String)], base: &str, path: &str) -> Response {
+fn graph_list(s: &mut GraphState, collection: &str, q: &[(String, String)], base: &str, path: &str) -> Reply {
     let top: usize = match param(q, "$top").map(|t| t.parse::<i64>()) {
         None => 100,
         Some(Ok(t)) if (1..=999).contains(&t) => t as usize,
@@ -514,45 +653,57 @@ fn graph_list(s: &mut GraphState, collection: &str, q: &[(String, String)], base
                 "Request_BadRequest",
                 &format!("Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."),
                 None,
-            );
+            )
+            .into();
         }
     };
     let filter = param(q, "$filter");
     if let Some(f) = filter
         && !(collection == "groups" && f == "mailEnabled eq true")
     {
-        return graph_error(400, "Request_UnsupportedQuery", "Unsupported query.", None);
+        return graph_error(400, "Request_UnsupportedQuery", "Unsupported query.", None).into();
     }
-    let offset = match param(q, "$skiptoken") {
-        None => 0,
-        Some(t) => match decode_token(t).and_then(|v| v["o"].as_u64()) {
-            Some(o) => o as usize,
-            None => return graph_error(400, "Request_BadRequest", "Skip token is null or invalid.", None),
+    // Opaque to the client: the last id served and the page number.
+    let (after, page_no) = match param(q, "$skiptoken") {
+        None => (None, 0),
+        Some(t) => match decode_token(t) {
+            Some(v) if v["a"].is_string() => {
+                (v["a"].as_str().map(str::to_string), v["p"].as_u64().unwrap_or(0) as usize)
+            }
+            _ => return graph_error(400, "Request_BadRequest", "Skip token is null or invalid.", None).into(),
         },
     };
-    if let Some(f) = s.common.fault(path, offset / top) {
-        return fault_response(&f, true);
+    if let Some(f) = s.common.fault(path, page_no) {
+        return fault_response(&f, true).into();
     }
     let select = param(q, "$select");
-    let live: Vec<&Value> = s
+    let from = match &after {
+        Some(a) => std::ops::Bound::Excluded(a.clone()),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut live = s
         .coll(collection)
         .objects
-        .values()
-        .filter_map(|(_, o)| o.as_ref())
-        .filter(|o| filter.is_none() || o["mailEnabled"] == json!(true))
-        .collect();
-    let page: Vec<Value> = live.iter().skip(offset).take(top).map(|o| project(o, select, collection)).collect();
-    let mut body = json!({"@odata.context": format!("{base}/v1.0/$metadata#{collection}"), "value": page});
-    if offset + top < live.len() {
+        .range((from, std::ops::Bound::Unbounded))
+        .filter_map(|(id, (_, o))| o.as_ref().map(|o| (id, o)))
+        .filter(|(_, o)| filter.is_none() || o.get("mailEnabled").and_then(Value::as_bool) == Some(true));
+    let page: Vec<(String, Arc<Value>)> = live.by_ref().take(top).map(|(id, o)| (id.clone(), o.clone())).collect();
+    let more = live.next().is_some();
+    let last = page.last().map(|(id, _)| id.clone());
+    let mut head = serde_json::Map::new();
+    head.insert("@odata.context".into(), json!(format!("{base}/v1.0/$metadata#{collection}")));
+    if let (true, Some(last)) = (more, last) {
         let keep: Vec<(String, String)> = q.iter().filter(|(k, _)| k != "$skiptoken").cloned().collect();
         let mut qs = serde_urlencoded::to_string(&keep).unwrap();
-        qs.push_str(&format!(
-            "&$skiptoken={}",
-            encode_token(&json!({"o": offset + top, "r": B64.encode(crate_random())}))
-        ));
-        body["@odata.nextLink"] = json!(format!("{base}/v1.0/{collection}?{qs}"));
+        qs.push_str(&format!("&$skiptoken={}", encode_token(&json!({"a": last, "p": page_no + 1}))));
+        head.insert("@odata.nextLink".into(), json!(format!("{base}/v1.0/{collection}?{qs}")));
     }
-    json_response(200, body, None)
+    Reply::Page(PageReply {
+        head,
+        objects: page.into_iter().map(|(_, o)| o).collect(),
+        select: select.map(str::to_string),
+        collection: collection.to_string(),
+    })
 }
 
 fn graph_delta(s: &mut GraphState, collection: &str, q: &[(String, String)], base: &str, path: &str) -> Response {
@@ -682,7 +833,7 @@ fn graph_token(s: &mut GraphState, path: &str, headers: &HeaderMap, body: &[u8])
                 "Client assertion contains an invalid signature. [Reason - The key was not found.]",
             );
         }
-        let aud = format!("http://{}/{}/oauth2/v2.0/token", host(headers), s.tenant);
+        let aud = format!("{}://{}/{}/oauth2/v2.0/token", s.scheme, host(headers), s.tenant);
         let t = now();
         let (nbf, exp) = (claims["nbf"].as_u64().unwrap_or(0), claims["exp"].as_u64().unwrap_or(0));
         if claims["aud"].as_str() != Some(aud.as_str())
@@ -901,7 +1052,8 @@ async fn google_handle(
 ) -> Response {
     let latency = {
         let mut s = st.lock().unwrap();
-        s.common.log.push(format!("{method} {}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("")));
+        // Origin-form as sent; absolute-form when it came through a proxy.
+        s.common.log.push(format!("{method} {uri}"));
         s.common.latency
     };
     if !latency.is_zero() {
