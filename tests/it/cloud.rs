@@ -58,6 +58,9 @@ fn graph_exact_set_then_deltas_then_expired_delta_falls_back_to_full() {
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert_eq!(lines(&t.read("out/list")), want);
+    // Hostile directory values are refused once each, with the object named.
+    assert!(r.stderr.contains("user AdeleV@contoso.com proxyAddresses"), "{}", r.stderr);
+    assert!(!t.read("out/list").contains("evil") && !t.read("out/list").contains("49"));
     {
         let s = g.state();
         let log = &s.common.log;
@@ -120,6 +123,14 @@ fn graph_exact_set_then_deltas_then_expired_delta_falls_back_to_full() {
     assert!(g.state().common.log.iter().any(|l| l.starts_with("GET /v1.0/users?")));
     let want3: Vec<String> = want2.iter().filter(|a| *a != "sg-mail@contoso.com").cloned().collect();
     assert_eq!(lines(&t.read("out/list")), want3);
+
+    let r = t.run(&["check", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(
+        r.stdout.contains("verified Email domains: contoso.com, contoso.onmicrosoft.com, sales.contoso.com"),
+        "{}",
+        r.stdout
+    );
 
     // `why` explains a guest's external address.
     let r = t.run(&["why", "john@fabrikam.com", "-c", "rcptsync.toml"]);
@@ -313,6 +324,59 @@ fn graph_fake_refuses_oversized_pages_as_graph_does() {
     let (code, body) = raw_get(g.server.addr, "/v1.0/users?$top=1000", Some(&tok));
     assert_eq!(code, 400);
     assert!(body.contains("Invalid page size specified: '1000'. Must be between 1 and 999 inclusive."), "{body}");
+    // Without $select, proxyAddresses is not returned (the default property set).
+    graph_traps(&mut g.state());
+    let (code, body) = raw_get(g.server.addr, "/v1.0/users", Some(&tok));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"mail\"") && !body.contains("proxyAddresses"), "{body}");
+    let (_, body) = raw_get(g.server.addr, "/v1.0/users?$select=id,proxyAddresses", Some(&tok));
+    assert!(body.contains("proxyAddresses") && !body.contains("\"mail\""), "{body}");
+}
+
+#[test]
+fn tokens_are_renewed_before_they_expire() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    {
+        let mut s = g.state();
+        graph_bulk(&mut s, 24_000, 0, 0);
+        // Tokens live 2 s (renewed 0.2 s early); 25 pages at 100 ms take longer.
+        s.common.token_lifetime = 2;
+        s.common.latency = std::time::Duration::from_millis(100);
+    }
+    t.config(&format!(
+        "state_dir = \"state\"\n{}{}",
+        graph_source(&g, "client_secret_file = \"graph-secret\"\nincremental = false"),
+        plain_output()
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(t.read("out/list").lines().count(), 48_000);
+    assert!(g.state().common.tokens_issued >= 2, "a new token was fetched during the run");
+    assert!(!r.stderr.contains("access token refused"), "renewed before expiry, never after a 401: {}", r.stderr);
+}
+
+#[test]
+fn a_server_that_never_answers_times_out_and_fails_the_source() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    // Accepts TCP connections (the kernel does) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    t.write("graph-secret", SECRET);
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"m365\"\nkind = \"graph\"\n\
+         tenant = \"{TENANT}\"\nclient_id = \"{APP}\"\nclient_secret_file = \"graph-secret\"\nauthority_url = \"{url}\"\n\
+         graph_url = \"{url}\"\ntimeout = \"1s\"\nmax_retries = 1\n{}",
+        plain_output()
+    ));
+    let start = Instant::now();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("timed out") && r.stderr.contains("giving up after 2 attempts"), "{}", r.stderr);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    drop(silent);
 }
 
 /// A bare HTTP/1.1 GET (no client library): status and body.
@@ -481,6 +545,9 @@ fn google_exact_set_with_a_verified_assertion() {
     assert_eq!(s.common.tokens_issued, 1);
     assert!(!r.stderr.contains("ya29.fake"));
     drop(s);
+    let r = t.run(&["check", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stdout.contains("verified domains: example-alias.com, example.com, example.org"), "{}", r.stdout);
     let r = t.run(&["why", "former.employee@example.com", "-c", "rcptsync.toml"]);
     assert!(r.stdout.contains("suspended"), "{}{}", r.stdout, r.stderr);
 }

@@ -881,7 +881,9 @@ pub fn graph_traps(s: &mut GraphState) -> Vec<&'static str> {
     ];
     s.put("users", json!({"id": "u1", "displayName": "Adele Vance", "userPrincipalName": "AdeleV@contoso.com", "mail": "AdeleV@contoso.com",
         "proxyAddresses": ["SMTP:AdeleV@contoso.com", "smtp:adele.vance@contoso.com", "smtp:AdeleV@contoso.onmicrosoft.com", "SIP:AdeleV@contoso.com",
-            "X500:/o=ExchangeLabs/ou=Exchange Administrative Group (FYDIBOHF23SPDLT)/cn=Recipients/cn=a1b2c3-AdeleV", "SPO:SPO_1@SPO_2", "smtp:adele@pending.contoso.com"],
+            "X500:/o=ExchangeLabs/ou=Exchange Administrative Group (FYDIBOHF23SPDLT)/cn=Recipients/cn=a1b2c3-AdeleV", "SPO:SPO_1@SPO_2", "smtp:adele@pending.contoso.com",
+            // Hostile values: a map-line injection and a template expression.
+            "smtp:inject@contoso.com OK\nevil@contoso.com", "smtp:{{ 7*7 }}@contoso.com"],
         "otherMails": ["adele.personal@gmail.com"], "accountEnabled": true, "userType": "Member"}));
     s.put("users", json!({"id": "u2", "displayName": "Conf Room Adams", "userPrincipalName": "Adams@contoso.com", "mail": "Adams@contoso.com",
         "proxyAddresses": ["SMTP:Adams@contoso.com", "smtp:Adams@contoso.onmicrosoft.com"], "otherMails": [], "accountEnabled": false, "userType": "Member"}));
