@@ -12,6 +12,8 @@ use crate::util::{Run, TestDir};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
 const APP: &str = "535fb089-9ff3-47b6-9bfb-4f1264799865";
+/// A `[guard]` table that makes a failed source fail the run (exit 1).
+const ABORT: &str = "[guard]\non_source_failure = \"abort\"\n";
 const SECRET: &str = "Zq8~graph-client-secret-value-do-not-log";
 
 fn lines(text: &str) -> Vec<String> {
@@ -37,6 +39,21 @@ fn plain_output() -> &'static str {
     "[[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
 }
 
+/// A scratch dir with `out/`, and a Graph fake that accepts [`SECRET`] (also
+/// written to `graph-secret`).
+fn graph_case() -> (TestDir, FakeGraph) {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let g = graph_with_secret(&t);
+    (t, g)
+}
+
+/// Writes rcptsync.toml: `head` (e.g. a `[guard]` table), the Graph source with
+/// `extra` keys, and the plain output `out/list`.
+fn graph_config(t: &TestDir, g: &FakeGraph, head: &str, extra: &str) {
+    t.config(&format!("state_dir = \"state\"\n{head}{}{}", graph_source(g, extra), plain_output()));
+}
+
 fn graph_with_secret(t: &TestDir) -> FakeGraph {
     let g = FakeGraph::start(TENANT, APP);
     g.state().client_secret = Some(SECRET.into());
@@ -46,15 +63,9 @@ fn graph_with_secret(t: &TestDir) -> FakeGraph {
 
 #[test]
 fn graph_exact_set_then_deltas_then_expired_delta_falls_back_to_full() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     let want = graph_traps(&mut g.state());
-    t.config(&format!(
-        "state_dir = \"state\"\n[guard]\nmax_removed_percent = 50\n{}{}",
-        graph_source(&g, "client_secret_file = \"graph-secret\""),
-        plain_output()
-    ));
+    graph_config(&t, &g, "[guard]\nmax_removed_percent = 50\n", "client_secret_file = \"graph-secret\"");
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert_eq!(lines(&t.read("out/list")), want);
@@ -139,15 +150,9 @@ fn graph_exact_set_then_deltas_then_expired_delta_falls_back_to_full() {
 
 #[test]
 fn graph_full_sync_every_forces_a_full_pass() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     graph_traps(&mut g.state());
-    t.config(&format!(
-        "state_dir = \"state\"\n{}{}",
-        graph_source(&g, "client_secret_file = \"graph-secret\"\nfull_sync_every = \"1s\""),
-        plain_output()
-    ));
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"\nfull_sync_every = \"1s\"");
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     g.state().common.log.clear();
@@ -203,15 +208,9 @@ fn graph_certificate_credential_is_verified_and_a_foreign_key_is_refused() {
 
 #[test]
 fn graph_token_errors_name_the_remedy_and_never_the_secret() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     graph_traps(&mut g.state());
-    t.config(&format!(
-        "state_dir = \"state\"\n{}{}",
-        graph_source(&g, "client_secret_file = \"graph-secret\""),
-        plain_output()
-    ));
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"");
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let before = t.read("out/list");
     let wrong = "wrong-secret-value-9f8e7d";
@@ -244,9 +243,7 @@ fn graph_token_errors_name_the_remedy_and_never_the_secret() {
 
 #[test]
 fn graph_throttling_outages_and_token_expiry_never_shorten_the_list() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     {
         let mut s = g.state();
         graph_bulk(&mut s, 2500, 30, 5);
@@ -257,11 +254,7 @@ fn graph_throttling_outages_and_token_expiry_never_shorten_the_list() {
         // Every token is revoked after 4 API requests: the run renews once.
         s.common.revoke_tokens_after = Some(4);
     }
-    t.config(&format!(
-        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
-        graph_source(&g, "client_secret_file = \"graph-secret\"\nmax_retries = 2"),
-        plain_output()
-    ));
+    graph_config(&t, &g, ABORT, "client_secret_file = \"graph-secret\"\nmax_retries = 2");
     let start = Instant::now();
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(0);
@@ -288,17 +281,11 @@ fn graph_throttling_outages_and_token_expiry_never_shorten_the_list() {
 
 #[test]
 fn graph_follows_next_links_only_on_its_own_host() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     graph_bulk(&mut g.state(), 1200, 0, 0);
     // A nextLink to another host would carry the bearer token to a stranger.
     g.state().link_base = Some("http://attacker.invalid".into());
-    t.config(&format!(
-        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
-        graph_source(&g, "client_secret_file = \"graph-secret\"\nincremental = false"),
-        plain_output()
-    ));
+    graph_config(&t, &g, ABORT, "client_secret_file = \"graph-secret\"\nincremental = false");
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(1);
     assert!(
@@ -335,9 +322,7 @@ fn graph_fake_refuses_oversized_pages_as_graph_does() {
 
 #[test]
 fn tokens_are_renewed_before_they_expire() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     {
         let mut s = g.state();
         graph_bulk(&mut s, 24_000, 0, 0);
@@ -345,11 +330,7 @@ fn tokens_are_renewed_before_they_expire() {
         s.common.token_lifetime = 2;
         s.common.latency = std::time::Duration::from_millis(100);
     }
-    t.config(&format!(
-        "state_dir = \"state\"\n{}{}",
-        graph_source(&g, "client_secret_file = \"graph-secret\"\nincremental = false"),
-        plain_output()
-    ));
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"\nincremental = false");
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert_eq!(t.read("out/list").lines().count(), 48_000);
@@ -424,9 +405,7 @@ fn graph_over_https_trusts_only_what_ca_file_names() {
 
 #[test]
 fn graph_goes_through_the_proxy_from_the_environment() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     let want = graph_traps(&mut g.state());
     // Names that do not resolve: only the proxy can reach them.
     t.config(&format!(
@@ -454,9 +433,7 @@ fn graph_goes_through_the_proxy_from_the_environment() {
 
 #[test]
 fn trace_logging_never_shows_secrets_or_tokens() {
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    let g = graph_with_secret(&t);
+    let (t, g) = graph_case();
     graph_traps(&mut g.state());
     let key = keypair(t.path(), "sa");
     let google = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
@@ -683,7 +660,7 @@ postmap = "lmdb"
         "contoso.com, example.com, example-alias.com",
         &format!("lmdb:{}", map.display()),
     );
-    let sync = || Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
+    let sync = || crate::postfix::sync_for(&t, &etc, &[]);
     sync().expect(0);
     let pf = Postfix::run(etc.clone());
     let r = rcpt_replies(

@@ -473,7 +473,7 @@ mod ad {
                 map.display()
             ),
         );
-        let sync = || Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
+        let sync = || crate::postfix::sync_for(&t, &etc, &[]);
         sync().expect(0);
         let pf = Postfix::run(etc.clone());
         let r = rcpt_replies(

@@ -97,10 +97,17 @@ impl Drop for Postfix {
 
 const UNKNOWN: &str = "User unknown in relay recipient table";
 
+/// `rcptsync sync -c rcptsync.toml ARGS` for the private instance in `etc`:
+/// postmap finds its main.cf through MAIL_CONFIG, which rcptsync passes on to
+/// its hooks unchanged.
+pub fn sync_for(t: &TestDir, etc: &Path, args: &[&str]) -> Run {
+    let mut argv = vec!["sync", "-c", "rcptsync.toml"];
+    argv.extend_from_slice(args);
+    Run::from(t.cmd(&argv).env("MAIL_CONFIG", etc).output().unwrap())
+}
+
 fn sync(t: &TestDir, etc: &Path) -> Run {
-    // postmap finds the private instance's main.cf through MAIL_CONFIG, which
-    // rcptsync passes on to its hooks unchanged.
-    Run::from(t.cmd(&["sync", "-c", "rcptsync.toml", "--detailed-exitcode"]).env("MAIL_CONFIG", etc).output().unwrap())
+    sync_for(t, etc, &["--detailed-exitcode"])
 }
 
 fn end_to_end(map: &str) {

@@ -326,7 +326,7 @@ postmap = "lmdb"
     ));
     let etc =
         Postfix::configure(&t.join("pf"), "example.test, alias.test, catch.test", &format!("lmdb:{}", map.display()));
-    let sync = || Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
+    let sync = || crate::postfix::sync_for(&t, &etc, &[]);
     sync().expect(0);
     let pf = Postfix::run(etc.clone());
     let r = rcpt_replies(

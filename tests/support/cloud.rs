@@ -536,6 +536,36 @@ impl From<Response> for Reply {
     }
 }
 
+/// Both fakes' state: what every request touches.
+trait HasCommon {
+    fn common(&mut self) -> &mut Common;
+}
+
+impl HasCommon for GraphState {
+    fn common(&mut self) -> &mut Common {
+        &mut self.common
+    }
+}
+
+impl HasCommon for GoogleState {
+    fn common(&mut self) -> &mut Common {
+        &mut self.common
+    }
+}
+
+/// Logs a request and waits the added latency (without holding the lock).
+async fn arrive<S: HasCommon>(st: &Mutex<S>, method: &Method, uri: &Uri) {
+    let latency = {
+        let mut s = st.lock().unwrap();
+        // Origin-form as sent; absolute-form when it came through a proxy.
+        s.common().log.push(format!("{method} {uri}"));
+        s.common().latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
 async fn graph_handle(
     State(st): State<Arc<Mutex<GraphState>>>,
     method: Method,
@@ -543,15 +573,7 @@ async fn graph_handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let latency = {
-        let mut s = st.lock().unwrap();
-        // Origin-form as sent; absolute-form when it came through a proxy.
-        s.common.log.push(format!("{method} {uri}"));
-        s.common.latency
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    arrive(&st, &method, &uri).await;
     let started = Instant::now();
     let reply = graph_route(&mut st.lock().unwrap(), method, uri, headers, body);
     let r = match reply {
@@ -1052,15 +1074,7 @@ async fn google_handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let latency = {
-        let mut s = st.lock().unwrap();
-        // Origin-form as sent; absolute-form when it came through a proxy.
-        s.common.log.push(format!("{method} {uri}"));
-        s.common.latency
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    arrive(&st, &method, &uri).await;
     let mut s = st.lock().unwrap();
     let path = uri.path().to_string();
     if method == Method::POST && path == "/token" {
