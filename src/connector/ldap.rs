@@ -210,6 +210,9 @@ impl LdapSource {
             {
                 Some("filter, base_dn or attributes changed".into())
             }
+            // The stored records were made under the skip rules; other rules
+            // would have made other records.
+            Some(p) if p.rules != self.rules() => Some("skip rules changed".into()),
             Some(p) if now.saturating_sub(p.full_at) >= every => Some("full_sync_every elapsed".into()),
             Some(p) if usn < p.highest_usn => Some("the DC's USN went backwards".into()),
             Some(_) => None,
@@ -294,6 +297,7 @@ impl LdapSource {
             filter: self.spec.filter.clone(),
             base_dn: self.spec.base_dn.clone(),
             attributes: self.attributes(),
+            rules: self.rules(),
             objects,
         };
         super::save_state(state_file, &state, "LDAP");
@@ -364,6 +368,11 @@ impl LdapSource {
             .and_then(|r| r.success())
             .map_err(|e| format!("reading {dn:?} on {url} failed: {e}"))?;
         entries.into_iter().next().map(SearchEntry::construct).ok_or_else(|| format!("{dn:?} not found on {url}"))
+    }
+
+    /// The rules that decide what an entry contributes, as one comparable string.
+    fn rules(&self) -> String {
+        format!("{:?}", (&self.spec.skip, &self.spec.keep_skipped, &self.spec.restrict_to_own_domains))
     }
 
     fn attributes(&self) -> Vec<String> {
@@ -480,6 +489,9 @@ struct SyncState {
     filter: String,
     base_dn: String,
     attributes: Vec<String>,
+    /// What the skip rules were (absent in older files: a full pass).
+    #[serde(default)]
+    rules: String,
     objects: BTreeMap<String, ObjectRecord>,
 }
 

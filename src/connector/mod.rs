@@ -115,7 +115,12 @@ impl Source {
 /// means a full pass, never a wrong list.
 pub(crate) fn save_state<T: serde::Serialize>(path: &std::path::Path, state: &T, what: &str) {
     let Some(dir) = path.parent() else { return };
-    if let Err(e) = std::fs::create_dir_all(dir) {
+    // Like the state dir itself: private to the service's user.
+    let created = {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    };
+    if let Err(e) = created {
         tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
         return;
     }
