@@ -111,6 +111,28 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run on the `[daemon] schedule`, reloading the config when it changes.
+    ///
+    /// Runs once at start, then at every tick of the cron line (sources with their
+    /// own `schedule` are fetched at their own ticks). Runs never overlap. A change
+    /// to the config file, a user profile or a user template, or SIGHUP, reloads
+    /// the config after validating it; an invalid new config is logged with every
+    /// error and the old one keeps running. SIGTERM/SIGINT let the current run
+    /// finish, then exit 0. With `[daemon] listen`: GET /metrics and GET /healthz.
+    #[command(after_help = AFTER_HELP)]
+    Daemon {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Examples:
+    ///   rcptsync completions bash > /etc/bash_completion.d/rcptsync
+    ///   rcptsync completions zsh > /usr/local/share/zsh/site-functions/_rcptsync
+    #[command(verbatim_doc_comment)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `rcptsync man > /usr/local/share/man/man1/rcptsync.1`.
+    Man,
     /// Explain whether ADDRESS is accepted, which source produced it, or which rule
     /// dropped it. Exits 0 when accepted, 1 when not.
     #[command(after_help = AFTER_HELP)]
@@ -205,6 +227,28 @@ async fn run_command(cmd: Command) -> u8 {
         Command::Check { config, offline } => check(&config, offline).await,
         Command::List { config, format } => list(&config, format).await,
         Command::Why { address, config } => why(&config, &address).await,
+        Command::Daemon { config } => crate::daemon::run(config::resolve_path(config.config.as_deref())).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rcptsync", &mut out);
+            print(&String::from_utf8_lossy(&out));
+            exit::OK
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => {
+                    print(&String::from_utf8_lossy(&out));
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("rcptsync: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod daemon;
 pub mod policy;
 pub mod profile;
 pub mod report;

@@ -44,6 +44,9 @@ pub struct SourceReport {
     pub status: SourceStatus,
     pub recipients: usize,
     pub error: Option<String>,
+    /// How long the fetch took (for metrics).
+    #[serde(skip)]
+    pub took: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

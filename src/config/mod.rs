@@ -75,6 +75,9 @@ pub struct Config {
     pub outputs: Vec<OutputConfig>,
     pub daemon: Option<DaemonConfig>,
     pub catalog: Catalog,
+    /// Where user profiles and templates live (the daemon watches them).
+    pub profile_dir: Option<PathBuf>,
+    pub template_dir: Option<PathBuf>,
 }
 
 /// `[policy]`: what the final list is made of.
@@ -141,6 +144,9 @@ impl Default for GuardConfig {
 pub struct SourceConfig {
     pub name: String,
     pub profile: Option<String>,
+    /// The daemon fetches this source on its own cron line (other ticks reuse
+    /// its last good copy).
+    pub schedule: Option<String>,
     pub spec: SourceSpec,
 }
 
@@ -540,13 +546,32 @@ pub struct OutputConfig {
 /// Default timeout for `postmap`, `check` and `reload`.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `[daemon]`: parsed now so that configs written for the daemon validate.
+/// `[daemon]`: how `rcptsync daemon` runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
+    /// Cron line (5 fields, or 6 with seconds first) for sources without their
+    /// own `schedule`. Default `*/5 * * * *`.
     pub schedule: Option<String>,
+    /// `host:port` for `GET /metrics` and `GET /healthz`.
     pub listen: Option<String>,
+    /// Each tick waits a random extra delay up to this, so a fleet of backup
+    /// MXs doesn't hit the directory at the same second.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub jitter: Option<Duration>,
+    /// `/healthz` turns unhealthy when the published list is older than this.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_staleness: Option<Duration>,
+    /// Watch the config, profile and template files and reload on change.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Quiet time after the last file event before reloading (default 1s).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub debounce: Option<Duration>,
 }
+
+/// The default `[daemon] schedule`.
+pub const DEFAULT_SCHEDULE: &str = "*/5 * * * *";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -695,11 +720,35 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     }
 
     let daemon = raw.daemon.and_then(|d| v.section::<DaemonConfig>("daemon", d));
+    if let Some(d) = &daemon {
+        if let Some(line) = &d.schedule
+            && let Err(e) = crate::daemon::schedule::parse(line)
+        {
+            v.push("daemon.schedule", e);
+        }
+        if let Some(l) = &d.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            v.push("daemon.listen", format!("{l:?} is not an address like \"127.0.0.1:9187\""));
+        }
+    }
 
     if !v.errors.is_empty() {
         return Err(v.errors);
     }
-    Ok(Config { file: PathBuf::new(), state_dir, lock_timeout, policy, guard, sources, outputs, daemon, catalog })
+    Ok(Config {
+        file: PathBuf::new(),
+        state_dir,
+        lock_timeout,
+        policy,
+        guard,
+        sources,
+        outputs,
+        daemon,
+        catalog,
+        profile_dir,
+        template_dir,
+    })
 }
 
 struct Validator {
@@ -787,6 +836,19 @@ impl Validator {
                 return None;
             }
         };
+        let schedule = match table.remove("schedule") {
+            Some(toml::Value::String(line)) => {
+                if let Err(e) = crate::daemon::schedule::parse(&line) {
+                    self.push(format!("{at}.schedule"), e);
+                }
+                Some(line)
+            }
+            Some(_) => {
+                self.push(format!("{at}.schedule"), "must be a cron line such as \"*/2 * * * *\"".into());
+                None
+            }
+            None => None,
+        };
         let profile = match table.remove("profile") {
             Some(toml::Value::String(p)) => {
                 match catalog.profile(&p) {
@@ -851,7 +913,7 @@ impl Validator {
                 SourceSpec::Google(g)
             }
         };
-        Some(SourceConfig { name: name?, profile, spec })
+        Some(SourceConfig { name: name?, profile, schedule, spec })
     }
 
     fn validate_graph(&mut self, at: &str, g: &mut GraphSourceSpec) {

@@ -34,11 +34,18 @@ pub struct Fetched {
 #[error("{message}")]
 pub struct SourceError {
     pub message: String,
+    /// Not fetched on purpose: the daemon's tick was for other sources, so this
+    /// one reuses its last good copy. Not a failure.
+    pub not_due: bool,
 }
 
 impl SourceError {
     pub fn new(message: impl Into<String>) -> SourceError {
-        SourceError { message: message.into() }
+        SourceError { message: message.into(), not_due: false }
+    }
+
+    pub fn not_due() -> SourceError {
+        SourceError { message: "not due at this tick".into(), not_due: true }
     }
 }
 
