@@ -45,6 +45,8 @@ pub struct Gathered {
 pub enum RunError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("the run stopped unexpectedly: {0}")]
+    Task(String),
 }
 
 /// Fetches every source concurrently and validates what they return. A failed

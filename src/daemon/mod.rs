@@ -159,7 +159,10 @@ fn start(cfg: Arc<Config>, due: Option<Vec<String>>) -> RunFuture {
                     .collect()
             }
         };
-        run::sync_some(&cfg, SyncOptions::default(), &not_due).await
+        // On its own task: hooks wait synchronously, and the loop must keep
+        // answering ticks, signals and file events meanwhile.
+        let task = tokio::spawn(async move { run::sync_some(&cfg, SyncOptions::default(), &not_due).await });
+        task.await.unwrap_or_else(|e| Err(RunError::Task(e.to_string())))
     })
 }
 

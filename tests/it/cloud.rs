@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::cloud_fake::{
     FakeGoogle, FakeGraph, Fault, GOOGLE_SCOPES, google_bulk, google_traps, graph_bulk, graph_traps, keypair,
 };
-use crate::util::{Run, TestDir};
+use crate::util::{Run, TestDir, http_get};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
 const APP: &str = "535fb089-9ff3-47b6-9bfb-4f1264799865";
@@ -300,7 +300,7 @@ fn graph_follows_next_links_only_on_its_own_host() {
 fn graph_fake_refuses_oversized_pages_as_graph_does() {
     let g = FakeGraph::start(TENANT, APP);
     g.state().client_secret = Some(SECRET.into());
-    let (code, body) = raw_get(g.server.addr, "/v1.0/users?$top=1000", None);
+    let (code, body) = http_get(g.server.addr, "/v1.0/users?$top=1000", None);
     assert_eq!(code, 401, "{body}");
     let tok = {
         let mut s = g.state();
@@ -308,15 +308,15 @@ fn graph_fake_refuses_oversized_pages_as_graph_does() {
         let (tok, _) = s.common.issue("graph-token");
         tok
     };
-    let (code, body) = raw_get(g.server.addr, "/v1.0/users?$top=1000", Some(&tok));
+    let (code, body) = http_get(g.server.addr, "/v1.0/users?$top=1000", Some(&tok));
     assert_eq!(code, 400);
     assert!(body.contains("Invalid page size specified: '1000'. Must be between 1 and 999 inclusive."), "{body}");
     // Without $select, proxyAddresses is not returned (the default property set).
     graph_traps(&mut g.state());
-    let (code, body) = raw_get(g.server.addr, "/v1.0/users", Some(&tok));
+    let (code, body) = http_get(g.server.addr, "/v1.0/users", Some(&tok));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"mail\"") && !body.contains("proxyAddresses"), "{body}");
-    let (_, body) = raw_get(g.server.addr, "/v1.0/users?$select=id,proxyAddresses", Some(&tok));
+    let (_, body) = http_get(g.server.addr, "/v1.0/users?$select=id,proxyAddresses", Some(&tok));
     assert!(body.contains("proxyAddresses") && !body.contains("\"mail\""), "{body}");
 }
 
@@ -358,19 +358,6 @@ fn a_server_that_never_answers_times_out_and_fails_the_source() {
     assert!(r.stderr.contains("timed out") && r.stderr.contains("giving up after 2 attempts"), "{}", r.stderr);
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
     drop(silent);
-}
-
-/// A bare HTTP/1.1 GET (no client library): status and body.
-fn raw_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
 }
 
 #[test]

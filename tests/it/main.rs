@@ -7,6 +7,7 @@ mod cloud;
 #[path = "../support/cloud.rs"]
 mod cloud_fake;
 mod crash;
+mod daemon;
 #[path = "../support/db.rs"]
 mod db;
 mod exim;

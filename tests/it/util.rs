@@ -153,3 +153,16 @@ impl TestDir {
         Run::from(self.cmd(args).env("PATH", self.path_env()).output().expect("spawn rcptsync"))
     }
 }
+
+/// A bare HTTP/1.1 GET (no client library): status and body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::Read as _;
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
