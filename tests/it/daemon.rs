@@ -35,7 +35,7 @@ impl Daemon {
 
     #[track_caller]
     fn wait_log(&self, needle: &str, within: Duration) {
-        let log = wait_for(within, || self.log().contains(needle).then(|| ()));
+        let log = wait_for(within, || self.log().contains(needle).then_some(()));
         assert!(log.is_some(), "{needle:?} not logged within {within:?}:\n{}", self.log());
     }
 
