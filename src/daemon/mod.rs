@@ -345,3 +345,43 @@ fn sd_notify(state: &str) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(daemon: &str) -> Config {
+        let text = format!(
+            "[daemon]\nschedule = \"0 * * * * *\"\n{daemon}\n[[source]]\nname = \"a\"\nkind = \"file\"\npath = \"a\"\n\
+             [[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n"
+        );
+        config::parse(&text, Path::new("/tmp")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn jitter_spreads_ticks_within_its_bound() {
+        let plain = cfg("");
+        let plan = Plan::new(&plain).unwrap();
+        let jittered = cfg("jitter = \"20s\"");
+        // Retried if a minute boundary passes while sampling.
+        let waits = loop {
+            let base = next_tick(&plan, &plain).0;
+            let waits: Vec<Duration> =
+                (0..40).map(|_| next_tick(&plan, &jittered).0.saturating_duration_since(base)).collect();
+            if next_tick(&plan, &plain).0.saturating_duration_since(base) < Duration::from_secs(1) {
+                break waits;
+            }
+        };
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(21)), "{waits:?}");
+        let distinct: std::collections::HashSet<u128> = waits.iter().map(|w| w.as_millis() / 100).collect();
+        assert!(distinct.len() > 10, "jitter must vary between ticks: {waits:?}");
+    }
+
+    #[test]
+    fn stop_waits_for_a_running_sync() {
+        let mut stopping = None;
+        assert!(stop("SIGTERM", false, &mut stopping), "idle: stop now");
+        assert!(!stop("SIGTERM", true, &mut stopping), "running: after the run");
+        assert_eq!(stopping, Some("SIGTERM"));
+    }
+}

@@ -14,6 +14,7 @@ mod exim;
 mod golden;
 mod guard;
 mod ldap;
+mod ops;
 mod outputs;
 mod postfix;
 #[path = "../support/samba.rs"]

@@ -1,0 +1,141 @@
+//! What operators install next to the binary: the systemd units, the
+//! config-management examples, shell completions and the man page. Each test
+//! fails if the shipped file stops matching the binary it describes.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::{Run, TestDir};
+
+fn repo(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rcptsync")
+}
+
+#[test]
+fn systemd_units_verify_cleanly() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        crate::util::say(
+            "SKIPPED systemd_units_verify_cleanly: systemd-analyze is missing (scripts/test-deps.sh installs systemd)",
+        );
+        return;
+    }
+    let t = TestDir::new();
+    let mut units = Vec::new();
+    for name in ["rcptsync.service", "rcptsync-sync.service", "rcptsync-sync.timer"] {
+        let text = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
+        // The units name the installed path; verify against the built binary.
+        units.push(t.write(name, &text.replace("/usr/local/bin/rcptsync", bin())));
+    }
+    let service = std::fs::read_to_string(repo("dist/systemd/rcptsync.service")).unwrap();
+    for key in [
+        "Type=notify",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "StateDirectory=rcptsync",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(service.contains(key), "rcptsync.service lacks {key}");
+    }
+    let r = Run::from(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg("--man=no")
+            .args(&units)
+            .current_dir(t.path())
+            .output()
+            .unwrap(),
+    );
+    // verify exits 0 on mere warnings (e.g. an unknown Type=): require silence.
+    assert!(r.code == 0 && r.stdout.trim().is_empty() && r.stderr.trim().is_empty(), "{}\n{}", r.stdout, r.stderr);
+}
+
+/// Every `rcptsync …` invocation in the shipped examples and units parses.
+#[test]
+fn example_command_lines_parse() {
+    let files = [
+        "examples/ansible/rcptsync.yml",
+        "examples/puppet/rcptsync.pp",
+        "examples/cron/rcptsync",
+        "dist/systemd/rcptsync.service",
+        "dist/systemd/rcptsync-sync.service",
+    ];
+    let mut seen = 0;
+    for f in files {
+        let text = std::fs::read_to_string(repo(f)).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            let Some(at) = line
+                .find("rcptsync sync")
+                .or_else(|| line.find("rcptsync check"))
+                .or_else(|| line.find("rcptsync daemon"))
+            else {
+                continue;
+            };
+            let args: Vec<&str> = line[at..]
+                .split_whitespace()
+                .skip(1)
+                .take_while(|w| !matches!(*w, ">/dev/null" | "||" | "|" | ";") && !w.starts_with("2>"))
+                .map(|w| w.trim_matches(|c| c == '\'' || c == '"' || c == ',' || c == ':'))
+                .collect();
+            let r = Run::from(Command::new(bin()).args(&args).arg("--help").output().unwrap());
+            assert_eq!(r.code, 0, "{f}: `rcptsync {}` does not parse: {}", args.join(" "), r.stderr);
+            seen += 1;
+        }
+    }
+    assert!(seen >= 7, "found only {seen} command lines");
+}
+
+/// What the Ansible and Puppet examples rely on: exit 2 = changed, 0 = nothing
+/// to do, and a dry run that says so without writing.
+#[test]
+fn detailed_exit_codes_drive_config_management() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("recipients.txt", "a@example.com\n");
+    t.config(&crate::util::config_with("[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"out/list\"\n", ""));
+    let dry = ["sync", "--dry-run", "--detailed-exitcode", "-c", "rcptsync.toml"];
+    t.run(&dry).expect(2);
+    assert!(!t.join("out/list").exists(), "a dry run writes nothing");
+    t.run(&["sync", "--detailed-exitcode", "-c", "rcptsync.toml"]).expect(2);
+    t.run(&dry).expect(0);
+    t.run(&["sync", "--detailed-exitcode", "-c", "rcptsync.toml"]).expect(0);
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let t = TestDir::new();
+    let bash = t.run(&["completions", "bash"]);
+    bash.expect(0);
+    assert!(
+        bash.stdout.contains("complete -F")
+            && bash.stdout.contains("daemon")
+            && bash.stdout.contains("--detailed-exitcode")
+    );
+    for shell in ["zsh", "fish"] {
+        let r = t.run(&["completions", shell]);
+        r.expect(0);
+        assert!(r.stdout.contains("why") && r.stdout.contains("completions"), "{shell}");
+    }
+    let r = t.run(&["completions", "tcsh"]);
+    r.expect(64);
+    let man = t.run(&["man"]);
+    man.expect(0);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH rcptsync"),
+        "{}",
+        &man.stdout[..200.min(man.stdout.len())]
+    );
+    for word in ["daemon", "sync", "check", "Keeps a backup MX"] {
+        assert!(man.stdout.contains(word), "man page lacks {word}");
+    }
+    // The bash script really loads.
+    let f = t.write("rcptsync.bash", &bash.stdout);
+    let r = Run::from(
+        Command::new("bash").arg("-c").arg(format!("source {} && complete -p rcptsync", f.display())).output().unwrap(),
+    );
+    assert!(r.code == 0 && r.stdout.contains("rcptsync"), "{}", r.stderr);
+}
