@@ -159,8 +159,9 @@ fn schedule_fires_metrics_are_served_and_health_follows_staleness() {
     });
     assert!(ok.is_some(), "{}", d.log());
 
-    d.signal(libc::SIGTERM);
+    d.signal(libc::SIGINT);
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    assert!(d.log().contains("stopping signal=\"SIGINT\""), "{}", d.log());
 }
 
 #[test]
@@ -227,6 +228,27 @@ fn config_replaced_by_rename_is_picked_up_and_an_invalid_one_is_refused() {
         |l| l.contains("d@example.com") && l.contains("postmaster@example.com"),
         "kept serving the old config",
     );
+}
+
+#[test]
+fn a_changed_user_profile_reloads_the_config() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("recipients.txt", "a@example.com\n@catch.example.com\n");
+    // A user profile that accepts catch-all lines; the edit will refuse them.
+    t.write("profiles/export.toml", "kind = \"file\"\ndescription = \"test\"\n[defaults]\ncatchalls = true\n");
+    t.config(
+        "state_dir = \"state\"\nprofile_dir = \"profiles\"\n[daemon]\nschedule = \"* * * * * *\"\ndebounce = \"100ms\"\n\
+         [guard]\nmax_removed_percent = 60\n\
+         [[source]]\nname = \"list\"\nkind = \"file\"\nprofile = \"export\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/list\"\n",
+    );
+    let d = Daemon::start(&t);
+    wait_list(&t, &d, |l| l.contains("@catch.example.com"), "had the catch-all");
+    t.write("profiles/export.toml.tmp", "kind = \"file\"\ndescription = \"test\"\n[defaults]\ncatchalls = false\n");
+    std::fs::rename(t.join("profiles/export.toml.tmp"), t.join("profiles/export.toml")).unwrap();
+    wait_list(&t, &d, |l| !l.contains("@catch.example.com") && l.contains("a@example.com"), "dropped the catch-all");
+    d.wait_log("config reloaded reason=\"a watched file changed\"", Duration::from_secs(1));
 }
 
 #[test]
