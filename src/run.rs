@@ -558,6 +558,11 @@ fn unchanged(cfg: &Config, state: &StateDir, config_fp: &str, raw_fps: &[Option<
             return None;
         }
     }
+    // A killed run may have left a staged file behind; the outputs themselves are
+    // verified above.
+    for o in &cfg.outputs {
+        writer::target(o).clean_leftovers();
+    }
     for s in &rec.sources {
         if s.refused > 0 {
             tracing::warn!(source = %s.name, refused = s.refused, "source data unchanged since the last run, which dropped invalid entries (see that run's log)");

@@ -19,9 +19,10 @@ use super::SourceError;
 use crate::config::HttpSettings;
 use crate::config::secret::Secret;
 
-/// Largest response body read; a directory page is a few MB at most, so a bigger
-/// body is a broken or hostile server, not data.
-pub const MAX_BODY: usize = 64 << 20;
+/// Largest response body read. A page of 999 Graph users or 500 Google users
+/// is 1–3 MB, so a bigger body is a broken or hostile server, not data; with
+/// the concurrent page chains this bounds the memory a server can make us use.
+pub const MAX_BODY: usize = 16 << 20;
 /// Longest `Retry-After` honoured; a server asking for more is treated as down.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// First backoff step without `Retry-After` (doubles per retry, capped).
@@ -262,7 +263,9 @@ impl Http {
     }
 }
 
-/// Reads a body up to [`MAX_BODY`].
+/// Reads a body up to [`MAX_BODY`]. The chunks are kept as they arrive and
+/// joined once at the end: growing one buffer by doubling would leave a trail
+/// of freed blocks the allocator keeps, several times the body's size.
 async fn read_body(mut resp: reqwest::Response) -> Result<Bytes, String> {
     if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
         return Err(format!(
@@ -271,19 +274,29 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Bytes, String> {
             MAX_BODY >> 20
         ));
     }
-    let mut buf = bytes::BytesMut::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > MAX_BODY {
+                total += chunk.len();
+                if total > MAX_BODY {
                     return Err(format!("response body exceeds the {} MiB limit", MAX_BODY >> 20));
                 }
-                buf.extend_from_slice(&chunk);
+                chunks.push(chunk);
             }
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => break,
             Err(e) => return Err(describe_transport(&e)),
         }
     }
+    if chunks.len() == 1 {
+        return Ok(chunks.pop().unwrap_or_default());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for c in chunks {
+        buf.extend_from_slice(&c);
+    }
+    Ok(buf.freeze())
 }
 
 /// Whether an answer is worth asking again: throttling, a server error, or

@@ -12,7 +12,7 @@ pub mod hook;
 pub mod template;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -47,7 +47,37 @@ pub struct OutputOutcome {
 }
 
 pub fn target(o: &OutputConfig) -> Target {
-    Target { path: o.path.clone(), postmap: o.postmap, mode: o.mode, hook_timeout: o.hook_timeout }
+    Target { path: resolve_link(&o.path), postmap: o.postmap, mode: o.mode, hook_timeout: o.hook_timeout }
+}
+
+/// Where a symbolic link at `path` finally points (relative links taken from
+/// the link's directory), so that the file is replaced atomically where it
+/// really is and the link keeps working. A non-link is returned as it is.
+fn resolve_link(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..16 {
+        match std::fs::read_link(&p) {
+            Ok(to) if to.is_absolute() => p = to,
+            Ok(to) => p = p.parent().unwrap_or(Path::new(".")).join(to),
+            Err(_) => return p,
+        }
+    }
+    p
+}
+
+/// A postmap output must not be a link: postmap builds `path.db` next to the
+/// file it is given, which would not be where the MTA looks.
+fn check_link(o: &OutputConfig) -> Result<(), String> {
+    let is_link = std::fs::symlink_metadata(&o.path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && o.postmap.is_some() {
+        return Err(format!(
+            "output {}: {} is a symbolic link, and postmap would build its database beside the link's target, \
+             not where the MTA looks: point path at the real file",
+            o.name,
+            o.path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Renders every output and compares it with what is on disk. Outputs are
@@ -68,6 +98,7 @@ pub fn render_all(
     outputs
         .par_iter()
         .map(|o| {
+            check_link(o)?;
             let bytes = o.template.render(list).map_err(|e| format!("output {}: {e}", o.name))?;
             let changed = !target(o).is_current(&bytes).map_err(|e| format!("output {}: {e}", o.name))?;
             let diff = (want_diff && changed).then(|| line_diff(&o.path, &bytes));

@@ -11,6 +11,7 @@ mod daemon;
 #[path = "../support/db.rs"]
 mod db;
 mod exim;
+mod faults;
 mod golden;
 mod guard;
 mod ldap;

@@ -1,0 +1,386 @@
+//! Faults on every side of a run: a full or read-only disk, a symlinked output,
+//! an unwritable state dir, servers that hang, cut bodies short, answer garbage
+//! or enormous bodies, and a `kill -9` at random instants. Every test checks
+//! the same promise: the published outputs stay byte-identical or become the
+//! complete new version, never partial and never empty.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cloud_fake::{FakeGraph, Fault, graph_traps};
+use crate::util::{Run, TestDir, say};
+
+/// A small tmpfs mounted for one test (root only), unmounted on drop.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            say(&format!("SKIPPED {test}: cannot mount a tmpfs (needs root, as scripts/test.sh runs)"));
+            return None;
+        }
+        Some(Tmpfs { dir: dir.to_path_buf() })
+    }
+
+    fn read_only(&self, ro: bool) {
+        let opt = if ro { "remount,ro" } else { "remount,rw" };
+        assert!(Command::new("mount").args(["-o", opt]).arg(&self.dir).status().unwrap().success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn addresses(n: usize, tag: &str) -> String {
+    (0..n).map(|i| format!("{tag}{i:06}@example.com\n")).collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn plain_config(t: &TestDir, out: &str, extra: &str) {
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\nmax_removed_percent = 100\n{extra}\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"{out}\"\n"
+    ));
+}
+
+#[test]
+fn a_full_disk_fails_the_run_and_keeps_the_previous_output() {
+    let t = TestDir::new();
+    let Some(fs) = Tmpfs::mount(&t.join("out"), "64k", "a_full_disk_fails_the_run_and_keeps_the_previous_output")
+    else {
+        return;
+    };
+    t.write("recipients.txt", &addresses(100, "small"));
+    plain_config(&t, "out/list", "");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/list");
+    // 10,000 addresses (~230 kB) cannot fit in 64 kB.
+    t.write("recipients.txt", &addresses(10_000, "big"));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert_eq!(t.read("out/list"), before, "the previous output is intact");
+    assert_eq!(files_in(&fs.dir), ["list"], "no temp file left behind");
+    // Room again: the next run publishes the complete new list.
+    t.write("recipients.txt", &addresses(1000, "mid"));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(t.read("out/list").lines().count(), 1000);
+}
+
+#[test]
+fn a_read_only_output_dir_and_an_unwritable_state_dir_fail_cleanly() {
+    let t = TestDir::new();
+    let test = "a_read_only_output_dir_and_an_unwritable_state_dir_fail_cleanly";
+    let Some(out) = Tmpfs::mount(&t.join("out"), "1m", test) else { return };
+    let Some(state) = Tmpfs::mount(&t.join("state"), "1m", test) else { return };
+    t.write("recipients.txt", &addresses(10, "a"));
+    plain_config(&t, "out/list", "");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/list");
+    t.write("recipients.txt", &addresses(12, "a"));
+
+    out.read_only(true);
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    assert_eq!(t.read("out/list"), before);
+    out.read_only(false);
+
+    state.read_only(true);
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("state") && r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    assert_eq!(t.read("out/list"), before, "nothing is published without its state");
+    state.read_only(false);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(t.read("out/list").lines().count(), 12);
+}
+
+#[test]
+fn a_symlinked_output_is_written_through_and_stays_a_link() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    std::fs::create_dir_all(t.join("real")).unwrap();
+    std::os::unix::fs::symlink("../real/list", t.join("out/list")).unwrap();
+    t.write("recipients.txt", &addresses(5, "a"));
+    plain_config(&t, "out/list", "");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(std::fs::symlink_metadata(t.join("out/list")).unwrap().file_type().is_symlink(), "the link is kept");
+    assert_eq!(t.read("real/list").lines().count(), 5, "its target holds the list");
+    assert_eq!(files_in(&t.join("real")), ["list"]);
+    // With postmap the database would land beside the target: refused, named.
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"pf\"\ntemplate = \"postfix\"\npath = \"{}\"\npostmap = \"lmdb\"\n",
+        t.join("out/list").display()
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    let text = format!("{}{}", r.stdout, r.stderr);
+    assert!(text.contains("is a symbolic link") && text.contains("point path at the real file"), "{text}");
+    assert_eq!(t.read("real/list").lines().count(), 5);
+}
+
+/// `kill -9` at random instants of hundreds of runs that flip between two
+/// lists: after every kill each output is one complete version, and the next
+/// run repairs whatever is left.
+#[test]
+fn kill_9_at_random_instants_never_leaves_a_partial_output() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let a = addresses(3000, "a");
+    let b = format!("{a}{}", addresses(200, "b"));
+    let outputs = "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n\
+                   [[output]]\nname = \"json\"\ntemplate = \"json\"\npath = \"out/list.json\"\n\
+                   [[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/exim\"\n";
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n{outputs}"
+    ));
+    // The two complete versions of each output.
+    let mut versions: Vec<(String, [String; 2])> = Vec::new();
+    for name in ["plain", "list.json", "exim"] {
+        versions.push((name.to_string(), [String::new(), String::new()]));
+    }
+    for (i, list) in [&a, &b].into_iter().enumerate() {
+        t.write("recipients.txt", list);
+        t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+        for v in versions.iter_mut() {
+            v.1[i] = t.read(&format!("out/{}", v.0));
+        }
+    }
+    let start = Instant::now();
+    let full = Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).output().unwrap());
+    full.expect(0);
+    let run_time = start.elapsed().max(Duration::from_millis(5));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+    let mut killed_mid_run = 0;
+    for i in 0..200 {
+        t.write("recipients.txt", if i % 2 == 0 { &a } else { &b });
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let wait = run_time.mul_f64((seed % 1000) as f64 / 1000.0 * 1.2);
+        let mut child = t.cmd(&["sync", "-c", "rcptsync.toml"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(wait);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for (name, [va, vb]) in &versions {
+            let got = t.read(&format!("out/{name}"));
+            assert!(
+                got == *va || got == *vb,
+                "iteration {i}: out/{name} is neither complete version ({} bytes)",
+                got.len()
+            );
+        }
+        if name_json_is_invalid(&t) {
+            panic!("iteration {i}: out/list.json does not parse");
+        }
+    }
+    assert!(killed_mid_run >= 50, "only {killed_mid_run} kills landed during a run");
+    // The next run completes and repairs: the current list everywhere, no leftovers.
+    t.write("recipients.txt", &b);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    for (name, [_, vb]) in &versions {
+        assert_eq!(t.read(&format!("out/{name}")), *vb, "{name} after the repairing run");
+    }
+    assert_eq!(files_in(&t.join("out")), ["exim", "list.json", "plain"], "temp files were cleaned up");
+}
+
+fn name_json_is_invalid(t: &TestDir) -> bool {
+    serde_json::from_str::<serde_json::Value>(&t.read("out/list.json")).is_err()
+}
+
+// ------------------------------------------------------------ network side --
+
+/// A TCP server whose every connection is handed to `serve` on its own thread.
+fn raw_server(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(s));
+        }
+    });
+    addr
+}
+
+/// Reads one request's head (enough for these tests).
+fn read_head(s: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A Graph source whose token comes from the fake and whose API is `api`.
+fn graph_against(t: &TestDir, g: &FakeGraph, api: &str) {
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("graph-secret", "s3cret");
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"m365\"\nkind = \"graph\"\n\
+         tenant = \"t.onmicrosoft.com\"\nclient_id = \"app\"\nclient_secret_file = \"graph-secret\"\n\
+         authority_url = \"{}\"\ngraph_url = \"{api}\"\nincremental = false\nmax_retries = 1\ntimeout = \"5s\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+        g.url()
+    ));
+}
+
+fn token_fake() -> FakeGraph {
+    let g = FakeGraph::start("t.onmicrosoft.com", "app");
+    g.state().client_secret = Some("s3cret".into());
+    g
+}
+
+#[test]
+fn an_http_body_cut_short_fails_the_source() {
+    let t = TestDir::new();
+    let g = token_fake();
+    let api = raw_server(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50000\r\n\r\n{\"value\":[{\"id\":\"1\",");
+        // Connection reset mid-body.
+    });
+    graph_against(&t, &g, &format!("http://{api}"));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("connection broke while reading the body"), "{}", r.stderr);
+    assert!(r.stderr.contains("giving up after 2 attempts"), "{}", r.stderr);
+    assert!(!t.join("out/list").exists());
+}
+
+#[test]
+fn garbage_and_wrong_content_fail_the_source_and_keep_the_list() {
+    let t = TestDir::new();
+    let g = token_fake();
+    graph_traps(&mut g.state());
+    graph_against(&t, &g, g.url());
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/list");
+    for body in
+        ["<html><body>Service Unavailable</body></html>", "{\"value\": [{\"id\": \"1\", \"mail\": ", "{\"value\": 42}"]
+    {
+        g.state().common.faults.push(Fault::new("/v1.0/users", 0, 200, 1).body(body));
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(1);
+        assert!(r.stderr.contains("is not the expected JSON"), "{body}: {}", r.stderr);
+        assert_eq!(t.read("out/list"), before);
+    }
+}
+
+#[test]
+fn an_enormous_body_is_refused_with_bounded_memory() {
+    let t = TestDir::new();
+    let g = token_fake();
+    // 200 MB of JSON whitespace, chunked (no Content-Length to refuse up front).
+    let api = raw_server(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..200 {
+            if s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_err()
+                || s.write_all(&chunk).is_err()
+                || s.write_all(b"\r\n").is_err()
+            {
+                return;
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+    });
+    graph_against(&t, &g, &format!("http://{api}"));
+    let mut cmd = t.cmd(&["sync", "-c", "rcptsync.toml"]);
+    let (code, rss_kb, stderr) = run_measured(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("exceeds the 16 MiB limit"), "{stderr}");
+    assert!(rss_kb < 250 * 1024, "peak RSS {} MB", rss_kb / 1024);
+    // A declared length over the limit is refused before reading.
+    let api = raw_server(|mut s| {
+        read_head(&mut s);
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{");
+    });
+    graph_against(&t, &g, &format!("http://{api}"));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("exceeds the 16 MiB limit"), "{}", r.stderr);
+}
+
+/// Exit code, peak RSS (KiB) and stderr of one run.
+fn run_measured(cmd: &mut Command) -> (i32, i64, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(err.reopen().unwrap()).spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; we wait for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(rc > 0);
+    std::mem::forget(child);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss, std::fs::read_to_string(err.path()).unwrap())
+}
+
+#[test]
+fn servers_that_accept_but_never_answer_time_out() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    // The kernel completes the handshake; nobody ever answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    t.write("pw", "secret");
+    for (kind, keys, want) in [
+        (
+            "ldap",
+            format!(
+                "url = \"ldap://127.0.0.1:{port}\"\nbase_dn = \"dc=x\"\nfilter = \"(mail=*)\"\naddress_attributes = [\"mail\"]\nconnect_timeout = \"1s\"\nop_timeout = \"1s\""
+            ),
+            "timeout",
+        ),
+        (
+            "sql",
+            format!(
+                "url = \"postgres://u@127.0.0.1:{port}/db\"\npassword_file = \"pw\"\nquery = \"SELECT 1\"\nconnect_timeout = \"1s\"\nquery_timeout = \"2s\""
+            ),
+            "",
+        ),
+    ] {
+        t.config(&format!(
+            "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"hang\"\nkind = \"{kind}\"\n{keys}\n\
+             [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
+        ));
+        let start = Instant::now();
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(1);
+        assert!(start.elapsed() < Duration::from_secs(30), "{kind} took {:?}", start.elapsed());
+        assert!(r.stderr.contains("source failed") && r.stderr.contains("hang"), "{kind}: {}", r.stderr);
+        assert!(r.stderr.to_lowercase().contains(want), "{kind}: {}", r.stderr);
+        assert!(!t.join("out/list").exists());
+    }
+    drop(silent);
+}
