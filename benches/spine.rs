@@ -10,11 +10,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use support::{measure, median};
+use support::{generate, measure, median, snapshot};
 
 fn main() {
     // `cargo test --all-targets` runs benchmark binaries too; only `cargo bench`
@@ -114,51 +114,4 @@ path = "out/recipients.json"
         "(median of {runs} runs each, {} cores)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-}
-
-/// Deterministic mixed-case addresses with 1 % duplicates, shuffled.
-fn generate(path: &Path, n: usize) {
-    let mut state: u64 = 0x9e3779b97f4a7c15;
-    let mut rnd = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let unique = n - n / 100;
-    let domains = ["example.com", "Example.ORG", "corp.example.net", "mail.example.de", "EXAMPLE.co.uk"];
-    let mut lines: Vec<String> = (0..unique)
-        .map(|i| {
-            let r = rnd();
-            let local = if r & 1 == 0 { format!("User.{i:07}") } else { format!("user.{i:07}") };
-            format!("{local}@{}", domains[(r >> 8) as usize % domains.len()])
-        })
-        .collect();
-    for _ in 0..n / 100 {
-        let dup = lines[(rnd() as usize) % unique].to_uppercase();
-        lines.push(dup);
-    }
-    for i in (1..lines.len()).rev() {
-        let j = (rnd() as usize) % (i + 1);
-        lines.swap(i, j);
-    }
-    let mut text = lines.join("\n");
-    text.push('\n');
-    std::fs::write(path, text).unwrap();
-}
-
-fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut v = Vec::new();
-    for sub in ["out", "state", "state/sources"] {
-        for e in std::fs::read_dir(dir.join(sub)).unwrap().flatten() {
-            let m = e.metadata().unwrap();
-            // The lock file holds the pid of the last run; it is not output or state.
-            if m.is_file() && e.file_name() != "lock" {
-                v.push((e.path(), m.ino(), m.mtime(), m.mtime_nsec()));
-            }
-        }
-    }
-    v.sort();
-    v
 }

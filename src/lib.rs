@@ -5,6 +5,8 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod daemon;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod policy;
 pub mod profile;
 pub mod report;

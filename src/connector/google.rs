@@ -415,6 +415,29 @@ mod tests {
         assert!(out.left_out[0].reason.contains("test-google-a.com"));
     }
 
+    /// Whatever a users or groups page holds, decoding fails cleanly or what
+    /// survives validation is a plain address in the customer's domains.
+    #[test]
+    fn fuzz_google_pages() {
+        let domains: HashSet<String> = ["example.com".to_string(), "example-alias.com".to_string()].into();
+        crate::fuzz::run("google", |input| {
+            let mut out = Fetched::default();
+            if let Ok(p) = serde_json::from_slice::<UsersPage>(input) {
+                p.users.iter().for_each(|m| take(&mut out, "user", m, &domains));
+            }
+            if let Ok(p) = serde_json::from_slice::<GroupsPage>(input) {
+                p.groups.iter().for_each(|m| take(&mut out, "group", m, &domains));
+            }
+            let (ok, _) = crate::policy::normalise(out.items.clone());
+            for (e, _) in &ok {
+                if !domains.contains(e.domain()) {
+                    return Err(format!("{:?} accepted outside the customer's domains", e.as_str()));
+                }
+            }
+            crate::fuzz::check_validated(out.items)
+        });
+    }
+
     #[test]
     fn suspended_and_archived_users_are_left_out_whole() {
         let domains: HashSet<String> = ["example.com".to_string()].into();

@@ -695,6 +695,24 @@ mod tests {
         assert!(form.iter().any(|(k, v)| *k == "client_secret" && v == "hunter2-secret"));
     }
 
+    /// Whatever a Graph page holds, decoding fails cleanly or yields records
+    /// whose validated addresses are plain ones.
+    #[test]
+    fn fuzz_graph_pages() {
+        let domains: HashSet<String> = ["contoso.com".to_string(), "contoso.onmicrosoft.com".to_string()].into();
+        crate::fuzz::run("graph", |input| {
+            let Ok(page) = serde_json::from_slice::<Page<Obj>>(input) else { return Ok(()) };
+            let mut recs = Vec::new();
+            for o in &page.value {
+                for kind in KINDS {
+                    recs.extend(record(kind, o));
+                }
+            }
+            let f = finalize(recs.iter(), &domains);
+            crate::fuzz::check_validated(f.items)
+        });
+    }
+
     #[test]
     fn links_are_followed_only_on_the_graph_host() {
         assert!(same_origin("https://graph.microsoft.com/v1.0/users?$skiptoken=x", "https://graph.microsoft.com"));

@@ -700,6 +700,36 @@ mod tests {
         SearchEntry { dn: dn.to_string(), attrs: m, bin_attrs: HashMap::new() }
     }
 
+    /// LDIF-like input (`dn: …`, `attr: value` lines, blank line between entries)
+    /// through the AD profile's mapping: never a panic, and what survives
+    /// validation is a plain address.
+    #[test]
+    fn fuzz_ldap_entries() {
+        let spec = spec("");
+        crate::fuzz::run("ldap", |input| {
+            let text = String::from_utf8_lossy(input);
+            let mut records = Vec::new();
+            for block in text.split("\n\n") {
+                let mut dn = String::from("cn=fuzz");
+                let mut attrs: HashMap<String, Vec<String>> = HashMap::new();
+                for line in block.lines() {
+                    let Some((k, v)) = line.split_once(": ") else { continue };
+                    if k.eq_ignore_ascii_case("dn") {
+                        dn = v.to_string();
+                    } else {
+                        attrs.entry(k.to_string()).or_default().push(v.to_string());
+                    }
+                }
+                let e = SearchEntry { dn, attrs, bin_attrs: HashMap::new() };
+                // A ranged attribute is an error by design; anything else maps.
+                if let Ok(Some(r)) = map_one(&spec, &e) {
+                    records.push(r);
+                }
+            }
+            crate::fuzz::check_validated(finalize(records.into_iter()).items)
+        });
+    }
+
     fn values(f: &Fetched) -> Vec<String> {
         let mut v: Vec<String> = f.items.iter().map(|i| i.value.to_lowercase()).collect();
         v.sort();

@@ -364,8 +364,10 @@ fn normalise_domain(domain: &str) -> Result<String, AddressError> {
     if domain.starts_with('[') {
         return Err(AddressError::DomainLiteral);
     }
-    let ascii = if domain.is_ascii() && !domain.contains("xn--") && !domain.contains("XN--") {
-        domain.to_ascii_lowercase()
+    let lower = domain.to_ascii_lowercase();
+    // Any case of "xn--" (the fuzzer found "Xn--" slipping past) goes through IDNA.
+    let ascii = if domain.is_ascii() && !lower.contains("xn--") {
+        lower
     } else {
         // UTS #46 processing (mapping, NFC, punycode), then the same LDH rules.
         let mapped = idna::domain_to_ascii_strict(domain).map_err(|_| AddressError::Idna)?;
@@ -507,6 +509,9 @@ mod tests {
         assert_eq!(ok("info@xn--bcher-kva.example"), "info@xn--bcher-kva.example");
         assert_eq!(ok("info@XN--BCHER-KVA.example"), "info@xn--bcher-kva.example");
         assert_eq!(err("info@xn--zz-.example"), AddressError::Idna);
+        // Found by the fuzzer: a mixed-case ACE prefix must be checked too.
+        assert_eq!(err("user+tag@Xn--mnch.example.org"), AddressError::Idna);
+        assert_eq!(ok("info@Xn--Bcher-Kva.example"), "info@xn--bcher-kva.example");
         assert_eq!(err("info@bü cher.example"), AddressError::Whitespace);
     }
 
