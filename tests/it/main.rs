@@ -20,6 +20,7 @@ mod outputs;
 mod postfix;
 #[path = "../support/samba.rs"]
 mod samba;
+mod secrets;
 #[path = "../support/ldap.rs"]
 mod slapd;
 mod smtp;

@@ -37,7 +37,7 @@ pub fn sqlite_db(path: &Path, sql: &str) {
 }
 
 /// A private PostgreSQL with the PostfixAdmin fixture as database "postfixadmin".
-fn postfixadmin_pg(t: &TestDir) -> Pg {
+pub fn postfixadmin_pg(t: &TestDir) -> Pg {
     let pg = Pg::start(&t.join("pg"));
     pg.database(
         "postfixadmin",

@@ -1,0 +1,85 @@
+//! Secrets never leave the process: every network connector runs with trace
+//! logging and credentials the server refuses, and neither stdout, stderr, the
+//! JSON report nor any state file may contain the secret. (The Graph and
+//! Google variant, with tokens and key material, is in `cloud.rs`.)
+
+use crate::util::{Run, TestDir};
+
+/// Runs `sync --format json` with trace logging twice (the second run also has
+/// a last-good state to report) and asserts `secret` appears nowhere.
+fn assert_never_shown(t: &TestDir, secret: &str) {
+    for _ in 0..2 {
+        let r = Run::from(
+            t.cmd(&["sync", "-c", "rcptsync.toml", "--format", "json"]).env("RCPTSYNC_LOG", "trace").output().unwrap(),
+        );
+        assert!(r.stderr.contains("TRACE") || r.stderr.contains("DEBUG"), "trace logging was on");
+        assert!(
+            !r.stdout.contains(secret) && !r.stderr.contains(secret),
+            "the secret leaked:\n{}\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+    let mut stack = vec![t.join("state")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                assert!(!String::from_utf8_lossy(&bytes).contains(secret), "secret in {}", p.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn ldap_bind_password_never_shown() {
+    if !crate::ldap::enabled("ldap_bind_password_never_shown") {
+        return;
+    }
+    use crate::slapd::{SYNC_DN, Slapd, person};
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let s = Slapd::start(&t.join("slapd"), &person("alice", &["alice@example.test"], &[]));
+    let wrong = "Wr0ng-ldap-Passw0rd-7731";
+    let pw = t.write("ldap-password", wrong);
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"dir\"\nkind = \"ldap\"\nprofile = \"openldap\"\nurl = \"{}\"\nca_file = \"{}\"\n\
+         bind_dn = \"{SYNC_DN}\"\nbind_password_file = \"{}\"\nbase_dn = \"ou=people,dc=example,dc=test\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+        s.ldaps_url(),
+        s.ca.display(),
+        pw.display()
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    assert!(r.stderr.contains("invalid credentials"), "the bind was refused: {}", r.stderr);
+    assert_never_shown(&t, wrong);
+}
+
+#[test]
+fn sql_password_never_shown() {
+    if !crate::sql::enabled("sql_password_never_shown") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let pg = crate::sql::postfixadmin_pg(&t);
+    let wrong = "Wr0ng-sql-Passw0rd-4419";
+    let pw = t.write("db-password", wrong);
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"db\"\nkind = \"sql\"\nprofile = \"postfixadmin\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+        pg.url("postfixadmin"),
+        pw.display()
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    assert!(r.stderr.contains("password authentication failed"), "the login was refused: {}", r.stderr);
+    assert_never_shown(&t, wrong);
+    // The right password is never shown either.
+    let right = crate::db::PG_PASSWORD;
+    t.write("db-password", right);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_never_shown(&t, right);
+}
