@@ -183,7 +183,7 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
                 tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, "validated");
                 rejected.extend(bad);
                 for r in &rejected {
-                    tracing::warn!(source = %s.name, object = %r.locator, value = ?r.value, "dropped invalid entry: it {}", r.reason);
+                    tracing::warn!(source = %s.name, object = %r.locator, value = ?shorten(&r.value), "dropped invalid entry: it {}", r.reason);
                 }
                 tracing::info!(source = %s.name, kind, entries = entries.len(), refused = rejected.len(), took_ms = took.as_millis() as u64, "source fetched");
                 out.push(Gathered {
@@ -248,6 +248,20 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
         }
     }
     out
+}
+
+/// A refused value as logged: a hostile directory can hold megabyte-long
+/// values, and one log line must stay readable.
+pub fn shorten(value: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    if value.len() <= MAX {
+        return value.into();
+    }
+    let mut end = MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &value[..end], value.len()).into()
 }
 
 /// Merges gathered sources under the policy.

@@ -177,13 +177,12 @@ fn take(out: &mut Fetched, noun: &str, m: &Member, domains: &HashSet<String>) {
             continue;
         }
         let locator = Locator::Object(format!("{label} {from}").into());
-        let domain = value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-        let reason = match &domain {
+        // An invalid value goes on to validation, which refuses and reports it.
+        let parsed = crate::policy::address::parse_address(value);
+        let reason = match parsed.as_ref().map(|e| e.domain()) {
             _ if whole.is_some() => whole.clone(),
-            Some(d) if d.ends_with(ROUTING_SUFFIX) => {
-                Some("Google-internal routing alias (*.test-google-a.com)".into())
-            }
-            Some(d) if !domains.contains(d) => {
+            Ok(d) if d.ends_with(ROUTING_SUFFIX) => Some("Google-internal routing alias (*.test-google-a.com)".into()),
+            Ok(d) if !domains.contains(d) => {
                 Some(format!("domain {d} is not a verified domain or domain alias of the customer"))
             }
             _ => None,
@@ -291,10 +290,12 @@ impl Session {
         let r = self.get(&url, "domains").await?;
         let page: DomainsPage = r.json()?;
         let mut set = HashSet::new();
+        // Compared with addresses' normalised (IDNA, lowercase) domains.
+        let norm = |d: &str| crate::policy::address::parse_domain(d).unwrap_or_else(|_| d.to_ascii_lowercase());
         for d in page.domains.iter().filter(|d| d.verified) {
-            set.insert(d.domain_name.to_ascii_lowercase());
+            set.insert(norm(&d.domain_name));
             for a in d.domain_aliases.iter().filter(|a| a.verified) {
-                set.insert(a.domain_alias_name.to_ascii_lowercase());
+                set.insert(norm(&a.domain_alias_name));
             }
         }
         if set.is_empty() {

@@ -185,12 +185,13 @@ fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &HashSet<Str
     for r in objects {
         for (value, from) in r.values() {
             let locator = Locator::Object(format!("{} {from}", r.label).into());
-            let domain = value.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-            match domain {
-                Some(d) if !domains.contains(&d) => out.left_out.push(Rejected {
+            // An invalid value goes on to validation, which refuses and reports
+            // it; a valid one counts only in a verified domain.
+            match crate::policy::address::parse_address(value) {
+                Ok(e) if !domains.contains(e.domain()) => out.left_out.push(Rejected {
                     value: value.to_string(),
                     locator,
-                    reason: format!("domain {d} is not a verified Email domain of the tenant"),
+                    reason: format!("domain {} is not a verified Email domain of the tenant", e.domain()),
                 }),
                 _ => out.items.push(RawItem { value: value.to_string(), kind: RawKind::Address, locator }),
             }
@@ -445,7 +446,10 @@ impl Session {
             let page: Page<Domain> = r.json()?;
             for d in page.value {
                 if d.is_verified && d.supported_services.iter().any(|s| s.eq_ignore_ascii_case("email")) {
-                    set.insert(d.id.to_ascii_lowercase());
+                    // Compared with addresses' normalised (IDNA, lowercase) domains.
+                    set.insert(
+                        crate::policy::address::parse_domain(&d.id).unwrap_or_else(|_| d.id.to_ascii_lowercase()),
+                    );
                 }
             }
             pages += 1;

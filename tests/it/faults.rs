@@ -384,3 +384,36 @@ fn servers_that_accept_but_never_answer_time_out() {
     }
     drop(silent);
 }
+
+/// Directory values crafted to inject map lines, catch-alls or template syntax,
+/// or simply enormous: none reaches an output, each is reported once, naming
+/// its source and object, in a log line of bounded length.
+#[test]
+fn hostile_directory_values_never_reach_an_output() {
+    let t = TestDir::new();
+    let g = token_fake();
+    let hostile = [
+        "smtp:x@contoso.com\r\nevil@contoso.com OK".to_string(),
+        "smtp:@contoso.com".to_string(),
+        "smtp:{% for r in recipients %}{{ r }}{% endfor %}@contoso.com".to_string(),
+        "smtp:tab\there@contoso.com".to_string(),
+        format!("smtp:{}@contoso.com", "a".repeat(1 << 20)),
+    ];
+    {
+        let mut s = g.state();
+        s.domains = vec![serde_json::json!({"id": "contoso.com", "isVerified": true, "supportedServices": ["Email"]})];
+        let mut proxies = vec![serde_json::json!("SMTP:good@contoso.com")];
+        proxies.extend(hostile.iter().map(|h| serde_json::json!(h)));
+        s.put("users", serde_json::json!({"id": "u1", "userPrincipalName": "mallory@contoso.com", "mail": "good@contoso.com", "proxyAddresses": proxies}));
+    }
+    graph_against(&t, &g, g.url());
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(t.read("out/list"), "good@contoso.com\n");
+    let reports: Vec<&str> = r.stderr.lines().filter(|l| l.contains("dropped invalid entry")).collect();
+    assert_eq!(reports.len(), hostile.len(), "each hostile value reported once:\n{}", reports.join("\n"));
+    assert!(reports.iter().all(|l| l.contains("source=m365") && l.contains("user mallory@contoso.com proxyAddresses")));
+    let longest = r.stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1000, "a log line of {longest} bytes");
+    assert!(r.stderr.contains("bytes in all"), "{}", &r.stderr[..2000.min(r.stderr.len())]);
+}
