@@ -417,3 +417,55 @@ fn hostile_directory_values_never_reach_an_output() {
     assert!(longest < 1000, "a log line of {longest} bytes");
     assert!(r.stderr.contains("bytes in all"), "{}", &r.stderr[..2000.min(r.stderr.len())]);
 }
+
+/// A connector's incremental cache that is truncated or garbage is only a
+/// cache: the next run is a full pass with the same, complete result.
+#[test]
+fn a_corrupt_incremental_cache_means_a_full_pass() {
+    let t = TestDir::new();
+    let g = token_fake();
+    let want = graph_traps(&mut g.state());
+    graph_against(&t, &g, g.url());
+    // graph_against turns incremental off; this test needs it on.
+    let cfg = t.read("rcptsync.toml").replace("incremental = false\n", "");
+    t.config(&cfg);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let cache = t.join("state/sources/m365.graph.json");
+    let full = std::fs::read(&cache).unwrap();
+    for (what, bytes) in
+        [("truncated", full[..full.len() / 2].to_vec()), ("garbage", b"\x00\xff{]".to_vec()), ("empty", Vec::new())]
+    {
+        std::fs::write(&cache, &bytes).unwrap();
+        g.state().common.log.clear();
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stderr.contains("full sync") && r.stderr.contains("no previous sync state"), "{what}: {}", r.stderr);
+        assert!(g.state().common.log.iter().any(|l| l.starts_with("GET /v1.0/users?")), "{what}: a full listing");
+        let got: Vec<String> = t.read("out/list").lines().map(str::to_string).collect();
+        assert_eq!(got, want, "{what}");
+    }
+}
+
+/// An LDAP "server" that answers with bytes that are not LDAP fails the source.
+#[test]
+fn an_ldap_server_answering_garbage_fails_the_source() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let addr = raw_server(|mut s| {
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+        // A truncated BER sequence, then the connection closes.
+        let _ = s.write_all(&[0x30, 0x84, 0x00, 0x00, 0x10, 0x00, 0x02, 0x01]);
+    });
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"dir\"\nkind = \"ldap\"\n\
+         url = \"ldap://{addr}\"\nbase_dn = \"dc=x\"\nfilter = \"(mail=*)\"\naddress_attributes = [\"mail\"]\nop_timeout = \"3s\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
+    ));
+    let start = Instant::now();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("source failed") && r.stderr.contains("source=dir"), "{}", r.stderr);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(!t.join("out/list").exists());
+}
