@@ -346,6 +346,40 @@ postmap = "lmdb"
 }
 
 #[test]
+fn postgres_dying_mid_result_fails_the_source() {
+    if !enabled("postgres_dying_mid_result_fails_the_source") {
+        return;
+    }
+    let t = TestDir::new();
+    let pg = postfixadmin_pg(&t);
+    pg.psql(
+        "postfixadmin",
+        "INSERT INTO mailbox (username, local_part, domain) SELECT 'bulk' || g || '@example.test', 'bulk' || g, 'example.test' FROM generate_series(1, 20000) g",
+    );
+    let pw = t.write("db-password", PG_PASSWORD);
+    let keys = |url: &str| {
+        format!(
+            "profile = \"postfixadmin\"\nurl = \"{url}\"\npassword_file = \"{}\"\nconnect_timeout = \"2s\"",
+            pw.display()
+        )
+    };
+    sql_config(&t, &keys(&pg.url("postfixadmin")), "[guard]\non_source_failure = \"abort\"");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let published = t.read("out/relay_recipients");
+    assert!(published.lines().count() > 20_000);
+    // Through a relay that dies after 150 kB of the server's answer: mid-result.
+    let port = crate::db::cutting_proxy(pg.port, 150_000);
+    let url = pg.url("postfixadmin").replace(&format!(":{}/", pg.port), &format!(":{port}/"));
+    assert_ne!(url, pg.url("postfixadmin"));
+    sql_config(&t, &keys(&url), "[guard]\non_source_failure = \"abort\"");
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(1);
+    let err = r.json()["sources"][0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("source primary (sql)"), "{err}");
+    assert_eq!(t.read("out/relay_recipients"), published, "a cut result must never shorten the list");
+}
+
+#[test]
 fn postgres_tls_is_verified_against_ca_file() {
     if !enabled("postgres_tls_is_verified_against_ca_file") {
         return;

@@ -251,3 +251,42 @@ impl Drop for Maria {
         }
     }
 }
+
+/// A TCP relay on 127.0.0.1 that cuts the connection after the server has sent
+/// `limit` bytes: a server dying between two pages of a search, or in the middle of a result.
+pub fn cutting_proxy(target: u16, limit: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        // One connection is all a run makes; the relay ends with it.
+        let Ok((client, _)) = listener.accept() else { return };
+        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { return };
+        let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = c_in.read(&mut buf) {
+                if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut s_in, mut c_out) = (server, client);
+        let mut sent = 0;
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = s_in.read(&mut buf) {
+            if n == 0 || c_out.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n;
+            if sent >= limit {
+                break;
+            }
+        }
+        let _ = c_out.shutdown(Shutdown::Both);
+        let _ = s_in.shutdown(Shutdown::Both);
+    });
+    port
+}
