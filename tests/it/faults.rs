@@ -150,27 +150,40 @@ fn kill_9_at_random_instants_never_leaves_a_partial_output() {
     std::fs::create_dir_all(t.join("out")).unwrap();
     let a = addresses(3000, "a");
     let b = format!("{a}{}", addresses(200, "b"));
-    let outputs = "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n\
+    let mut outputs = "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n\
                    [[output]]\nname = \"json\"\ntemplate = \"json\"\npath = \"out/list.json\"\n\
-                   [[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/exim\"\n";
+                   [[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/exim\"\n"
+        .to_string();
+    // With the real Postfix tools, a postmap'd map joins the outputs under test.
+    let postfix = crate::util::real_mta_required();
+    let mut etc = t.join("pf");
+    if postfix {
+        etc = crate::postfix::Postfix::configure(&etc, "example.com", "lmdb:/dev/null");
+        outputs.push_str(
+            "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay\"\npostmap = \"lmdb\"\n",
+        );
+    } else {
+        say("kill_9_at_random_instants: no real Postfix (RCPTSYNC_TEST_REAL_MTA), the lmdb map is left out");
+    }
     t.config(&format!(
         "state_dir = \"state\"\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n{outputs}"
     ));
+    let sync =
+        |t: &TestDir| Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("MAIL_CONFIG", &etc).output().unwrap());
     // The two complete versions of each output.
     let mut versions: Vec<(String, [String; 2])> = Vec::new();
-    for name in ["plain", "list.json", "exim"] {
+    for name in ["plain", "list.json", "exim"].into_iter().chain(postfix.then_some("relay")) {
         versions.push((name.to_string(), [String::new(), String::new()]));
     }
     for (i, list) in [&a, &b].into_iter().enumerate() {
         t.write("recipients.txt", list);
-        t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+        sync(&t).expect(0);
         for v in versions.iter_mut() {
             v.1[i] = t.read(&format!("out/{}", v.0));
         }
     }
     let start = Instant::now();
-    let full = Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).output().unwrap());
-    full.expect(0);
+    sync(&t).expect(0);
     let run_time = start.elapsed().max(Duration::from_millis(5));
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
     let mut killed_mid_run = 0;
@@ -180,7 +193,12 @@ fn kill_9_at_random_instants_never_leaves_a_partial_output() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let wait = run_time.mul_f64((seed % 1000) as f64 / 1000.0 * 1.2);
-        let mut child = t.cmd(&["sync", "-c", "rcptsync.toml"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = t
+            .cmd(&["sync", "-c", "rcptsync.toml"])
+            .env("MAIL_CONFIG", &etc)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_none() {
             killed_mid_run += 1;
@@ -198,15 +216,28 @@ fn kill_9_at_random_instants_never_leaves_a_partial_output() {
         if name_json_is_invalid(&t) {
             panic!("iteration {i}: out/list.json does not parse");
         }
+        if postfix && i % 10 == 0 {
+            // The map answers and holds one complete version.
+            let dump = Command::new("postmap")
+                .arg("-s")
+                .arg(format!("lmdb:{}", t.join("out/relay").display()))
+                .env("MAIL_CONFIG", &etc)
+                .output()
+                .unwrap();
+            let n = String::from_utf8_lossy(&dump.stdout).lines().count();
+            assert!(dump.status.success() && (n == 3000 || n == 3200), "iteration {i}: the map holds {n} keys");
+        }
     }
     assert!(killed_mid_run >= 50, "only {killed_mid_run} kills landed during a run");
     // The next run completes and repairs: the current list everywhere, no leftovers.
     t.write("recipients.txt", &b);
-    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    sync(&t).expect(0);
     for (name, [_, vb]) in &versions {
         assert_eq!(t.read(&format!("out/{name}")), *vb, "{name} after the repairing run");
     }
-    assert_eq!(files_in(&t.join("out")), ["exim", "list.json", "plain"], "temp files were cleaned up");
+    let want: &[&str] =
+        if postfix { &["exim", "list.json", "plain", "relay", "relay.lmdb"] } else { &["exim", "list.json", "plain"] };
+    assert_eq!(files_in(&t.join("out")), want, "temp files were cleaned up");
 }
 
 fn name_json_is_invalid(t: &TestDir) -> bool {

@@ -143,6 +143,11 @@ fn failover_credentials_tls_and_plaintext_rules() {
         &format!("url = \"{}\"\nstarttls = true\nbind_dn = \"{SYNC_DN}\"\nca_file = \"{}\"", s.url(), s.ca.display()),
     );
     list(&t).expect(0);
+    // StartTLS to a certificate nobody trusts fails the same clear way.
+    config(&t, &format!("url = \"{}\"\nstarttls = true\nbind_dn = \"{SYNC_DN}\"", s.url()));
+    let r = list(&t);
+    r.expect(1);
+    assert!(r.stderr.contains("set ca_file"), "{}", r.stderr);
 
     // A password over plain ldap:// is refused by config validation ...
     config(&t, &format!("url = \"{}\"\nbind_dn = \"{SYNC_DN}\"", s.url()));

@@ -235,3 +235,19 @@ fn unchanged_inputs_still_repair_a_tampered_output() {
     assert_eq!(v["sources"][0]["recipients"], 2);
     assert!(r.stderr.contains("nothing to do"), "{}", r.stderr);
 }
+
+#[test]
+fn missing_postmap_is_named_and_nothing_changes() {
+    let t = setup("");
+    sync(&t, &[]).expect(0);
+    let (before_txt, before_exim) = (t.read("out/relay_recipients"), t.read("out/exim_recipients"));
+    t.write("recipients.txt", "alice@example.com\nbob@example.com\ncarol@example.com\n");
+    // A PATH without postmap (and without anything else).
+    std::fs::create_dir_all(t.join("empty-bin")).unwrap();
+    let r = Run::from(t.cmd(&["sync", "-c", "rcptsync.toml"]).env("PATH", t.join("empty-bin")).output().unwrap());
+    r.expect(1);
+    let text = format!("{}{}", r.stdout, r.stderr);
+    assert!(text.contains("postmap") && (text.contains("not found") || text.contains("No such file")), "{text}");
+    assert_eq!(t.read("out/relay_recipients"), before_txt);
+    assert_eq!(t.read("out/exim_recipients"), before_exim, "the transaction covers every output");
+}
