@@ -356,6 +356,8 @@ async fn sync_inner(
     let entries = list.sorted_entries();
     let new_fp = fingerprint(entries.iter().copied());
     let applied_path = state.applied_path();
+    // Refusals beyond the global ones: per-domain shrinks and missing canaries.
+    let mut more: Vec<String> = Vec::new();
     let (baseline, delta) = match state.read_header(&applied_path) {
         Ok(None) => (Baseline::None, Delta { added: entries.len(), removed: 0 }),
         Ok(Some(h)) if h.fingerprint == new_fp && h.count == entries.len() => {
@@ -364,6 +366,13 @@ async fn sync_inner(
         Ok(Some(_)) => match state.read_list(&applied_path) {
             Ok(Some((h, old))) => {
                 let d = guard::delta(old.iter().map(Entry::as_str), entries.iter().copied());
+                if let (Some(pct), true) = (cfg.guard.max_removed_percent_per_domain, d.removed > 0) {
+                    more.extend(
+                        guard::domain_shrinks(old.iter().map(Entry::as_str), entries.iter().copied(), pct)
+                            .into_iter()
+                            .map(|s| format!("{s}, more than guard.max_removed_percent_per_domain = {pct}")),
+                    );
+                }
                 (Baseline::Applied { count: h.count }, d)
             }
             Ok(None) => (Baseline::None, Delta { added: entries.len(), removed: 0 }),
@@ -373,7 +382,11 @@ async fn sync_inner(
     };
     report.added = delta.added;
     report.removed = delta.removed;
-    let verdict: Verdict = guard::evaluate(&cfg.guard, list.len(), &baseline, delta, opts.force);
+    let missing = guard::missing_canaries(&cfg.guard.canaries, &entries);
+    if !missing.is_empty() {
+        more.push(format!("guard.canaries missing from the new list: {}", missing.join(", ")));
+    }
+    let verdict: Verdict = guard::evaluate_with(&cfg.guard, list.len(), &baseline, delta, more, opts.force);
     report.guard = GuardReport { ok: verdict.ok, reason: verdict.reason.clone() };
     if verdict.forced {
         tracing::warn!(reason = verdict.reason.as_deref().unwrap_or(""), "guard overridden by --force");

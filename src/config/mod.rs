@@ -120,6 +120,13 @@ pub struct GuardConfig {
     /// What a failed source does to the run.
     #[serde(default)]
     pub on_source_failure: OnSourceFailure,
+    /// Addresses that must be in every published list (e.g. the CEO's); a list
+    /// without one is refused like any guard trip. Normalised by validation.
+    #[serde(default)]
+    pub canaries: Vec<String>,
+    /// Refuse when one domain loses more than this share of its entries (or all
+    /// of them), even if the global share is small.
+    pub max_removed_percent_per_domain: Option<f64>,
 }
 
 fn default_min_recipients() -> u64 {
@@ -135,6 +142,8 @@ impl Default for GuardConfig {
             min_recipients: default_min_recipients(),
             max_removed_percent: default_max_removed_percent(),
             on_source_failure: OnSourceFailure::default(),
+            canaries: Vec::new(),
+            max_removed_percent_per_domain: None,
         }
     }
 }
@@ -680,9 +689,18 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     };
     let policy: PolicyConfig = raw.policy.and_then(|p| v.section("policy", p)).unwrap_or_default();
     v.validate_policy(&policy);
-    let guard: GuardConfig = raw.guard.and_then(|g| v.section("guard", g)).unwrap_or_default();
+    let mut guard: GuardConfig = raw.guard.and_then(|g| v.section("guard", g)).unwrap_or_default();
     if !(0.0..=100.0).contains(&guard.max_removed_percent) {
         v.push("guard.max_removed_percent", "must be between 0 and 100".into());
+    }
+    if guard.max_removed_percent_per_domain.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+        v.push("guard.max_removed_percent_per_domain", "must be between 0 and 100".into());
+    }
+    for (i, c) in guard.canaries.iter_mut().enumerate() {
+        match parse_address(c) {
+            Ok(e) => *c = e.as_str().to_string(),
+            Err(e) => v.push(format!("guard.canaries[{i}]"), format!("{c:?} {e}")),
+        }
     }
 
     let mut sources = Vec::new();

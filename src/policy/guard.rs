@@ -49,6 +49,57 @@ pub fn delta<'a>(old: impl IntoIterator<Item = &'a str>, new: impl IntoIterator<
     }
 }
 
+/// Canaries missing from the new list. A canary counts as present when it is
+/// listed or its domain is a catch-all (the MTA accepts it either way).
+/// `entries` is the new list, sorted.
+pub fn missing_canaries<'a>(canaries: &'a [String], entries: &[&str]) -> Vec<&'a str> {
+    canaries
+        .iter()
+        .map(String::as_str)
+        .filter(|c| {
+            let catchall = c.rfind('@').map(|at| &c[at..]).unwrap_or("");
+            entries.binary_search(c).is_err() && entries.binary_search(&catchall).is_err()
+        })
+        .collect()
+}
+
+/// Domains that lose more than `max_pct` of their entries, or all of them,
+/// between `old` and `new` (both sorted, without duplicates). One line each.
+pub fn domain_shrinks<'a>(
+    old: impl IntoIterator<Item = &'a str>,
+    new: impl IntoIterator<Item = &'a str>,
+    max_pct: f64,
+) -> Vec<String> {
+    use std::collections::BTreeMap;
+    fn domain(e: &str) -> &str {
+        e.rfind('@').map(|at| &e[at + 1..]).unwrap_or(e)
+    }
+    // domain -> (entries before, removed, entries after)
+    let mut per: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    let new: std::collections::HashSet<&str> =
+        new.into_iter().inspect(|e| per.entry(domain(e)).or_default().2 += 1).collect();
+    for e in old {
+        let f = per.entry(domain(e)).or_default();
+        f.0 += 1;
+        if !new.contains(e) {
+            f.1 += 1;
+        }
+    }
+    per.into_iter()
+        .filter(|(_, (before, removed, _))| *before > 0 && *removed > 0)
+        .filter_map(|(d, (before, removed, after))| {
+            let pct = removed as f64 * 100.0 / before as f64;
+            if after == 0 {
+                Some(format!("domain {d} would lose all {before} of its entries"))
+            } else if pct > max_pct {
+                Some(format!("domain {d} would lose {removed} of {before} entries ({pct:.1}%)"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 /// What the guard knows about the previous run.
 #[derive(Debug, Clone)]
 pub enum Baseline {
@@ -72,7 +123,22 @@ pub struct Verdict {
 /// Decides whether a list of `count` entries, differing from the baseline by
 /// `delta`, may be published.
 pub fn evaluate(cfg: &GuardConfig, count: usize, baseline: &Baseline, delta: Delta, force: bool) -> Verdict {
-    let reason = refusal(cfg, count, baseline, delta);
+    evaluate_with(cfg, count, baseline, delta, Vec::new(), force)
+}
+
+/// [`evaluate`] with further refusals found by the caller (missing canaries,
+/// per-domain shrinks); all of them are reported together.
+pub fn evaluate_with(
+    cfg: &GuardConfig,
+    count: usize,
+    baseline: &Baseline,
+    delta: Delta,
+    more: Vec<String>,
+    force: bool,
+) -> Verdict {
+    let mut reasons: Vec<String> = refusal(cfg, count, baseline, delta).into_iter().collect();
+    reasons.extend(more);
+    let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     match reason {
         None => Verdict { ok: true, reason: None, forced: false },
         Some(r) if force => Verdict { ok: true, reason: Some(format!("overridden by --force: {r}")), forced: true },
@@ -115,6 +181,43 @@ mod tests {
 
     fn cfg(min: u64, pct: f64) -> GuardConfig {
         GuardConfig { min_recipients: min, max_removed_percent: pct, ..GuardConfig::default() }
+    }
+
+    #[test]
+    fn canaries_are_found_as_addresses_or_under_a_catchall() {
+        let entries = ["@catch.example.org", "a@example.com", "ceo@example.com"];
+        let c =
+            vec!["ceo@example.com".to_string(), "boss@catch.example.org".to_string(), "cfo@example.com".to_string()];
+        assert_eq!(missing_canaries(&c, &entries), ["cfo@example.com"]);
+    }
+
+    #[test]
+    fn a_domain_losing_too_much_or_everything_is_named() {
+        let old = [
+            "a@big.example",
+            "b@big.example",
+            "c@big.example",
+            "d@big.example",
+            "x@small.example",
+            "y@small.example",
+            "z@gone.example",
+        ];
+        let new =
+            ["a@big.example", "b@big.example", "c@big.example", "d@big.example", "new@big.example", "x@small.example"];
+        let s = domain_shrinks(old.iter().copied(), new.iter().copied(), 40.0);
+        assert_eq!(
+            s,
+            [
+                "domain gone.example would lose all 1 of its entries",
+                "domain small.example would lose 1 of 2 entries (50.0%)"
+            ]
+        );
+        assert!(domain_shrinks(old.iter().copied(), new.iter().copied(), 60.0).len() == 1, "only the emptied domain");
+        let v =
+            evaluate_with(&cfg(1, 10.0), 6, &Baseline::Applied { count: 7 }, Delta { added: 1, removed: 2 }, s, false);
+        assert!(!v.ok);
+        let r = v.reason.unwrap();
+        assert!(r.contains("28.6%") && r.contains("gone.example"), "{r}");
     }
 
     #[test]

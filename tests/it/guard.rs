@@ -168,3 +168,64 @@ fn two_runs_never_overlap() {
     drop(f);
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
 }
+
+#[test]
+fn a_missing_canary_is_refused_like_a_guard_trip() {
+    let t = setup(
+        "[guard]\ncanaries = [\"CEO@Example.com\", \"boss@catch.example.org\"]",
+        &format!("{}ceo@example.com\n@catch.example.org\n", addrs(50)),
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/relay_recipients");
+    // The CEO vanishes (1 of 52 entries: far below max_removed_percent).
+    t.write("recipients.txt", &format!("{}@catch.example.org\n", addrs(50)));
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(3);
+    let reason = r.json()["guard"]["reason"].as_str().unwrap().to_string();
+    assert_eq!(reason, "guard.canaries missing from the new list: ceo@example.com");
+    assert_eq!(t.read("out/relay_recipients"), before);
+    // --force publishes anyway, and says what it overrode.
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--force"]);
+    r.expect(0);
+    assert!(r.stderr.contains("overridden by --force: guard.canaries missing"), "{}", r.stderr);
+    // A canary refused by validation is a config error with its path.
+    t.config(&config_with(OUT, "[guard]\ncanaries = [\"not an address\"]"));
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    r.expect(78);
+    assert!(r.stderr.contains("guard.canaries[0]: \"not an address\""), "{}", r.stderr);
+}
+
+#[test]
+fn a_domain_losing_too_much_is_refused_even_when_the_global_share_is_small() {
+    let small: String = (0..10).map(|i| format!("u{i}@small.example\n")).collect();
+    let t = setup("[guard]\nmax_removed_percent_per_domain = 30", &format!("{}{small}", addrs(200)));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let before = t.read("out/relay_recipients");
+    // small.example loses 5 of 10 (50 %), which is 2.4 % of the whole list.
+    let half: String = (0..5).map(|i| format!("u{i}@small.example\n")).collect();
+    t.write("recipients.txt", &format!("{}{half}", addrs(200)));
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(3);
+    let reason = r.json()["guard"]["reason"].as_str().unwrap().to_string();
+    assert_eq!(
+        reason,
+        "domain small.example would lose 5 of 10 entries (50.0%), more than guard.max_removed_percent_per_domain = 30"
+    );
+    assert_eq!(t.read("out/relay_recipients"), before);
+    // A domain dropping to zero is refused whatever its share.
+    t.write(
+        "recipients.txt",
+        &format!("{}{}", addrs(200), (0..10).map(|i| format!("u{i}@small.example\n")).collect::<String>()),
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    t.config(&config_with(OUT, "[guard]\nmax_removed_percent_per_domain = 100"));
+    t.write("recipients.txt", &format!("{}{}", addrs(200), "x@other.example\n"));
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(3);
+    assert!(
+        r.json()["guard"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("domain small.example would lose all 10 of its entries")
+    );
+}
