@@ -80,9 +80,13 @@ pub enum Command {
         /// Print the lines each output would gain and lose.
         #[arg(long)]
         diff: bool,
-        /// Publish even if the guard refuses the list (never skips address validation).
+        /// Publish even if the guard refuses the list (never skips address validation);
+        /// also drops entries in removal grace at once.
         #[arg(long)]
         force: bool,
+        /// Drop entries that left every source now, ignoring guard.removal_grace.
+        #[arg(long)]
+        no_grace: bool,
         /// Report format on stdout.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -198,12 +202,12 @@ fn print(text: &str) {
 
 async fn run_command(cmd: Command) -> u8 {
     match cmd {
-        Command::Sync { config, dry_run, diff, force, format, detailed_exitcode } => {
+        Command::Sync { config, dry_run, diff, force, no_grace, format, detailed_exitcode } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let opts = SyncOptions { dry_run, diff, force };
+            let opts = SyncOptions { dry_run, diff, force, no_grace };
             match run::sync(&cfg, opts).await {
                 Ok(mut report) => {
                     report.dry_run = dry_run;
@@ -335,7 +339,11 @@ async fn gather_and_merge(cfg: &Config, full: bool) -> Result<(Vec<run::Gathered
             return Err(exit::FAILURE);
         }
     };
-    let gathered = if full { run::gather_full(cfg, &state).await } else { run::gather(cfg, &state).await };
+    let mut gathered = if full { run::gather_full(cfg, &state).await } else { run::gather(cfg, &state).await };
+    // What `sync` would publish: entries in removal grace included (read-only here).
+    if let Some(grace) = cfg.guard.removal_grace {
+        run::keep_in_grace(&state, &mut gathered, grace);
+    }
     let failed: Vec<&str> = gathered
         .iter()
         .filter(|g| g.status == crate::report::SourceStatus::Failed)

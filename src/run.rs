@@ -2,6 +2,7 @@
 //! fetch every source → merge under the policy → guard against the last applied
 //! list → render every output → write only what changed, with hooks → record state.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ pub struct SyncOptions {
     pub dry_run: bool,
     pub diff: bool,
     pub force: bool,
+    /// Drop entries at once instead of keeping them for `guard.removal_grace`.
+    pub no_grace: bool,
 }
 
 /// A source after fetching and validation.
@@ -321,7 +324,11 @@ async fn sync_inner(
     *took = fetched.iter().map(|(_, d)| *d).collect();
     let config_fp = config_fingerprint(cfg);
     let raw_fps: Vec<Option<String>> = fetched.iter().map(|(r, _)| r.as_ref().ok().map(raw_fingerprint)).collect();
-    if let Some(mut report) = tokio::task::block_in_place(|| unchanged(cfg, &state, &config_fp, &raw_fps)) {
+    // Entries in removal grace can expire while the sources stay the same.
+    let in_grace = cfg.guard.removal_grace.is_some() && !read_tombstones(&state).is_empty();
+    if let Some(mut report) =
+        (!in_grace).then(|| tokio::task::block_in_place(|| unchanged(cfg, &state, &config_fp, &raw_fps))).flatten()
+    {
         report.elapsed = started.elapsed();
         return Ok(report);
     }
@@ -342,6 +349,12 @@ async fn sync_inner(
     }
 
     let t = Instant::now();
+    // Entries that left every source stay for guard.removal_grace (not with
+    // --force or --no-grace, which drop them at once and forget the tombstones).
+    let tombstones = match (cfg.guard.removal_grace, opts.force || opts.no_grace) {
+        (Some(grace), false) => tokio::task::block_in_place(|| keep_in_grace(&state, &mut gathered, grace)),
+        _ => BTreeMap::new(),
+    };
     let list = tokio::task::block_in_place(|| {
         let (list, dropped) = merge_owned(cfg, &mut gathered);
         report_drops(&gathered, &dropped);
@@ -469,6 +482,9 @@ async fn sync_inner(
     let t = Instant::now();
     for f in staged_state? {
         f.install()?;
+    }
+    if cfg.guard.removal_grace.is_some() || state.root().join(TOMBSTONES).exists() {
+        write_tombstones(&state, &tombstones);
     }
     if raw_fps.iter().all(Option::is_some) {
         let record = RunRecord {
@@ -629,6 +645,65 @@ fn report_drops(gathered: &[Gathered], dropped: &[usize]) {
 /// Writes, to fsynced temp files, the state files that differ from what is on
 /// disk: the new baseline and each source's last-known-good slice. Done while
 /// the outputs are being committed; installed only if the commit succeeds.
+/// `state_dir/tombstones.json`: entry → unix time it was first missing.
+const TOMBSTONES: &str = "tombstones.json";
+
+fn read_tombstones(state: &StateDir) -> BTreeMap<String, u64> {
+    match std::fs::read(state.root().join(TOMBSTONES)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            // Losing them restarts every grace period from now: later, never earlier.
+            tracing::warn!(error = %e, "removal-grace tombstones unreadable; grace periods restart now");
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+fn write_tombstones(state: &StateDir, t: &BTreeMap<String, u64>) {
+    crate::connector::save_state(&state.root().join(TOMBSTONES), t, "removal-grace");
+}
+
+/// Adds the entries of the last applied list that no source returns any more,
+/// and whose grace has not run out, as a pseudo-source; returns the tombstones
+/// to keep (entry → first missing).
+pub fn keep_in_grace(state: &StateDir, gathered: &mut Vec<Gathered>, grace: Duration) -> BTreeMap<String, u64> {
+    let Ok(Some((_, old))) = state.read_list(&state.applied_path()) else { return BTreeMap::new() };
+    let present: std::collections::HashSet<&str> =
+        gathered.iter().flat_map(|g| g.entries.iter().map(|(e, _)| e.as_str())).collect();
+    let before = read_tombstones(state);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut kept = Vec::new();
+    let mut tombstones = BTreeMap::new();
+    let mut expired = 0usize;
+    for e in old {
+        if present.contains(e.as_str()) {
+            continue;
+        }
+        let since = before.get(e.as_str()).copied().unwrap_or(now);
+        let until = since.saturating_add(grace.as_secs());
+        if now < until {
+            tombstones.insert(e.as_str().to_string(), since);
+            kept.push((e, Locator::Grace { since, until }));
+        } else {
+            expired += 1;
+        }
+    }
+    drop(present);
+    if !kept.is_empty() || expired > 0 {
+        tracing::info!(kept = kept.len(), expired, "removal grace: entries absent from every source");
+    }
+    gathered.push(Gathered {
+        name: crate::policy::GRACE_SOURCE.to_string(),
+        kind: "grace",
+        status: SourceStatus::Ok,
+        entries: kept,
+        rejected: Vec::new(),
+        left_out: Vec::new(),
+        error: None,
+    });
+    tombstones
+}
+
 fn stage_state(
     state: &StateDir,
     list: &RecipientList,
@@ -649,7 +724,7 @@ fn stage_state(
         push_unique(&mut slices, sources.iter().copied(), entry);
     }
     for (name, slice) in names.iter().zip(slices) {
-        if name == crate::policy::INCLUDE_SOURCE {
+        if name == crate::policy::INCLUDE_SOURCE || name == crate::policy::GRACE_SOURCE {
             continue;
         }
         let path = state.slice_path(name);

@@ -127,6 +127,10 @@ pub struct GuardConfig {
     /// Refuse when one domain loses more than this share of its entries (or all
     /// of them), even if the global share is small.
     pub max_removed_percent_per_domain: Option<f64>,
+    /// Keep publishing an entry that disappeared from every source until it has
+    /// been absent this long (tombstones in `state_dir`).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub removal_grace: Option<Duration>,
 }
 
 fn default_min_recipients() -> u64 {
@@ -144,6 +148,7 @@ impl Default for GuardConfig {
             on_source_failure: OnSourceFailure::default(),
             canaries: Vec::new(),
             max_removed_percent_per_domain: None,
+            removal_grace: None,
         }
     }
 }

@@ -30,6 +30,9 @@ pub enum Locator {
     LastGood,
     /// `policy.include[i]`.
     Include(u32),
+    /// Kept by `guard.removal_grace`: absent from every source since `since`,
+    /// published until `until` (unix seconds).
+    Grace { since: u64, until: u64 },
 }
 
 impl fmt::Display for Locator {
@@ -39,6 +42,12 @@ impl fmt::Display for Locator {
             Locator::Object(o) => f.write_str(o),
             Locator::LastGood => f.write_str("last-known-good copy"),
             Locator::Include(i) => write!(f, "policy.include[{i}]"),
+            Locator::Grace { since, until } => {
+                let t = |s: u64| {
+                    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+                };
+                write!(f, "kept by removal grace until {} (absent from every source since {})", t(*until), t(*since))
+            }
         }
     }
 }
@@ -381,6 +390,8 @@ pub struct Policy {
 
 /// Name used for `policy.include` in provenance.
 pub const INCLUDE_SOURCE: &str = "policy.include";
+/// The pseudo-source of entries kept by `guard.removal_grace`.
+pub const GRACE_SOURCE: &str = "removal-grace";
 
 impl Policy {
     /// Compiles a validated `[policy]`. Invalid values were reported by config

@@ -229,3 +229,38 @@ fn a_domain_losing_too_much_is_refused_even_when_the_global_share_is_small() {
             .starts_with("domain small.example would lose all 10 of its entries")
     );
 }
+
+#[test]
+fn removal_grace_keeps_a_vanished_entry_until_it_expires() {
+    let t = setup("[guard]\nremoval_grace = \"3s\"", &format!("{}gone@example.com\n", addrs(50)));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    // gone@ leaves every source: it stays published, with a tombstone.
+    t.write("recipients.txt", &addrs(50));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(t.read("out/relay_recipients").contains("gone@example.com OK"), "kept during the grace");
+    assert!(r.stderr.contains("removal grace: entries absent from every source kept=1 expired=0"), "{}", r.stderr);
+    assert!(t.read("state/tombstones.json").contains("gone@example.com"));
+    let why = t.run(&["why", "gone@example.com", "-c", "rcptsync.toml"]);
+    why.expect(0);
+    assert!(why.stdout.contains("kept by removal grace until"), "{}", why.stdout);
+    // Nothing changes at the source, yet the grace runs out: the next run drops it.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(!t.read("out/relay_recipients").contains("gone@"), "dropped after the grace");
+    assert!(r.stderr.contains("expired=1"), "{}", r.stderr);
+    assert!(!t.read("state/tombstones.json").contains("gone@"));
+
+    // --no-grace drops at once; an entry that comes back loses its tombstone.
+    t.write("recipients.txt", &format!("{}back@example.com\n", addrs(49)));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(t.read("out/relay_recipients").contains("user49@example.com"), "user49 kept in grace");
+    t.write("recipients.txt", &addrs(50));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(!t.read("state/tombstones.json").contains("user49@"), "back in a source: no tombstone");
+    assert!(t.read("state/tombstones.json").contains("back@"));
+    t.run(&["sync", "-c", "rcptsync.toml", "--no-grace"]).expect(0);
+    assert!(!t.read("out/relay_recipients").contains("back@"), "--no-grace drops at once");
+    assert_eq!(t.read("state/tombstones.json"), "{}");
+}
