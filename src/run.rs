@@ -307,7 +307,74 @@ pub async fn sync_some(cfg: &Config, opts: SyncOptions, not_due: &[String]) -> R
     for (s, d) in report.sources.iter_mut().zip(took) {
         s.took = d;
     }
+    if !opts.dry_run {
+        tokio::task::block_in_place(|| stale_defence(cfg, &report));
+    }
     Ok(report)
+}
+
+/// Whether a report published fresh data of every source (a source that was
+/// not due at this daemon tick counts as fresh).
+pub fn fresh(report: &Report) -> bool {
+    report.outcome == Outcome::Success
+        && report
+            .sources
+            .iter()
+            .all(|s| s.status == SourceStatus::Ok || (s.status == SourceStatus::LastGood && s.error.is_none()))
+}
+
+/// `guard.max_staleness`: after a run that was not fresh, if the last fresh one
+/// is older than the limit, runs `on_stale` once (e.g. make Postfix tempfail
+/// unknown recipients instead of rejecting them on stale data); after the next
+/// fresh run, runs `on_fresh` once. A marker in `state_dir` remembers which.
+fn stale_defence(cfg: &Config, report: &Report) {
+    let Some(max) = cfg.guard.max_staleness else { return };
+    let Ok(state) = StateDir::open(&cfg.state_dir, false) else { return };
+    let (marker, last) = (state.root().join("stale"), state.root().join("last-fresh"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let hook = |argv: &[String], what: &str| -> bool {
+        if argv.is_empty() {
+            return true;
+        }
+        match writer::hook::run(argv, crate::config::DEFAULT_HOOK_TIMEOUT) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "{what} hook failed; it runs again after the next run");
+                false
+            }
+        }
+    };
+    if fresh(report) {
+        let _ = std::fs::write(&last, now.to_string());
+        if marker.exists() {
+            tracing::info!("the list is fresh again: running guard.on_fresh");
+            if hook(&cfg.guard.on_fresh, "on_fresh") {
+                let _ = std::fs::remove_file(&marker);
+            }
+        }
+        return;
+    }
+    let since = std::fs::read_to_string(&last).ok().and_then(|t| t.trim().parse::<u64>().ok()).or_else(|| {
+        let m = std::fs::metadata(state.applied_path()).ok()?.modified().ok()?;
+        m.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+    });
+    let Some(since) = since else { return };
+    let age = now.saturating_sub(since);
+    if age <= max.as_secs() {
+        return;
+    }
+    if marker.exists() {
+        tracing::warn!(age_s = age, "the published list is still stale");
+        return;
+    }
+    tracing::error!(
+        age_s = age,
+        max_staleness_s = max.as_secs(),
+        "the published list is stale (no fresh run for longer than guard.max_staleness): running guard.on_stale"
+    );
+    if hook(&cfg.guard.on_stale, "on_stale") {
+        let _ = std::fs::write(&marker, now.to_string());
+    }
 }
 
 async fn sync_inner(

@@ -131,6 +131,16 @@ pub struct GuardConfig {
     /// been absent this long (tombstones in `state_dir`).
     #[serde(default, deserialize_with = "de_duration")]
     pub removal_grace: Option<Duration>,
+    /// The list is stale when no run has published fresh data from every source
+    /// for this long; `on_stale` runs once then, `on_fresh` once after the next
+    /// fresh run. Also the daemon's `/healthz` limit unless `[daemon]` sets one.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_staleness: Option<Duration>,
+    /// argv, e.g. `["postconf", "-e", "unknown_relay_recipient_reject_code=450"]`.
+    #[serde(default)]
+    pub on_stale: Vec<String>,
+    #[serde(default)]
+    pub on_fresh: Vec<String>,
 }
 
 fn default_min_recipients() -> u64 {
@@ -149,6 +159,9 @@ impl Default for GuardConfig {
             canaries: Vec::new(),
             max_removed_percent_per_domain: None,
             removal_grace: None,
+            max_staleness: None,
+            on_stale: Vec::new(),
+            on_fresh: Vec::new(),
         }
     }
 }
@@ -697,6 +710,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut guard: GuardConfig = raw.guard.and_then(|g| v.section("guard", g)).unwrap_or_default();
     if !(0.0..=100.0).contains(&guard.max_removed_percent) {
         v.push("guard.max_removed_percent", "must be between 0 and 100".into());
+    }
+    if (!guard.on_stale.is_empty() || !guard.on_fresh.is_empty()) && guard.max_staleness.is_none() {
+        v.push("guard.on_stale", "needs guard.max_staleness (how old the list may get)".into());
     }
     if guard.max_removed_percent_per_domain.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
         v.push("guard.max_removed_percent_per_domain", "must be between 0 and 100".into());

@@ -55,7 +55,7 @@ pub async fn run(path: PathBuf) -> u8 {
                 return exit::FAILURE;
             }
         };
-    let metrics = Arc::new(Metrics::new(published_at(&cfg), daemon_opt(&cfg, |d| d.max_staleness)));
+    let metrics = Arc::new(Metrics::new(published_at(&cfg), staleness(&cfg)));
     let listen = cfg.daemon.as_ref().and_then(|d| d.listen.clone());
     if let Some(addr) = &listen {
         match tokio::net::TcpListener::bind(addr).await {
@@ -139,6 +139,11 @@ fn stop(signal: &'static str, running: bool, stopping: &mut Option<&'static str>
     false
 }
 
+/// The `/healthz` limit: `[daemon] max_staleness`, else `[guard] max_staleness`.
+fn staleness(cfg: &Config) -> Option<Duration> {
+    daemon_opt(cfg, |d| d.max_staleness).or(cfg.guard.max_staleness)
+}
+
 fn daemon_opt<T>(cfg: &Config, get: impl Fn(&config::DaemonConfig) -> Option<T>) -> Option<T> {
     cfg.daemon.as_ref().and_then(get)
 }
@@ -215,7 +220,7 @@ fn reload(
             if &new_listen != listen {
                 tracing::warn!("daemon.listen changed: restart the daemon to move the metrics endpoint");
             }
-            metrics.set_max_staleness(daemon_opt(&new, |d| d.max_staleness));
+            metrics.set_max_staleness(staleness(&new));
             *watcher = watch(&new, path, events.clone());
             *plan = new_plan;
             *cfg = Arc::new(new);

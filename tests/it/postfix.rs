@@ -246,3 +246,64 @@ fn real_map_is_restored_byte_for_byte_when_check_fails() {
         .unwrap();
     assert!(!out.status.success(), "carol must not be in the restored map");
 }
+
+/// guard.max_staleness with the documented Postfix recipe: while the list is
+/// stale, unknown recipients get 450 (retry later) instead of 550; once a fresh
+/// run publishes again, 550 comes back. No manual step.
+#[test]
+fn a_stale_list_makes_postfix_tempfail_unknown_recipients() {
+    if !enabled("a_stale_list_makes_postfix_tempfail_unknown_recipients") {
+        return;
+    }
+    let t = TestDir::new();
+    t.write("recipients.txt", "alice@example.test\n");
+    std::fs::create_dir_all(t.join("maps")).unwrap();
+    let map = t.join("maps/relay_recipients");
+    let code =
+        |c: u16| format!("[\"sh\", \"-c\", \"postconf -e unknown_relay_recipient_reject_code={c} && postfix reload\"]");
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\nmax_staleness = \"1s\"\non_stale = {}\non_fresh = {}\n\
+         [[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"{}\"\npostmap = \"lmdb\"\n",
+        code(450),
+        code(550),
+        map.display()
+    ));
+    let etc = Postfix::configure(&t.join("pf"), "example.test", &format!("lmdb:{}", map.display()));
+    sync_for(&t, &etc, &[]).expect(0);
+    let pf = Postfix::run(etc.clone());
+    let reply = |to: &str| rcpt_replies(pf.port, &[to]).remove(0);
+    assert!(reply("nobody@example.test").starts_with("550"));
+
+    // The source breaks: its last good copy keeps the list, which now ages.
+    std::fs::remove_file(t.join("recipients.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = sync_for(&t, &etc, &[]);
+    r.expect(0);
+    assert!(r.stderr.contains("the published list is stale"), "{}", r.stderr);
+    let tempfail = wait_reply(&reply, "nobody@example.test", "450");
+    assert!(tempfail, "unknown recipients must be tempfailed while stale\n{}", pf.log_tail());
+    assert!(reply("alice@example.test").starts_with("250"), "known ones are still accepted");
+    // on_stale ran once: the next stale run only warns.
+    let r = sync_for(&t, &etc, &[]);
+    assert!(r.stderr.contains("still stale") && !r.stderr.contains("running guard.on_stale"), "{}", r.stderr);
+
+    // Fresh again: on_fresh restores the rejection.
+    t.write("recipients.txt", "alice@example.test\n");
+    let r = sync_for(&t, &etc, &[]);
+    r.expect(0);
+    assert!(r.stderr.contains("running guard.on_fresh"), "{}", r.stderr);
+    assert!(wait_reply(&reply, "nobody@example.test", "550"), "{}", pf.log_tail());
+}
+
+/// Waits (a reload takes a moment) until `to` gets a reply starting with `want`.
+fn wait_reply(reply: &dyn Fn(&str) -> String, to: &str, want: &str) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if reply(to).starts_with(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
