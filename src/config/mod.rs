@@ -554,6 +554,9 @@ struct RawOutput {
     reload: Option<Vec<String>>,
     mode: Option<String>,
     hook_timeout: Option<String>,
+    hash_salt: Option<secret::Literal>,
+    hash_salt_file: Option<PathBuf>,
+    hash_salt_env: Option<String>,
 }
 
 /// A validated output.
@@ -568,6 +571,8 @@ pub struct OutputConfig {
     /// Mode for a newly created file; an existing file keeps its own.
     pub mode: Option<u32>,
     pub hook_timeout: Duration,
+    /// Secret prefixed to each address by the hashed templates.
+    pub hash_salt: Option<secret::SecretSource>,
 }
 
 /// Default timeout for `postmap`, `check` and `reload`.
@@ -656,6 +661,11 @@ pub fn literal_secret_keys(cfg: &Config) -> Vec<String> {
         };
         if literal {
             keys.push(format!("source {} password", s.name));
+        }
+    }
+    for o in &cfg.outputs {
+        if matches!(o.hash_salt, Some(Literal(_))) {
+            keys.push(format!("output {} hash_salt", o.name));
         }
     }
     keys
@@ -1208,6 +1218,18 @@ impl Validator {
         if self.errors.len() > before {
             return None;
         }
+        let hash_salt = match secret::SecretSource::from_keys(
+            "hash_salt",
+            raw.hash_salt.map(|x| x.0),
+            raw.hash_salt_file.map(|p| self.abs(p)),
+            raw.hash_salt_env,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.push(format!("{at}.hash_salt"), e);
+                None
+            }
+        };
         Some(OutputConfig {
             name: raw.name,
             template: template?,
@@ -1217,6 +1239,7 @@ impl Validator {
             reload: raw.reload,
             mode,
             hook_timeout,
+            hash_salt,
         })
     }
 }

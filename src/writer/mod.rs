@@ -99,7 +99,11 @@ pub fn render_all(
         .par_iter()
         .map(|o| {
             check_link(o)?;
-            let bytes = o.template.render(list).map_err(|e| format!("output {}: {e}", o.name))?;
+            let salt = match &o.hash_salt {
+                Some(src) => src.resolve("hash_salt").map_err(|e| format!("output {}: {e}", o.name))?,
+                None => crate::config::secret::Secret::new(String::new()),
+            };
+            let bytes = o.template.render_salted(list, salt.expose()).map_err(|e| format!("output {}: {e}", o.name))?;
             let changed = !target(o).is_current(&bytes).map_err(|e| format!("output {}: {e}", o.name))?;
             let diff = (want_diff && changed).then(|| line_diff(&o.path, &bytes));
             // Writing the temp file here overlaps this output's I/O with the

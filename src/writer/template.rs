@@ -185,14 +185,24 @@ impl TemplateRef {
 
     /// Renders the list to bytes.
     pub fn render(&self, list: &Arc<RecipientList>) -> Result<Vec<u8>, String> {
+        self.render_salted(list, "")
+    }
+
+    /// Renders the list with `hash_salt` available to the template (the hashed
+    /// templates prefix it to each address before hashing).
+    pub fn render_salted(&self, list: &Arc<RecipientList>, salt: &str) -> Result<Vec<u8>, String> {
         match self.fast {
             Some(b) => Ok(b.render(list)),
-            None => self.render_interpreted(list),
+            None => self.render_with(list, salt),
         }
     }
 
     /// Renders through minijinja, whatever the template.
     pub fn render_interpreted(&self, list: &Arc<RecipientList>) -> Result<Vec<u8>, String> {
+        self.render_with(list, "")
+    }
+
+    fn render_with(&self, list: &Arc<RecipientList>, salt: &str) -> Result<Vec<u8>, String> {
         let env = environment();
         let tmpl = env.template_from_str(&self.source).map_err(|e| format!("template {}: {e:#}", self.origin))?;
         let ctx = minijinja::context! {
@@ -200,6 +210,7 @@ impl TemplateRef {
             domains => Value::from_object(Domains(list.clone(), DomainKind::All)),
             catchall_domains => Value::from_object(Domains(list.clone(), DomainKind::CatchAll)),
             count => list.addresses().len(),
+            hash_salt => salt,
         };
         tmpl.render(ctx).map(String::into_bytes).map_err(|e| format!("template {}: {e:#}", self.origin))
     }
@@ -217,7 +228,17 @@ fn environment() -> Environment<'static> {
     }
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_filter("sha256", sha256_filter);
     env
+}
+
+/// `{{ value|sha256(salt) }}`: lowercase hex SHA-256 of `salt` followed by the
+/// value, as Exim's `${sha256:…}` computes it.
+fn sha256_filter(value: String, salt: Option<String>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(salt.unwrap_or_default().as_bytes());
+    ctx.update(value.as_bytes());
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn sample_list() -> Arc<RecipientList> {
@@ -326,6 +347,27 @@ mod tests {
 
     fn builtin(name: &str) -> TemplateRef {
         Catalog::embedded().template(name).unwrap()
+    }
+
+    #[test]
+    fn hashed_templates_hash_the_normalised_address_with_the_salt() {
+        let l = list(&["Alice@Example.com", "@example.org"]);
+        let out = String::from_utf8(builtin("exim-sha256").render_salted(&l, "pepper").unwrap()).unwrap();
+        let want_a = sha256_filter("alice@example.com".into(), Some("pepper".into()));
+        let want_c = sha256_filter("@example.org".into(), Some("pepper".into()));
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(lines, [want_c.as_str(), want_a.as_str()]);
+        assert!(!out.contains("alice") && !out.contains("example"), "no address in clear: {out}");
+        // The known vector: sha256("abc").
+        assert_eq!(
+            sha256_filter("abc".into(), None),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&builtin("json-sha256").render_salted(&l, "pepper").unwrap()).unwrap();
+        assert_eq!(json["recipients"][0], want_a.as_str());
+        assert_eq!(json["catchall_domains"][0], want_c.as_str());
+        assert_eq!(json["salted"], true);
     }
 
     #[test]

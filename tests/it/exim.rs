@@ -13,9 +13,14 @@ fn env(name: &str) -> String {
 }
 
 fn exim_rcpt(dir: &Path, list: &Path, domains: &str, rcpts: &[&str]) -> Vec<String> {
+    exim_rcpt_with(dir, list, domains, rcpts, "exim.conf.in", "")
+}
+
+fn exim_rcpt_with(dir: &Path, list: &Path, domains: &str, rcpts: &[&str], fixture: &str, salt: &str) -> Vec<String> {
     let exim = env("RCPTSYNC_TEST_EXIM");
-    let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exim/exim.conf.in"))
+    let conf = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exim").join(fixture))
         .unwrap()
+        .replace("@SALT@", salt)
         .replace("@EXIM@", &exim)
         .replace("@DIR@", &dir.display().to_string())
         .replace("@DOMAINS@", domains)
@@ -92,4 +97,44 @@ fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
     assert!(r[0].starts_with("250"), "{r:?}");
     assert!(r[1].starts_with("550 5.1.1"), "{r:?}");
     assert!(r[2].starts_with("550 5.1.1"), "catch-all removed: {r:?}");
+}
+
+#[test]
+fn exim_checks_a_hashed_list_with_sha256() {
+    if !enabled("exim_checks_a_hashed_list_with_sha256") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    std::fs::create_dir_all(t.join("exim")).unwrap();
+    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
+    t.write("salt", "s3cretPepper9\n");
+    t.config(&config_with(
+        "[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt_file = \"salt\"\n[guard]\nmax_removed_percent = 100\n",
+        "",
+    ));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let list = t.join("out/hashed");
+    let text = t.read("out/hashed");
+    assert!(!text.contains("alice") && !text.contains("example") && !text.contains("other"), "clear text in {text}");
+    let r = exim_rcpt_with(
+        &t.join("exim"),
+        &list,
+        "example.test : other.test",
+        &["alice@example.test", "BOB@example.test", "nobody@example.test", "Anyone@Other.TEST"],
+        "exim-sha256.conf.in",
+        "s3cretPepper9",
+    );
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[3].starts_with("250"), "{r:?}");
+    assert_eq!(r[2], "550 5.1.1 <nobody@example.test> User unknown in relay recipient table");
+    // A different salt on the MTA side matches nothing: the salt really is used.
+    let r = exim_rcpt_with(
+        &t.join("exim"),
+        &list,
+        "example.test : other.test",
+        &["alice@example.test"],
+        "exim-sha256.conf.in",
+        "other",
+    );
+    assert!(r[0].starts_with("550"), "{r:?}");
 }
