@@ -128,6 +128,26 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Serve one output's list to Postfix as a socketmap lookup table.
+    ///
+    /// For hashed lists (template exim-sha256) Postfix cannot hash the key itself;
+    /// this server hashes each query with the output's hash_salt. The list is
+    /// re-read whenever a sync replaces it; while it cannot be read, lookups
+    /// answer TEMP so that Postfix tempfails.
+    ///
+    /// Example (main.cf: relay_recipient_maps = socketmap:unix:/run/rcptsync/map.sock:relay):
+    ///   rcptsync socketmap --output exim-hashed --listen unix:/run/rcptsync/map.sock
+    #[command(verbatim_doc_comment, after_help = AFTER_HELP)]
+    Socketmap {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `[[output]]` whose file is served.
+        #[arg(long, value_name = "NAME")]
+        output: String,
+        /// unix:/path/to/socket, or inet:127.0.0.1:PORT (loopback only).
+        #[arg(long, value_name = "ADDRESS")]
+        listen: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Examples:
@@ -232,6 +252,9 @@ async fn run_command(cmd: Command) -> u8 {
         Command::List { config, format } => list(&config, format).await,
         Command::Why { address, config } => why(&config, &address).await,
         Command::Daemon { config } => crate::daemon::run(config::resolve_path(config.config.as_deref())).await,
+        Command::Socketmap { config, output, listen } => {
+            crate::socketmap::run(&config::resolve_path(config.config.as_deref()), &output, &listen).await
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut out = Vec::new();

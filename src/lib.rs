@@ -11,6 +11,7 @@ pub mod policy;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod socketmap;
 pub mod state;
 pub mod why;
 pub mod writer;

@@ -307,3 +307,66 @@ fn wait_reply(reply: &dyn Fn(&str) -> String, to: &str, want: &str) -> bool {
     }
     false
 }
+
+/// `rcptsync socketmap` serving a hashed list to the real Postfix
+/// (`relay_recipient_maps = socketmap:inet:…`): hashed keys answer, a sync is
+/// picked up without a restart, and with the server down Postfix tempfails.
+#[test]
+fn postfix_reads_a_hashed_list_through_socketmap() {
+    if !enabled("postfix_reads_a_hashed_list_through_socketmap") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("recipients.txt", "alice@example.test\n@catch.test\n");
+    t.write("salt", "Pepper42\n");
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt_file = \"salt\"\n",
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(!t.read("out/hashed").contains("alice"));
+    let port = free_port();
+    let listen = format!("inet:127.0.0.1:{port}");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Kill(
+        t.cmd(&["socketmap", "-c", "rcptsync.toml", "--output", "hashed", "--listen", &listen])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "socketmap server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let etc = Postfix::configure(
+        &t.join("pf"),
+        "example.test, catch.test",
+        &format!("socketmap:inet:127.0.0.1:{port}:relay"),
+    );
+    let pf = Postfix::run(etc);
+    let r = rcpt_replies(pf.port, &["alice@example.test", "Alice@Example.TEST", "bob@example.test", "any@catch.test"]);
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[3].starts_with("250"), "{r:?}\n{}", pf.log_tail());
+    assert!(r[2].starts_with("550 5.1.1"), "{r:?}");
+    // A sync replaces the file; the server swaps the list in without a restart.
+    t.write("recipients.txt", "alice@example.test\nbob@example.test\n@catch.test\n");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !rcpt_replies(pf.port, &["bob@example.test"])[0].starts_with("250") {
+        assert!(Instant::now() < end, "bob never accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The server is down: Postfix must tempfail, never accept.
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let r = rcpt_replies(pf.port, &["alice@example.test", "nobody@example.test"]);
+    assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}\n{}", pf.log_tail());
+}

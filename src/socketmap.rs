@@ -1,0 +1,289 @@
+//! `rcptsync socketmap`: a Postfix socketmap lookup server (netstring
+//! protocol) that answers from one output's current list held in memory.
+//!
+//! Postfix cannot hash a lookup key, so a hashed list (`exim-sha256`) is served
+//! through this: the server hashes each queried key with the output's salt.
+//! Plain lists (`postfix`, `exim`, `plain`) work too. The file is re-read when
+//! it changes (every sync replaces it atomically) and swapped in whole, so a
+//! lookup sees the old or the new list, never a mix. While no list can be read,
+//! every lookup answers TEMP, so Postfix tempfails instead of accepting.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::{self, Config};
+use crate::report::exit;
+
+/// Largest request accepted (Postfix keys are short).
+const MAX_REQUEST: usize = 64 << 10;
+
+/// The list being served; None while it cannot be read.
+#[derive(Default)]
+struct Table {
+    keys: Option<Arc<HashSet<String>>>,
+    stamp: Option<(u64, i64, i64)>,
+}
+
+struct Served {
+    path: PathBuf,
+    hashed: bool,
+    salt: String,
+    table: RwLock<Table>,
+}
+
+impl Served {
+    /// Re-reads the file when its identity or mtime changed.
+    fn refresh(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = std::fs::metadata(&self.path).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec()));
+        if stamp.is_some() && stamp == self.table.read().map(|t| t.stamp).unwrap_or(None) {
+            return;
+        }
+        let loaded = std::fs::read_to_string(&self.path).map(|text| parse(&text, self.hashed));
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        match loaded {
+            Ok(keys) => {
+                tracing::info!(path = %self.path.display(), entries = keys.len(), "socketmap list loaded");
+                *t = Table { keys: Some(Arc::new(keys)), stamp };
+            }
+            Err(e) => {
+                if t.keys.is_some() || t.stamp.is_none() {
+                    tracing::error!(path = %self.path.display(), error = %e, "socketmap list unreadable; answering TEMP");
+                }
+                *t = Table { keys: None, stamp: Some((0, 0, 0)) };
+            }
+        }
+    }
+
+    /// The netstring reply to one request `name key`.
+    fn answer(&self, request: &str) -> String {
+        let Some((_, key)) = request.split_once(' ') else { return "PERM bad request".into() };
+        let Some(keys) = self.table.read().ok().and_then(|t| t.keys.clone()) else {
+            return "TEMP the recipient list is not available".into();
+        };
+        let key = key.to_lowercase();
+        // A full address is also covered by its domain's catch-all ("@domain"):
+        // Postfix does not always ask for the partial key on a socketmap table.
+        let catchall = key.rfind('@').filter(|at| *at > 0).map(|at| key[at..].to_string());
+        let found = std::iter::once(key).chain(catchall).any(|k| {
+            let k = if self.hashed { sha256_hex(&self.salt, &k) } else { k };
+            keys.contains(&k)
+        });
+        if found { "OK OK".into() } else { "NOTFOUND ".into() }
+    }
+}
+
+/// Keys of a rendered list: the first field of each line, `*@d` as `@d`.
+fn parse(text: &str, hashed: bool) -> HashSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|k| if hashed { k.to_string() } else { k.strip_prefix('*').unwrap_or(k).to_lowercase() })
+        .collect()
+}
+
+fn sha256_hex(salt: &str, value: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(salt.as_bytes());
+    ctx.update(value.as_bytes());
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads one netstring (`LEN:DATA,`); None at end of stream.
+async fn read_netstring<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<String>, String> {
+    let mut len = 0usize;
+    let mut digits = 0;
+    loop {
+        let mut b = [0u8; 1];
+        if r.read(&mut b).await.map_err(|e| e.to_string())? == 0 {
+            return if digits == 0 { Ok(None) } else { Err("truncated netstring".into()) };
+        }
+        match b[0] {
+            b'0'..=b'9' if digits < 7 => {
+                len = len * 10 + usize::from(b[0] - b'0');
+                digits += 1;
+            }
+            b':' if digits > 0 => break,
+            _ => return Err("malformed netstring".into()),
+        }
+    }
+    if len > MAX_REQUEST {
+        return Err("request too long".into());
+    }
+    let mut buf = vec![0u8; len + 1];
+    r.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    if buf.pop() != Some(b',') {
+        return Err("malformed netstring".into());
+    }
+    String::from_utf8(buf).map(Some).map_err(|_| "request is not UTF-8".into())
+}
+
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, served: Arc<Served>) {
+    loop {
+        let reply = match read_netstring(&mut s).await {
+            Ok(Some(req)) => served.answer(&req),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "socketmap: bad request; closing the connection");
+                return;
+            }
+        };
+        if s.write_all(format!("{}:{reply},", reply.len()).as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT; returns the exit code.
+pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
+    let cfg: Config = match config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let Some(o) = cfg.outputs.iter().find(|o| o.name == output) else {
+        let names: Vec<&str> = cfg.outputs.iter().map(|o| o.name.as_str()).collect();
+        eprintln!("rcptsync socketmap: no output named {output:?}; outputs: {}", names.join(", "));
+        return exit::USAGE;
+    };
+    let hashed = o.template.name.ends_with("-sha256");
+    if o.template.name.starts_with("json") || o.template.name == "postfix-domains" {
+        eprintln!(
+            "rcptsync socketmap: output {output:?} uses template {}; serve a line-per-key list (postfix, exim, plain or exim-sha256)",
+            o.template.name
+        );
+        return exit::USAGE;
+    }
+    let salt = match (&o.hash_salt, hashed) {
+        (Some(src), true) => match src.resolve("hash_salt") {
+            Ok(s) => s.expose().to_string(),
+            Err(e) => {
+                eprintln!("rcptsync socketmap: output {output}: {e}");
+                return exit::CONFIG;
+            }
+        },
+        _ => String::new(),
+    };
+    let served = Arc::new(Served { path: o.path.clone(), hashed, salt, table: RwLock::new(Table::default()) });
+    served.refresh();
+    let watcher = served.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            watcher.refresh();
+        }
+    });
+    let (mut term, mut int) = match (
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => return exit::FAILURE,
+    };
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let l = match tokio::net::UnixListener::bind(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("rcptsync socketmap: cannot listen on {listen}: {e}");
+                return exit::FAILURE;
+            }
+        };
+        tracing::info!(listen, output, hashed, "socketmap server ready");
+        loop {
+            tokio::select! {
+                c = l.accept() => if let Ok((s, _)) = c { tokio::spawn(serve_conn(s, served.clone())); },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    } else {
+        let addr = listen.strip_prefix("inet:").unwrap_or(listen);
+        let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
+            eprintln!("rcptsync socketmap: --listen {listen:?}: use unix:/path or inet:127.0.0.1:PORT");
+            return exit::USAGE;
+        };
+        if !sa.ip().is_loopback() {
+            eprintln!(
+                "rcptsync socketmap: --listen {listen:?} is not a loopback address; the list must not be served to the network"
+            );
+            return exit::USAGE;
+        }
+        let l = match tokio::net::TcpListener::bind(sa).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("rcptsync socketmap: cannot listen on {listen}: {e}");
+                return exit::FAILURE;
+            }
+        };
+        tracing::info!(listen, output, hashed, "socketmap server ready");
+        loop {
+            tokio::select! {
+                c = l.accept() => if let Ok((s, _)) = c { tokio::spawn(serve_conn(s, served.clone())); },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+    }
+    exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(text: &str, hashed: bool, salt: &str) -> (tempfile::TempDir, Served) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("list");
+        std::fs::write(&p, text).unwrap();
+        let s = Served { path: p, hashed, salt: salt.into(), table: RwLock::new(Table::default()) };
+        s.refresh();
+        (d, s)
+    }
+
+    #[test]
+    fn plain_lists_answer_addresses_and_catchalls() {
+        let (_d, s) = served("# header\nalice@example.com OK\n@other.example OK\n", false, "");
+        assert_eq!(s.answer("relay Alice@Example.COM"), "OK OK");
+        assert_eq!(s.answer("relay @other.example"), "OK OK");
+        assert_eq!(s.answer("relay bob@example.com"), "NOTFOUND ");
+        assert_eq!(s.answer("relay anyone@other.example"), "OK OK", "under the catch-all");
+        assert_eq!(s.answer("garbage"), "PERM bad request");
+        let (_d, s) = served("*@other.example\nalice@example.com\n", false, "");
+        assert_eq!(s.answer("m @other.example"), "OK OK");
+    }
+
+    #[test]
+    fn hashed_lists_hash_the_query_and_a_missing_list_is_temp() {
+        let text =
+            format!("# h\n{}\n{}\n", sha256_hex("salt", "alice@example.com"), sha256_hex("salt", "@other.example"));
+        let (d, s) = served(&text, true, "salt");
+        assert_eq!(s.answer("m ALICE@example.com"), "OK OK");
+        assert_eq!(s.answer("m @other.example"), "OK OK");
+        assert_eq!(s.answer("m X@Other.Example"), "OK OK");
+        assert_eq!(s.answer("m bob@example.com"), "NOTFOUND ");
+        std::fs::remove_file(d.path().join("list")).unwrap();
+        s.refresh();
+        assert_eq!(s.answer("m alice@example.com"), "TEMP the recipient list is not available");
+    }
+
+    #[tokio::test]
+    async fn netstrings_are_parsed_strictly() {
+        let mut ok: &[u8] = b"11:relay a@b.c,";
+        assert_eq!(read_netstring(&mut ok).await.unwrap().as_deref(), Some("relay a@b.c"));
+        for bad in [&b"3:abcd"[..], b"x:abc,", b"99999999:", b"3:abc;"] {
+            let mut r = bad;
+            assert!(read_netstring(&mut r).await.is_err(), "{bad:?}");
+        }
+        let mut empty: &[u8] = b"";
+        assert_eq!(read_netstring(&mut empty).await.unwrap(), None);
+    }
+}
