@@ -128,6 +128,12 @@ pub fn explain(
         }
         None => {}
     }
+    if cfg.guard.canaries.iter().any(|c| c == entry.as_str()) {
+        let _ = writeln!(
+            t,
+            "  it is a guard canary: a new list without it is refused (guard.canaries), and nothing is written"
+        );
+    }
     Answer { accepted, text: t }
 }
 

@@ -177,6 +177,8 @@ fn a_missing_canary_is_refused_like_a_guard_trip() {
     );
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let before = t.read("out/relay_recipients");
+    let why = t.run(&["why", "ceo@example.com", "-c", "rcptsync.toml"]);
+    assert!(why.stdout.contains("it is a guard canary"), "{}", why.stdout);
     // The CEO vanishes (1 of 52 entries: far below max_removed_percent).
     t.write("recipients.txt", &format!("{}@catch.example.org\n", addrs(50)));
     let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
