@@ -130,8 +130,10 @@ fn schedule_fires_metrics_are_served_and_health_follows_staleness() {
     // A change in the source arrives with a later tick, no signal needed.
     t.write("recipients.txt", "a@example.com\nb@example.com\nc@example.com\n");
     wait_list(&t, &d, |l| l.contains("c@example.com"), "picked up c@example.com");
-    let m = metrics(port);
-    assert_eq!(m["rcptsync_source_recipients{source=\"list\",kind=\"file\"}"], 3.0);
+    // The outputs are on disk a moment before the run's figures are recorded.
+    let key = "rcptsync_source_recipients{source=\"list\",kind=\"file\"}";
+    let m = wait_for(Duration::from_secs(5), || Some(metrics(port)).filter(|m| m.get(key) == Some(&3.0)));
+    let m = m.unwrap_or_else(|| panic!("metrics never showed 3 recipients: {:?}", metrics(port)));
     assert!(m["rcptsync_runs_total{result=\"success\"}"] >= 2.0, "{m:?}");
     assert!(m["rcptsync_source_last_success_timestamp_seconds{source=\"list\",kind=\"file\"}"] > 1.7e9);
     assert!(m["rcptsync_output_last_change_timestamp_seconds{output=\"plain\"}"] > 1.7e9);
