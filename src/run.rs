@@ -393,8 +393,12 @@ async fn sync_inner(
     let raw_fps: Vec<Option<String>> = fetched.iter().map(|(r, _)| r.as_ref().ok().map(raw_fingerprint)).collect();
     // Entries in removal grace can expire while the sources stay the same.
     let in_grace = cfg.guard.removal_grace.is_some() && !read_tombstones(&state).is_empty();
-    if let Some(mut report) =
-        (!in_grace).then(|| tokio::task::block_in_place(|| unchanged(cfg, &state, &config_fp, &raw_fps))).flatten()
+    // A salt is a secret kept out of the config fingerprint, so a changed salt
+    // file would go unnoticed: hashed outputs are always rendered.
+    let salted = cfg.outputs.iter().any(|o| o.hash_salt.is_some());
+    if let Some(mut report) = (!in_grace && !salted)
+        .then(|| tokio::task::block_in_place(|| unchanged(cfg, &state, &config_fp, &raw_fps)))
+        .flatten()
     {
         report.elapsed = started.elapsed();
         return Ok(report);

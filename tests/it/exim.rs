@@ -127,6 +127,21 @@ fn exim_checks_a_hashed_list_with_sha256() {
     );
     assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[3].starts_with("250"), "{r:?}");
     assert_eq!(r[2], "550 5.1.1 <nobody@example.test> User unknown in relay recipient table");
+    // A new salt in the file is used by the next sync even though no source changed.
+    t.write("salt", "Rotated77\n");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_ne!(t.read("out/hashed"), text, "re-hashed with the new salt");
+    let r = exim_rcpt_with(
+        &t.join("exim"),
+        &list,
+        "example.test : other.test",
+        &["alice@example.test"],
+        "exim-sha256.conf.in",
+        "Rotated77",
+    );
+    assert!(r[0].starts_with("250"), "{r:?}");
+    t.write("salt", "s3cretPepper9\n");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     // A different salt on the MTA side matches nothing: the salt really is used.
     let r = exim_rcpt_with(
         &t.join("exim"),
