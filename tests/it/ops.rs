@@ -25,7 +25,7 @@ fn systemd_units_verify_cleanly() {
     }
     let t = TestDir::new();
     let mut units = Vec::new();
-    for name in ["rcptsync.service", "rcptsync-sync.service", "rcptsync-sync.timer"] {
+    for name in ["rcptsync.service", "rcptsync-sync.service", "rcptsync-sync.timer", "rcptsync-socketmap.service"] {
         let text = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
         // The units name the installed path; verify against the built binary.
         units.push(t.write(name, &text.replace("/usr/local/bin/rcptsync", bin())));
@@ -63,16 +63,14 @@ fn example_command_lines_parse() {
         "examples/cron/rcptsync",
         "dist/systemd/rcptsync.service",
         "dist/systemd/rcptsync-sync.service",
+        "dist/systemd/rcptsync-socketmap.service",
     ];
     let mut seen = 0;
     for f in files {
         let text = std::fs::read_to_string(repo(f)).unwrap();
         for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            let Some(at) = line
-                .find("rcptsync sync")
-                .or_else(|| line.find("rcptsync check"))
-                .or_else(|| line.find("rcptsync daemon"))
-            else {
+            let commands = ["rcptsync sync", "rcptsync check", "rcptsync daemon", "rcptsync socketmap"];
+            let Some(at) = commands.iter().find_map(|c| line.find(c)) else {
                 continue;
             };
             let args: Vec<&str> = line[at..]
@@ -86,7 +84,7 @@ fn example_command_lines_parse() {
             seen += 1;
         }
     }
-    assert!(seen >= 7, "found only {seen} command lines");
+    assert!(seen >= 8, "found only {seen} command lines");
 }
 
 /// What the Ansible and Puppet examples rely on: exit 2 = changed, 0 = nothing
