@@ -128,6 +128,14 @@ pub fn explain(
         }
         None => {}
     }
+    if let (false, Some(true), Some(pct)) = (accepted, published, cfg.guard.max_removed_percent_per_domain) {
+        let _ = writeln!(
+            t,
+            "  the next run would remove it; that run is refused if domain {} loses more than {pct}% of its entries \
+             (guard.max_removed_percent_per_domain), and then the published list keeps it",
+            entry.domain()
+        );
+    }
     if cfg.guard.canaries.iter().any(|c| c == entry.as_str()) {
         let _ = writeln!(
             t,

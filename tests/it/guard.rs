@@ -214,6 +214,9 @@ fn a_domain_losing_too_much_is_refused_even_when_the_global_share_is_small() {
         "domain small.example would lose 5 of 10 entries (50.0%), more than guard.max_removed_percent_per_domain = 30"
     );
     assert_eq!(t.read("out/relay_recipients"), before);
+    let why = t.run(&["why", "u9@small.example", "-c", "rcptsync.toml"]);
+    assert!(why.stdout.contains("the last published list contains it"), "{}", why.stdout);
+    assert!(why.stdout.contains("refused if domain small.example loses more than 30%"), "{}", why.stdout);
     // A domain dropping to zero is refused whatever its share.
     t.write(
         "recipients.txt",

@@ -370,3 +370,50 @@ fn postfix_reads_a_hashed_list_through_socketmap() {
     let r = rcpt_replies(pf.port, &["alice@example.test", "nobody@example.test"]);
     assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}\n{}", pf.log_tail());
 }
+
+/// The same over a unix socket, as the shipped systemd unit runs it.
+#[test]
+fn postfix_reads_a_socketmap_over_a_unix_socket() {
+    if !enabled("postfix_reads_a_socketmap_over_a_unix_socket") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    std::fs::create_dir_all(t.join("run")).unwrap();
+    t.write("recipients.txt", "alice@example.test\n");
+    t.write("salt", "Pepper42\n");
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt_file = \"salt\"\n",
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let sock = t.join("run/map.sock");
+    let mut server = t
+        .cmd(&[
+            "socketmap",
+            "-c",
+            "rcptsync.toml",
+            "--output",
+            "hashed",
+            "--listen",
+            &format!("unix:{}", sock.display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The smtpd user must be able to connect (the unit uses group postfix and UMask=0007).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let etc = Postfix::configure(&t.join("pf"), "example.test", &format!("socketmap:unix:{}:relay", sock.display()));
+    let pf = Postfix::run(etc);
+    let r = rcpt_replies(pf.port, &["alice@example.test", "nobody@example.test"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(r[0].starts_with("250") && r[1].starts_with("550 5.1.1"), "{r:?}\n{}", pf.log_tail());
+}
