@@ -99,6 +99,29 @@ fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
     assert!(r[2].starts_with("550 5.1.1"), "catch-all removed: {r:?}");
 }
 
+/// The shipped example ACL is the tested one (same lookups, same message).
+#[test]
+fn the_shipped_hashed_acl_matches_the_tested_fixture() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("examples/exim/acl-sha256.conf")).unwrap();
+    let fixture = std::fs::read_to_string(root.join("tests/fixtures/exim/exim-sha256.conf.in")).unwrap();
+    let norm = |s: &str| -> Vec<String> {
+        s.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("{eq{${lookup") || l.starts_with("message") || l.starts_with("!condition"))
+            .map(|l| {
+                l.replace("@SALT@", "SALT")
+                    .replace("@LIST@", "LIST")
+                    .replace("/etc/exim4/relay_recipients.sha256", "LIST")
+            })
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let (a, b) = (norm(&shipped), norm(&fixture));
+    assert!(a.len() >= 4, "{a:?}");
+    assert!(a.iter().take(4).all(|l| b.contains(l)), "shipped:\n{a:#?}\ntested:\n{b:#?}");
+}
+
 #[test]
 fn exim_checks_a_hashed_list_with_sha256() {
     if !enabled("exim_checks_a_hashed_list_with_sha256") {

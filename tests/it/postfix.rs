@@ -416,4 +416,7 @@ fn postfix_reads_a_socketmap_over_a_unix_socket() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(r[0].starts_with("250") && r[1].starts_with("550 5.1.1"), "{r:?}\n{}", pf.log_tail());
+    // With the server gone (its socket file left behind), Postfix tempfails.
+    let r = rcpt_replies(pf.port, &["alice@example.test"]);
+    assert!(r[0].starts_with("451 4.3.0"), "{r:?}\n{}", pf.log_tail());
 }
