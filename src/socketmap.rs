@@ -138,6 +138,27 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, served: Arc<Ser
     }
 }
 
+/// Serves every connection `accept` yields, each on its own task, until
+/// SIGTERM or SIGINT (the same loop for unix and loopback sockets).
+async fn serve_until_signal<S, F, Fut>(
+    mut accept: F,
+    served: Arc<Served>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
+    loop {
+        tokio::select! {
+            c = accept() => if let Ok(s) = c { tokio::spawn(serve_conn(s, served.clone())); },
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+        }
+    }
+}
+
 /// Runs the server until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
     let cfg: Config = match config::load(config_path) {
@@ -197,13 +218,8 @@ pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
             }
         };
         tracing::info!(listen, output, hashed, "socketmap server ready");
-        loop {
-            tokio::select! {
-                c = l.accept() => if let Ok((s, _)) = c { tokio::spawn(serve_conn(s, served.clone())); },
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            }
-        }
+        let l = &l;
+        serve_until_signal(move || async move { l.accept().await.map(|(s, _)| s) }, served, &mut term, &mut int).await;
         let _ = std::fs::remove_file(path);
     } else {
         let addr = listen.strip_prefix("inet:").unwrap_or(listen);
@@ -225,13 +241,8 @@ pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
             }
         };
         tracing::info!(listen, output, hashed, "socketmap server ready");
-        loop {
-            tokio::select! {
-                c = l.accept() => if let Ok((s, _)) = c { tokio::spawn(serve_conn(s, served.clone())); },
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-            }
-        }
+        let l = &l;
+        serve_until_signal(move || async move { l.accept().await.map(|(s, _)| s) }, served, &mut term, &mut int).await;
     }
     exit::OK
 }
