@@ -331,7 +331,7 @@ fn stale_defence(cfg: &Config, report: &Report) {
     let Some(max) = cfg.guard.max_staleness else { return };
     let Ok(state) = StateDir::open(&cfg.state_dir, false) else { return };
     let (marker, last) = (state.root().join("stale"), state.root().join("last-fresh"));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = crate::state::unix_now();
     let hook = |argv: &[String], what: &str| -> bool {
         if argv.is_empty() {
             return true;
@@ -742,7 +742,7 @@ pub fn keep_in_grace(state: &StateDir, gathered: &mut Vec<Gathered>, grace: Dura
     let present: std::collections::HashSet<&str> =
         gathered.iter().flat_map(|g| g.entries.iter().map(|(e, _)| e.as_str())).collect();
     let before = read_tombstones(state);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = crate::state::unix_now();
     let mut kept = Vec::new();
     let mut tombstones = BTreeMap::new();
     let mut expired = 0usize;

@@ -403,6 +403,11 @@ pub struct OutputRecord {
 pub const RUN_RECORD_VERSION: u32 = 1;
 
 /// xxh3-128 of a byte slice, as hex.
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 pub fn hash_bytes(b: &[u8]) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b))
 }

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::http::{Auth, Http, Response, TokenRequest, TokenSource};
-use super::jwt::{self, Alg, SigningKey};
+use super::jwt::{Alg, SigningKey};
 use super::{Connector, Fetched, SourceError};
 use crate::config::GoogleSourceSpec;
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
@@ -58,7 +58,7 @@ pub struct GoogleCredentials {
 
 impl TokenSource for GoogleCredentials {
     fn token_request(&self) -> Result<TokenRequest, String> {
-        let now = jwt::unix_now();
+        let now = crate::state::unix_now();
         let mut header = serde_json::Map::new();
         if !self.key_id.is_empty() {
             header.insert("kid".into(), self.key_id.clone().into());

@@ -222,7 +222,7 @@ impl TokenSource for GraphCredentials {
             form.push(("client_secret", secret.expose().to_string()));
         }
         if let Some((key, thumb)) = &self.cert {
-            let now = jwt::unix_now();
+            let now = crate::state::unix_now();
             let mut header = serde_json::Map::new();
             header.insert("x5t#S256".into(), thumb.clone().into());
             let claims = serde_json::json!({
@@ -316,7 +316,7 @@ impl GraphSource {
         let state_file = self.state_file.as_ref().filter(|_| self.spec.incremental);
         let prev =
             state_file.and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice::<SyncState>(&b).ok());
-        let now = jwt::unix_now();
+        let now = crate::state::unix_now();
         let reason = match &prev {
             _ if state_file.is_none() => None,
             None => Some("no previous sync state"),

@@ -346,11 +346,12 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 fn backoff(attempt: u32) -> Duration {
     let full = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(10)).min(BACKOFF_MAX);
     let half = full / 2;
-    half + half.mul_f64(jitter())
+    half + half.mul_f64(jitter_fraction())
 }
 
-/// A number in [0, 1) that differs between processes and calls; not for crypto.
-fn jitter() -> f64 {
+/// A number in [0, 1) that differs between processes and calls, for spreading
+/// retries and scheduled ticks; not for crypto.
+pub fn jitter_fraction() -> f64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let seed = (nanos as u64) ^ (u64::from(std::process::id()) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -193,7 +193,7 @@ impl LdapSource {
             }
             None => String::new(),
         };
-        let now = unix_now();
+        let now = crate::state::unix_now();
         let every = self.spec.full_sync_every.unwrap_or(FULL_SYNC_EVERY).as_secs();
         let prev = std::fs::read(state_file).ok().and_then(|b| serde_json::from_slice::<SyncState>(&b).ok());
         let reason = match &prev {
@@ -493,10 +493,6 @@ struct SyncState {
     #[serde(default)]
     rules: String,
     objects: BTreeMap<String, ObjectRecord>,
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// `proxyAddresses;range=0-1499` → ("proxyAddresses", Some(1499));

@@ -240,21 +240,13 @@ fn next_tick(plan: &Plan, cfg: &Config) -> (tokio::time::Instant, Vec<String>) {
     let jitter = daemon_opt(cfg, |d| d.jitter).unwrap_or(Duration::ZERO);
     match plan.next(&now) {
         Some(t) => {
-            let wait = (t.at - now).to_std().unwrap_or(Duration::ZERO) + jitter.mul_f64(random_fraction());
+            let wait = (t.at - now).to_std().unwrap_or(Duration::ZERO)
+                + jitter.mul_f64(crate::connector::http::jitter_fraction());
             (tokio::time::Instant::now() + wait, t.sources)
         }
         // A schedule that never fires again (a past year): wait "forever".
         None => (tokio::time::Instant::now() + Duration::from_secs(365 * 86_400), Vec::new()),
     }
-}
-
-fn random_fraction() -> f64 {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 8];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Watches the directories that hold the config file, user profiles and user
