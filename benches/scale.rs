@@ -14,27 +14,6 @@ use std::time::Duration;
 
 use support::{generate, measure, median, snapshot};
 
-const CONFIG: &str = r#"state_dir = "state"
-[guard]
-max_removed_percent = 100
-[[source]]
-name = "bench"
-kind = "file"
-path = "recipients.txt"
-[[output]]
-name = "postfix"
-template = "postfix"
-path = "out/relay_recipients"
-[[output]]
-name = "exim"
-template = "exim"
-path = "out/exim_recipients"
-[[output]]
-name = "json"
-template = "json"
-path = "out/recipients.json"
-"#;
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("benchmark skipped: run it with `cargo bench --bench scale`");
@@ -55,7 +34,7 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("out")).unwrap();
         generate(&dir.join("recipients.txt"), n);
-        std::fs::write(dir.join("rcptsync.toml"), CONFIG).unwrap();
+        std::fs::write(dir.join("rcptsync.toml"), support::THREE_OUTPUTS).unwrap();
         // Same footing for every size: the generated file flushed to disk and in
         // the page cache, and one unmeasured run.
         let _ = std::process::Command::new("sync").status();

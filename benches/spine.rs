@@ -36,30 +36,7 @@ fn main() {
         std::fs::metadata(&input).unwrap().len() / 1_000_000,
         t.elapsed()
     );
-    std::fs::write(
-        dir.join("rcptsync.toml"),
-        r#"state_dir = "state"
-[guard]
-max_removed_percent = 100
-[[source]]
-name = "bench"
-kind = "file"
-path = "recipients.txt"
-[[output]]
-name = "postfix"
-template = "postfix"
-path = "out/relay_recipients"
-[[output]]
-name = "exim"
-template = "exim"
-path = "out/exim_recipients"
-[[output]]
-name = "json"
-template = "json"
-path = "out/recipients.json"
-"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("rcptsync.toml"), support::THREE_OUTPUTS).unwrap();
 
     let floor = median((0..runs).map(|_| {
         let (d, _) = measure(

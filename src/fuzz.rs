@@ -160,19 +160,23 @@ mod tests {
     use crate::profile::Catalog;
     use std::sync::Arc;
 
+    /// Each line a raw value, as the file source would give it (`@d` a catch-all).
+    fn lines_as_items(input: &[u8]) -> Vec<RawItem> {
+        String::from_utf8_lossy(input)
+            .split('\n')
+            .enumerate()
+            .map(|(i, v)| RawItem {
+                value: v.to_string(),
+                kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
+                locator: Locator::Line(i as u32),
+            })
+            .collect()
+    }
+
     #[test]
     fn fuzz_address_parser() {
         run("address", |input| {
-            let text = String::from_utf8_lossy(input);
-            let items = text
-                .split('\n')
-                .enumerate()
-                .map(|(i, v)| RawItem {
-                    value: v.to_string(),
-                    kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
-                    locator: Locator::Line(i as u32),
-                })
-                .collect();
+            let items = lines_as_items(input);
             check_validated(items)
         });
     }
@@ -198,16 +202,7 @@ mod tests {
     fn fuzz_builtin_templates() {
         let catalog = Catalog::embedded();
         run("template", |input| {
-            let text = String::from_utf8_lossy(input);
-            let items = text
-                .split('\n')
-                .enumerate()
-                .map(|(i, v)| RawItem {
-                    value: v.to_string(),
-                    kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
-                    locator: Locator::Line(i as u32),
-                })
-                .collect();
+            let items = lines_as_items(input);
             let (ok, _) = crate::policy::normalise(items);
             let list = Arc::new(Policy::new(&Default::default()).apply(vec![("fuzz".into(), ok)]).0);
             let addresses: Vec<String> = list.sorted_entries().iter().map(|s| s.to_string()).collect();

@@ -5,6 +5,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The spine benchmarks' config: the generated file into the `postfix` (no
+/// postmap), `exim` and `json` outputs, with the shrink guard off.
+pub const THREE_OUTPUTS: &str = r#"state_dir = "state"
+[guard]
+max_removed_percent = 100
+[[source]]
+name = "bench"
+kind = "file"
+path = "recipients.txt"
+[[output]]
+name = "postfix"
+template = "postfix"
+path = "out/relay_recipients"
+[[output]]
+name = "exim"
+template = "exim"
+path = "out/exim_recipients"
+[[output]]
+name = "json"
+template = "json"
+path = "out/recipients.json"
+"#;
+
 /// Wall time and peak RSS (KiB) of one child process, which must succeed.
 // The child is reaped by wait4 (which also reports its peak RSS), not Child::wait.
 #[allow(clippy::zombie_processes)]
