@@ -62,17 +62,27 @@ fn exim_rcpt_with(dir: &Path, list: &Path, domains: &str, rcpts: &[&str], fixtur
     finals[3..3 + rcpts.len()].to_vec()
 }
 
+/// A scratch dir synced once from the same three-line list (two addresses in
+/// mixed case and a catch-all) into `output`, with `files` written first.
+fn synced(output: &str, files: &[(&str, &str)]) -> TestDir {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    std::fs::create_dir_all(t.join("exim")).unwrap();
+    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
+    for (name, text) in files {
+        t.write(name, text);
+    }
+    t.config(&config_with(&format!("{output}[guard]\nmax_removed_percent = 100\n"), ""));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    t
+}
+
 #[test]
 fn exim_accepts_listed_rejects_unlisted_and_honours_catchall() {
     if !enabled("exim_accepts_listed_rejects_unlisted_and_honours_catchall") {
         return;
     }
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    std::fs::create_dir_all(t.join("exim")).unwrap();
-    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
-    t.config(&config_with("[[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/recipients\"\n[guard]\nmax_removed_percent = 100\n", ""));
-    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let t = synced("[[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/recipients\"\n", &[]);
     let list = t.join("out/recipients");
     let r = exim_rcpt(
         &t.join("exim"),
@@ -127,16 +137,10 @@ fn exim_checks_a_hashed_list_with_sha256() {
     if !enabled("exim_checks_a_hashed_list_with_sha256") {
         return;
     }
-    let t = TestDir::new();
-    std::fs::create_dir_all(t.join("out")).unwrap();
-    std::fs::create_dir_all(t.join("exim")).unwrap();
-    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
-    t.write("salt", "s3cretPepper9\n");
-    t.config(&config_with(
-        "[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt_file = \"salt\"\n[guard]\nmax_removed_percent = 100\n",
-        "",
-    ));
-    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let t = synced(
+        "[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt_file = \"salt\"\n",
+        &[("salt", "s3cretPepper9\n")],
+    );
     let list = t.join("out/hashed");
     let text = t.read("out/hashed");
     assert!(!text.contains("alice") && !text.contains("example") && !text.contains("other"), "clear text in {text}");
