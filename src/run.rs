@@ -183,7 +183,7 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
                 let Fetched { items, mut rejected, left_out } = f;
                 let t = Instant::now();
                 let (entries, bad) = tokio::task::block_in_place(|| normalise(items));
-                tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, "validated");
+                tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "validated");
                 rejected.extend(bad);
                 for r in &rejected {
                     tracing::warn!(source = %s.name, object = %r.locator, value = ?shorten(&r.value), "dropped invalid entry: it {}", r.reason);
@@ -432,7 +432,12 @@ async fn sync_inner(
         Arc::new(list)
     });
     drop(gathered);
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, entries = list.len(), "merged");
+    tracing::debug!(
+        took_ms = t.elapsed().as_millis() as u64,
+        peak_rss_mib = peak_rss_mib(),
+        entries = list.len(),
+        "merged"
+    );
     let t = Instant::now();
     report.recipients = list.len();
 
@@ -485,7 +490,7 @@ async fn sync_inner(
     }
 
     // Render and compare with disk.
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "guard evaluated");
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "guard evaluated");
     let t = Instant::now();
     // Render (and, for a real run, stage the changed outputs' temp files) while the
     // state files are staged: both are complete on disk before anything is renamed.
@@ -527,10 +532,10 @@ async fn sync_inner(
         return Ok(report);
     }
 
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "rendered and compared");
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "rendered and compared");
     let t = Instant::now();
     let outcomes = tokio::task::block_in_place(|| writer::commit_all(&cfg.outputs, &mut ready));
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "committed");
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "committed");
     let mut failures = Vec::new();
     for (rep, o) in report.outputs.iter_mut().zip(outcomes) {
         rep.changed = o.changed;
@@ -589,12 +594,23 @@ async fn sync_inner(
         };
         tokio::task::block_in_place(|| state.write_record(&record))?;
     }
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, "state recorded");
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "state recorded");
     drop(entries);
     dispose((list, ready));
     report.outcome = Outcome::Success;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The process's peak resident memory so far (MiB), for the phase timings that
+/// debug logging shows; 0 where `/proc` is not available.
+pub fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
 }
 
 /// Frees a large structure on another thread. A million small allocations take

@@ -81,18 +81,27 @@ pub type Located = (Entry, Locator);
 /// Parses every raw item of one source. Runs on all cores: for a million-line
 /// source this is most of the CPU time of a sync.
 pub fn normalise(items: Vec<RawItem>) -> (Vec<Located>, Vec<Rejected>) {
-    use rayon::iter::Either;
-    items.into_par_iter().with_min_len(4096).partition_map(|item| {
-        let RawItem { value, kind, locator } = item;
-        let parsed = match kind {
-            RawKind::Address => parse_address_owned(value),
-            RawKind::CatchAll => parse_catchall(&value).map_err(|e| (value, e)),
-        };
-        match parsed {
-            Ok(e) => Either::Left((e, locator)),
-            Err((value, error)) => Either::Right(Rejected { value, locator, reason: error.to_string() }),
-        }
-    })
+    // An indexed collect writes every result straight into one vector (no
+    // per-thread pieces to concatenate); the rare refusals are boxed so a result
+    // is no larger than an entry, and the entries are then kept in place.
+    let results: Vec<Result<Located, Box<Rejected>>> = items
+        .into_par_iter()
+        .with_min_len(4096)
+        .map(|item| {
+            let RawItem { value, kind, locator } = item;
+            let parsed = match kind {
+                RawKind::Address => parse_address_owned(value),
+                RawKind::CatchAll => parse_catchall(&value).map_err(|e| (value, e)),
+            };
+            match parsed {
+                Ok(e) => Ok((e, locator)),
+                Err((value, error)) => Err(Box::new(Rejected { value, locator, reason: error.to_string() })),
+            }
+        })
+        .collect();
+    let mut rejected = Vec::new();
+    let ok = results.into_iter().filter_map(|r| r.map_err(|bad| rejected.push(*bad)).ok()).collect();
+    (ok, rejected)
 }
 
 /// Where an entry of the final list came from.

@@ -66,32 +66,16 @@ impl Target {
         self.dir().join(format!(".{}.rcptsync-{tag}", self.file_name()))
     }
 
-    /// Whether the files on disk already hold exactly `bytes` (and a current map).
-    pub fn is_current(&self, bytes: &[u8]) -> Result<bool, CommitError> {
-        let meta = match fs::metadata(&self.path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => {
-                return Err(CommitError::Io { path: self.path.clone(), what: "cannot stat", err: e });
-            }
+    /// Whether the postmap database (if any) is at least as new as the text file
+    /// described by `text`: a missing or older one (deleted, or a crash between
+    /// the renames of an earlier run) must be rebuilt even if the text is current.
+    pub fn map_is_fresh(&self, text: &fs::Metadata) -> bool {
+        let Some(map) = self.map_path() else {
+            return true;
         };
-        if meta.len() != bytes.len() as u64 {
-            return Ok(false);
-        }
-        if !same_contents(&self.path, bytes).map_err(io_at(&self.path, "cannot read"))? {
-            return Ok(false);
-        }
-        if let Some(map) = self.map_path() {
-            // A missing or older database (deleted, or a crash between the renames
-            // of an earlier run) must be rebuilt even though the text is current.
-            match fs::metadata(&map) {
-                Ok(m)
-                    if m.mtime() > meta.mtime()
-                        || (m.mtime() == meta.mtime() && m.mtime_nsec() >= meta.mtime_nsec()) => {}
-                _ => return Ok(false),
-            }
-        }
-        Ok(true)
+        fs::metadata(map).is_ok_and(|m| {
+            m.mtime() > text.mtime() || (m.mtime() == text.mtime() && m.mtime_nsec() >= text.mtime_nsec())
+        })
     }
 
     /// Removes temp files and backups left by a run that was killed.
@@ -114,32 +98,71 @@ impl Target {
 
     /// Writes `bytes` to a complete temp file (and database) next to the target.
     pub fn stage(&self, bytes: &[u8]) -> Result<Staged, CommitError> {
+        let mut temp = self.create_temp()?;
+        if let Err(err) = temp.file.write_all(bytes) {
+            return Err(CommitError::Io { path: temp.path().to_path_buf(), what: "cannot write temp file", err });
+        }
+        temp.seal()
+    }
+
+    /// Opens a new, empty temp file beside the target (removing any left by a
+    /// killed run). Dropped without [`TempFile::seal`], it is removed.
+    pub fn create_temp(&self) -> Result<TempFile, CommitError> {
         let dir = self.dir();
         if !dir.is_dir() {
             return Err(CommitError::NoDir(dir.to_path_buf()));
         }
         self.clean_leftovers();
-        let existing = fs::metadata(&self.path).ok();
-        let mode = existing.as_ref().map(|m| m.permissions().mode() & 0o7777).or(self.mode).unwrap_or(DEFAULT_MODE);
-        let tmp = self.temp("new");
-        let written = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(bytes)?;
+        let path = self.temp("new");
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_at(&path, "cannot write temp file"))?;
+        Ok(TempFile { target: self.clone(), path: Some(path), file })
+    }
+}
+
+/// A temp file being written beside its target.
+#[derive(Debug)]
+pub struct TempFile {
+    target: Target,
+    /// `None` once sealed (the path then belongs to the [`Staged`]).
+    path: Option<PathBuf>,
+    pub file: File,
+}
+
+impl TempFile {
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Completes the temp file: the target's mode (the existing file's, else
+    /// the configured one) and owner, fsync, then the `postmap` database.
+    pub fn seal(mut self) -> Result<Staged, CommitError> {
+        let tmp = self.path.take().unwrap_or_default();
+        let target = self.target.clone();
+        // From here on the Staged owns the file: dropping it on error removes it.
+        let mut staged = Staged { target, tmp_text: tmp, tmp_map: None, done: false };
+        let existing = fs::metadata(&staged.target.path).ok();
+        let mode =
+            existing.as_ref().map(|m| m.permissions().mode() & 0o7777).or(staged.target.mode).unwrap_or(DEFAULT_MODE);
+        let sealed = (|| -> io::Result<()> {
             if let Some(m) = &existing {
-                preserve_owner(&f, m)?;
+                preserve_owner(&self.file, m)?;
             }
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            f.sync_all()
+            self.file.set_permissions(fs::Permissions::from_mode(mode))?;
+            self.file.sync_all()
         })();
-        if let Err(err) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(CommitError::Io { path: tmp, what: "cannot write temp file", err });
+        if let Err(err) = sealed {
+            return Err(CommitError::Io { path: staged.tmp_text.clone(), what: "cannot write temp file", err });
         }
-        let mut staged = Staged { target: self.clone(), tmp_text: tmp, tmp_map: None, done: false };
-        if let Some(map) = self.postmap {
+        if let Some(map) = staged.target.postmap {
             let arg = format!("{}:{}", map.as_str(), staged.tmp_text.display());
             let argv = vec!["postmap".to_string(), arg];
-            hook::run(&argv, self.hook_timeout).map_err(|err| CommitError::Postmap { path: self.path.clone(), err })?;
+            hook::run(&argv, staged.target.hook_timeout)
+                .map_err(|err| CommitError::Postmap { path: staged.target.path.clone(), err })?;
             let built = with_suffix(&staged.tmp_text, map.suffix());
             if !built.exists() {
                 return Err(CommitError::NoMap(built));
@@ -148,6 +171,14 @@ impl Target {
             staged.tmp_map = Some(built);
         }
         Ok(staged)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = fs::remove_file(p);
+        }
     }
 }
 
@@ -273,24 +304,6 @@ fn preserve_owner(f: &File, old: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-/// Compares a file with `bytes` in chunks, without reading it all into memory.
-fn same_contents(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    use std::io::Read;
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(off == bytes.len());
-        }
-        if off + n > bytes.len() || buf[..n] != bytes[off..off + n] {
-            return Ok(false);
-        }
-        off += n;
-    }
-}
-
 fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(suffix);
@@ -317,11 +330,9 @@ mod tests {
     fn new_file_gets_default_or_configured_mode() {
         let d = tempfile::tempdir().unwrap();
         let t = target(d.path());
-        assert!(!t.is_current(b"x\n").unwrap());
         t.stage(b"x\n").unwrap().install().unwrap().finish();
         assert_eq!(fs::read(&t.path).unwrap(), b"x\n");
         assert_eq!(fs::metadata(&t.path).unwrap().permissions().mode() & 0o777, 0o644);
-        assert!(t.is_current(b"x\n").unwrap());
         let t2 = Target { path: d.path().join("exim"), mode: Some(0o640), ..t.clone() };
         t2.stage(b"y\n").unwrap().install().unwrap().finish();
         assert_eq!(fs::metadata(&t2.path).unwrap().permissions().mode() & 0o777, 0o640);

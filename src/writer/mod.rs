@@ -9,9 +9,11 @@
 
 pub mod commit;
 pub mod hook;
+pub mod sink;
 pub mod template;
 
 use std::collections::HashSet;
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use rayon::prelude::*;
 use crate::config::OutputConfig;
 use crate::policy::RecipientList;
 use commit::{Installed, Staged, Target};
+use sink::OutputSink;
 
 /// One output after rendering and comparing with disk.
 #[derive(Debug)]
@@ -103,13 +106,19 @@ pub fn render_all(
                 Some(src) => src.resolve("hash_salt").map_err(|e| format!("output {}: {e}", o.name))?,
                 None => crate::config::secret::Secret::new(String::new()),
             };
-            let bytes = o.template.render_salted(list, salt.expose()).map_err(|e| format!("output {}: {e}", o.name))?;
-            let changed = !target(o).is_current(&bytes).map_err(|e| format!("output {}: {e}", o.name))?;
-            let diff = (want_diff && changed).then(|| line_diff(&o.path, &bytes));
-            // Writing the temp file here overlaps this output's I/O with the
-            // rendering of the others; nothing becomes visible before commit_all.
-            let staged = (stage && changed).then(|| target(o).stage(&bytes));
-            let (len, hash) = (bytes.len() as u64, crate::state::hash_bytes(&bytes));
+            // Rendered straight into a sink that compares with the file on disk and,
+            // from the first difference on, writes the temp file: a changed output's
+            // I/O overlaps the rendering of the others, and nothing becomes visible
+            // before commit_all.
+            let sink = OutputSink::new(target(o), stage, want_diff).map_err(|e| format!("output {}: {e}", o.name))?;
+            let mut w = BufWriter::with_capacity(1 << 20, sink);
+            o.template.render_salted_to(list, salt.expose(), &mut w).map_err(|e| format!("output {}: {e}", o.name))?;
+            let sink = w.into_inner().map_err(|e| format!("output {}: {}", o.name, e.error()))?;
+            let sink::Finished { len, hash, changed, staged, kept } = sink.finish();
+            let diff = match kept {
+                Some(bytes) if changed => Some(line_diff(&o.path, &bytes)),
+                _ => None,
+            };
             Ok(Rendered { len, hash, changed, diff, staged })
         })
         .collect()

@@ -13,7 +13,7 @@
 //!
 //! Rendering is pure and deterministic: same list, same bytes.
 
-use std::fmt::Write as _;
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
@@ -62,72 +62,76 @@ impl BuiltinTemplate {
 
     /// The compiled renderer: byte-identical to the embedded template.
     pub fn render(self, list: &RecipientList) -> Vec<u8> {
-        // Reserve generously instead of measuring every entry first (a pass over a
-        // million scattered strings): untouched capacity costs address space only.
-        let n = list.addresses().len() + list.catchalls().len() + list.domains().len();
-        let mut out = String::with_capacity(n * 64 + 256);
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.render_to(list, &mut out);
+        out
+    }
+
+    /// The compiled renderer, writing as it goes (give it a buffered writer).
+    pub fn render_to(self, list: &RecipientList, out: &mut impl Write) -> io::Result<()> {
         match self {
             BuiltinTemplate::Postfix => {
-                out.push_str(HEADER);
+                out.write_all(HEADER.as_bytes())?;
                 for c in list.catchalls() {
-                    out.push('@');
-                    out.push_str(c.domain());
-                    out.push_str(" OK\n");
+                    line(out, &["@", c.domain(), " OK\n"])?;
                 }
                 for a in list.addresses().iter() {
-                    out.push_str(a.as_str());
-                    out.push_str(" OK\n");
+                    line(out, &[a.as_str(), " OK\n"])?;
                 }
             }
             BuiltinTemplate::PostfixDomains => {
-                out.push_str(HEADER);
+                out.write_all(HEADER.as_bytes())?;
                 for d in list.domains() {
-                    out.push_str(d);
-                    out.push_str(" OK\n");
+                    line(out, &[d, " OK\n"])?;
                 }
             }
             BuiltinTemplate::Exim => {
-                out.push_str(HEADER);
+                out.write_all(HEADER.as_bytes())?;
                 for c in list.catchalls() {
-                    out.push_str("*@");
-                    out.push_str(c.domain());
-                    out.push('\n');
+                    line(out, &["*@", c.domain(), "\n"])?;
                 }
                 for a in list.addresses().iter() {
-                    out.push_str(a.as_str());
-                    out.push('\n');
+                    line(out, &[a.as_str(), "\n"])?;
                 }
             }
             BuiltinTemplate::Plain => {
                 for a in list.addresses().iter() {
-                    out.push_str(a.as_str());
-                    out.push('\n');
+                    line(out, &[a.as_str(), "\n"])?;
                 }
             }
             BuiltinTemplate::Json => {
-                fn array<'a>(out: &mut String, name: &str, items: impl ExactSizeIterator<Item = &'a str>, last: bool) {
+                fn array<'a>(
+                    out: &mut impl Write,
+                    name: &str,
+                    items: impl ExactSizeIterator<Item = &'a str>,
+                    last: bool,
+                ) -> io::Result<()> {
                     let n = items.len();
-                    let _ = writeln!(out, "  \"{name}\": [");
+                    line(out, &["  \"", name, "\": [\n"])?;
                     for (i, s) in items.enumerate() {
-                        out.push_str("    \"");
-                        out.push_str(s);
-                        out.push('"');
-                        if i + 1 < n {
-                            out.push(',');
-                        }
-                        out.push('\n');
+                        line(out, &["    \"", s, if i + 1 < n { "\",\n" } else { "\"\n" }])?;
                     }
-                    out.push_str(if last { "  ]\n" } else { "  ],\n" });
+                    out.write_all(if last { b"  ]\n" } else { b"  ],\n" })
                 }
-                out.push_str("{\n");
-                array(&mut out, "domains", list.domains().iter().map(String::as_str), false);
-                array(&mut out, "catchall_domains", list.catchalls().iter().map(|c| c.domain()), false);
-                array(&mut out, "recipients", list.addresses().iter().map(|a| a.as_str()), true);
-                out.push_str("}\n");
+                out.write_all(b"{\n")?;
+                array(out, "domains", list.domains().iter().map(String::as_str), false)?;
+                array(out, "catchall_domains", list.catchalls().iter().map(|c| c.domain()), false)?;
+                array(out, "recipients", list.addresses().iter().map(|a| a.as_str()), true)?;
+                out.write_all(b"}\n")?;
             }
         }
-        out.into_bytes()
+        Ok(())
     }
+}
+
+/// Writes the pieces of one line.
+#[inline]
+fn line(out: &mut impl Write, pieces: &[&str]) -> io::Result<()> {
+    for p in pieces {
+        out.write_all(p.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// A template an output renders with: its name, where it came from, its text, and
@@ -191,18 +195,28 @@ impl TemplateRef {
     /// Renders the list with `hash_salt` available to the template (the hashed
     /// templates prefix it to each address before hashing).
     pub fn render_salted(&self, list: &Arc<RecipientList>, salt: &str) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.render_salted_to(list, salt, &mut out)?;
+        Ok(out)
+    }
+
+    /// Renders into a writer (give it a buffered one). A failure to write is an
+    /// `Err` like a template error; the writer may know more about it.
+    pub fn render_salted_to(&self, list: &Arc<RecipientList>, salt: &str, out: &mut impl Write) -> Result<(), String> {
         match self.fast {
-            Some(b) => Ok(b.render(list)),
-            None => self.render_with(list, salt),
+            Some(b) => b.render_to(list, out).map_err(|e| format!("template {}: cannot write: {e}", self.origin)),
+            None => self.render_with(list, salt, out),
         }
     }
 
     /// Renders through minijinja, whatever the template.
     pub fn render_interpreted(&self, list: &Arc<RecipientList>) -> Result<Vec<u8>, String> {
-        self.render_with(list, "")
+        let mut out = Vec::new();
+        self.render_with(list, "", &mut out)?;
+        Ok(out)
     }
 
-    fn render_with(&self, list: &Arc<RecipientList>, salt: &str) -> Result<Vec<u8>, String> {
+    fn render_with(&self, list: &Arc<RecipientList>, salt: &str, out: &mut impl Write) -> Result<(), String> {
         let env = environment();
         let tmpl = env.template_from_str(&self.source).map_err(|e| format!("template {}: {e:#}", self.origin))?;
         let ctx = minijinja::context! {
@@ -212,7 +226,7 @@ impl TemplateRef {
             count => list.addresses().len(),
             hash_salt => salt,
         };
-        tmpl.render(ctx).map(String::into_bytes).map_err(|e| format!("template {}: {e:#}", self.origin))
+        tmpl.render_captured_to(ctx, out).map(|_| ()).map_err(|e| format!("template {}: {e:#}", self.origin))
     }
 }
 
