@@ -205,7 +205,7 @@ mod tests {
             let items = lines_as_items(input);
             let (ok, _) = crate::policy::normalise(items);
             let list = Arc::new(Policy::new(&Default::default()).apply(vec![("fuzz".into(), ok)]).0);
-            let addresses: Vec<String> = list.sorted_entries().iter().map(|s| s.to_string()).collect();
+            let addresses: Vec<String> = list.sorted().map(str::to_string).collect();
             for name in ["postfix", "postfix-domains", "exim", "json", "plain"] {
                 let t = catalog.template(name).ok_or("missing template")?;
                 let out = String::from_utf8(t.render(&list)?).map_err(|e| format!("{name}: not UTF-8: {e}"))?;

@@ -7,6 +7,7 @@ pub mod connector;
 pub mod daemon;
 #[cfg(test)]
 pub(crate) mod fuzz;
+pub mod mem;
 pub mod policy;
 pub mod profile;
 pub mod report;

@@ -180,10 +180,15 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
         let kind = s.spec.kind();
         match result {
             Ok(f) => {
-                let Fetched { items, mut rejected, left_out } = f;
+                let Fetched { items, entries: mut pre, mut rejected, left_out } = f;
                 let t = Instant::now();
-                let (entries, bad) = tokio::task::block_in_place(|| normalise(items));
-                tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "validated");
+                let (mut entries, bad) = tokio::task::block_in_place(|| normalise(items));
+                if entries.is_empty() {
+                    entries = pre;
+                } else {
+                    entries.append(&mut pre);
+                }
+                tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "validated");
                 rejected.extend(bad);
                 for r in &rejected {
                     tracing::warn!(source = %s.name, object = %r.locator, value = ?shorten(&r.value), "dropped invalid entry: it {}", r.reason);
@@ -434,7 +439,7 @@ async fn sync_inner(
     drop(gathered);
     tracing::debug!(
         took_ms = t.elapsed().as_millis() as u64,
-        peak_rss_mib = peak_rss_mib(),
+        peak_rss_mib = crate::mem::peak_rss_mib(),
         entries = list.len(),
         "merged"
     );
@@ -442,36 +447,35 @@ async fn sync_inner(
     report.recipients = list.len();
 
     // Guard against the last applied list.
-    let entries = list.sorted_entries();
-    let new_fp = fingerprint(entries.iter().copied());
+    let new_fp = fingerprint(list.sorted());
     let applied_path = state.applied_path();
     // Refusals beyond the global ones: per-domain shrinks and missing canaries.
     let mut more: Vec<String> = Vec::new();
     let (baseline, delta) = match state.read_header(&applied_path) {
-        Ok(None) => (Baseline::None, Delta { added: entries.len(), removed: 0 }),
-        Ok(Some(h)) if h.fingerprint == new_fp && h.count == entries.len() => {
+        Ok(None) => (Baseline::None, Delta { added: list.len(), removed: 0 }),
+        Ok(Some(h)) if h.fingerprint == new_fp && h.count == list.len() => {
             (Baseline::Applied { count: h.count }, Delta::default())
         }
         Ok(Some(_)) => match state.read_list(&applied_path) {
             Ok(Some((h, old))) => {
-                let d = guard::delta(old.iter().map(Entry::as_str), entries.iter().copied());
+                let d = guard::delta(old.iter().map(Entry::as_str), list.sorted());
                 if let (Some(pct), true) = (cfg.guard.max_removed_percent_per_domain, d.removed > 0) {
                     more.extend(
-                        guard::domain_shrinks(old.iter().map(Entry::as_str), entries.iter().copied(), pct)
+                        guard::domain_shrinks(old.iter().map(Entry::as_str), list.sorted(), pct)
                             .into_iter()
                             .map(|s| format!("{s}, more than guard.max_removed_percent_per_domain = {pct}")),
                     );
                 }
                 (Baseline::Applied { count: h.count }, d)
             }
-            Ok(None) => (Baseline::None, Delta { added: entries.len(), removed: 0 }),
+            Ok(None) => (Baseline::None, Delta { added: list.len(), removed: 0 }),
             Err(e) => (Baseline::Unreadable(e.to_string()), Delta::default()),
         },
         Err(e) => (Baseline::Unreadable(e.to_string()), Delta::default()),
     };
     report.added = delta.added;
     report.removed = delta.removed;
-    let missing = guard::missing_canaries(&cfg.guard.canaries, &entries);
+    let missing = guard::missing_canaries(&cfg.guard.canaries, &list);
     if !missing.is_empty() {
         more.push(format!("guard.canaries missing from the new list: {}", missing.join(", ")));
     }
@@ -490,14 +494,18 @@ async fn sync_inner(
     }
 
     // Render and compare with disk.
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "guard evaluated");
+    tracing::debug!(
+        took_ms = t.elapsed().as_millis() as u64,
+        peak_rss_mib = crate::mem::peak_rss_mib(),
+        "guard evaluated"
+    );
     let t = Instant::now();
     // Render (and, for a real run, stage the changed outputs' temp files) while the
     // state files are staged: both are complete on disk before anything is renamed.
     let (rendered, staged_state) = tokio::task::block_in_place(|| {
         rayon::join(
             || writer::render_all(&cfg.outputs, &list, opts.diff, !opts.dry_run),
-            || if opts.dry_run { Ok(Vec::new()) } else { stage_state(&state, &list, &entries, &new_fp) },
+            || if opts.dry_run { Ok(Vec::new()) } else { stage_state(&state, &list, &new_fp) },
         )
     });
     let mut ready = Vec::new();
@@ -532,10 +540,14 @@ async fn sync_inner(
         return Ok(report);
     }
 
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "rendered and compared");
+    tracing::debug!(
+        took_ms = t.elapsed().as_millis() as u64,
+        peak_rss_mib = crate::mem::peak_rss_mib(),
+        "rendered and compared"
+    );
     let t = Instant::now();
     let outcomes = tokio::task::block_in_place(|| writer::commit_all(&cfg.outputs, &mut ready));
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "committed");
+    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "committed");
     let mut failures = Vec::new();
     for (rep, o) in report.outputs.iter_mut().zip(outcomes) {
         rep.changed = o.changed;
@@ -594,33 +606,15 @@ async fn sync_inner(
         };
         tokio::task::block_in_place(|| state.write_record(&record))?;
     }
-    tracing::debug!(took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = peak_rss_mib(), "state recorded");
-    drop(entries);
-    dispose((list, ready));
+    tracing::debug!(
+        took_ms = t.elapsed().as_millis() as u64,
+        peak_rss_mib = crate::mem::peak_rss_mib(),
+        "state recorded"
+    );
+    crate::mem::dispose((list, ready));
     report.outcome = Outcome::Success;
     report.elapsed = started.elapsed();
     Ok(report)
-}
-
-/// The process's peak resident memory so far (MiB), for the phase timings that
-/// debug logging shows; 0 where `/proc` is not available.
-pub fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
-}
-
-/// Frees a large structure on another thread. A million small allocations take
-/// tens of milliseconds to free; a one-shot CLI run exits without waiting, a
-/// daemon frees them in the background.
-pub(crate) fn dispose<T: Send + 'static>(garbage: T) {
-    let spawned = std::thread::Builder::new().name("rcptsync-free".into()).spawn(move || drop(garbage));
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "could not free in the background");
-    }
 }
 
 /// Fingerprint of everything in the configuration that shapes the outputs.
@@ -634,8 +628,10 @@ fn raw_fingerprint(f: &Fetched) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     let items = f.items.iter().map(|i| (i.value.as_str(), i.kind as u8));
+    // Validated entries are canonical already; a catch-all's text says it is one.
+    let entries = f.entries.iter().map(|(e, _)| (e.as_str(), 0xfe));
     let rejected = f.rejected.iter().map(|r| (r.value.as_str(), 0xff));
-    for (v, k) in items.chain(rejected) {
+    for (v, k) in items.chain(entries).chain(rejected) {
         if buf.len() + v.len() + 2 > buf.capacity() {
             h.update(&buf);
             buf.clear();
@@ -791,39 +787,48 @@ pub fn keep_in_grace(state: &StateDir, gathered: &mut Vec<Gathered>, grace: Dura
     tombstones
 }
 
-fn stage_state(
-    state: &StateDir,
-    list: &RecipientList,
-    entries: &[&str],
-    new_fp: &str,
-) -> Result<Vec<PendingFile>, StateError> {
+fn stage_state(state: &StateDir, list: &RecipientList, new_fp: &str) -> Result<Vec<PendingFile>, StateError> {
     let mut pending = Vec::new();
     let applied = state.applied_path();
     let applied_changed = state.read_header(&applied).ok().flatten().is_none_or(|h| h.fingerprint != new_fp);
     if applied_changed {
-        pending.push(state.stage_list(&applied, "list", entries, Some(new_fp))?.1);
+        pending.push(state.stage_list(&applied, "list", list.len(), list.sorted(), Some(new_fp))?.1);
     }
     // Each source's slice of the final list, built in the list's sorted order
     // (addresses and catch-alls merged), so no sorting is needed.
     let names = list.source_names();
+    // A source that produced the whole list (the usual single-source case) has
+    // the list itself as its slice: counted first, so that it is not copied.
+    let mut counts = vec![0usize; names.len()];
+    for (_, sources) in list.sorted_with_sources() {
+        for_each_unique(sources, |s| {
+            if let Some(c) = counts.get_mut(s) {
+                *c += 1;
+            }
+        });
+    }
+    let whole: Vec<bool> = counts.iter().map(|&c| c == list.len()).collect();
     let mut slices: Vec<Vec<&str>> = vec![Vec::new(); names.len()];
     for (entry, sources) in list.sorted_with_sources() {
-        push_unique(&mut slices, sources.iter().copied(), entry);
+        for_each_unique(sources, |s| {
+            if let (Some(false), Some(v)) = (whole.get(s).copied(), slices.get_mut(s)) {
+                v.push(entry);
+            }
+        });
     }
-    for (name, slice) in names.iter().zip(slices) {
+    for (i, (name, slice)) in names.iter().zip(slices).enumerate() {
         if name == crate::policy::INCLUDE_SOURCE || name == crate::policy::GRACE_SOURCE {
             continue;
         }
         let path = state.slice_path(name);
-        // A source that produced the whole list has the list's fingerprint.
-        let fp = if slice.len() == entries.len() { new_fp.to_string() } else { fingerprint(slice.iter().copied()) };
+        let fp = if whole[i] { new_fp.to_string() } else { fingerprint(slice.iter().copied()) };
         if state.read_header(&path).ok().flatten().is_none_or(|h| h.fingerprint != fp) {
             let file = if fp == new_fp {
                 // Same bytes as the whole list (one source, no includes): link, don't copy.
                 let from = if applied_changed { pending[0].staged().to_path_buf() } else { applied.clone() };
                 state.stage_link(&from, &path)?
             } else {
-                state.stage_list(&path, "list", &slice, Some(&fp))?.1
+                state.stage_list(&path, "list", slice.len(), slice.iter().copied(), Some(&fp))?.1
             };
             pending.push(file);
         }
@@ -831,13 +836,13 @@ fn stage_state(
     Ok(pending)
 }
 
-fn push_unique<'a>(slices: &mut [Vec<&'a str>], sources: impl Iterator<Item = u16>, e: &'a str) {
+/// Calls `f` once per distinct source index (an entry's sources are sorted, so
+/// repeats are adjacent).
+fn for_each_unique(sources: &[u16], mut f: impl FnMut(usize)) {
     let mut last = None;
-    for s in sources {
+    for &s in sources {
         if last != Some(s) {
-            if let Some(v) = slices.get_mut(s as usize) {
-                v.push(e);
-            }
+            f(usize::from(s));
             last = Some(s);
         }
     }

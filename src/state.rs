@@ -185,7 +185,7 @@ impl StateDir {
 
     /// Writes a sorted, unique list atomically; returns its header.
     pub fn write_list(&self, path: &Path, kind: &str, sorted: &[&str]) -> Result<ListHeader, StateError> {
-        let (header, pending) = self.stage_list(path, kind, sorted, None)?;
+        let (header, pending) = self.stage_list(path, kind, sorted.len(), sorted.iter().copied(), None)?;
         pending.install()?;
         Ok(header)
     }
@@ -193,15 +193,16 @@ impl StateDir {
     /// Writes a sorted, unique list to a complete, fsynced temp file beside `path`;
     /// [`PendingFile::install`] makes it visible. `fingerprint` may be passed when
     /// the caller has computed it already.
-    pub fn stage_list(
+    pub fn stage_list<'a>(
         &self,
         path: &Path,
         kind: &str,
-        sorted: &[&str],
+        count: usize,
+        sorted: impl Iterator<Item = &'a str> + Clone,
         fingerprint_hint: Option<&str>,
     ) -> Result<(ListHeader, PendingFile), StateError> {
-        let fp = fingerprint_hint.map(str::to_string).unwrap_or_else(|| fingerprint(sorted.iter().copied()));
-        let header = ListHeader { count: sorted.len(), fingerprint: fp };
+        let fp = fingerprint_hint.map(str::to_string).unwrap_or_else(|| fingerprint(sorted.clone()));
+        let header = ListHeader { count, fingerprint: fp };
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let tmp = dir.join(format!(
             ".{}.tmp.{}",

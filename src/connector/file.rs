@@ -5,9 +5,13 @@
 //! source as it is. A line `@domain` declares a catch-all domain, unless the source
 //! sets `catchalls = false`.
 
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::path::Path;
+
 use crate::config::FileSourceSpec;
 use crate::connector::{Connector, Fetched, SourceError};
-use crate::policy::{Locator, RawItem, RawKind, Rejected};
+use crate::policy::{Located, Locator, RawItem, RawKind, Rejected, validate_item};
 
 #[derive(Debug, Clone)]
 pub struct FileSource {
@@ -19,69 +23,144 @@ impl FileSource {
         FileSource { spec }
     }
 
-    fn read(&self) -> Result<Vec<u8>, SourceError> {
-        std::fs::read(&self.spec.path)
-            .map_err(|e| SourceError::new(format!("cannot read {}: {e}", self.spec.path.display())))
+    /// Reads and parses the file. Returns the result and the file's size.
+    fn load(&self) -> Result<(Fetched, u64), SourceError> {
+        let path = &self.spec.path;
+        read_and_parse(path, self.spec.catchalls)
+            .map_err(|e| SourceError::new(format!("cannot read {}: {e}", path.display())))
     }
 }
 
-/// Splits file contents into raw items. Pure, for tests and benchmarks. Large
-/// files are cut at line boundaries into chunks parsed on all cores.
-///
-/// Each chunk parses straight into its own stretch of one slot per line of the
-/// final vector, and the empty slots (blank lines, comments, refusals) are then
-/// squeezed out in place: the items of a five-million-line file are built once,
-/// with no per-chunk vectors to concatenate.
+/// Bytes read and parsed at a time: the file is never held whole in memory (a
+/// five-million-line file is 136 MB of fresh pages, and fresh pages are most of
+/// what a large sync costs).
+const BLOCK: usize = 8 << 20;
+
+/// Bytes per parallel chunk within a block.
+const CHUNK: usize = 1 << 20;
+
+/// Reads `path` in blocks, parsing each as it comes. For a regular file a first
+/// pass counts the lines, so the entries are collected into a vector of the
+/// right size once; a pipe or device is read once, the vector growing as needed.
+fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Fetched, u64)> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut lines = 0usize;
+    if f.metadata()?.file_type().is_file() {
+        let mut last = b'\n';
+        loop {
+            let n = read_some(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            lines += memchr::memchr_iter(b'\n', &buf[..n]).count();
+            last = buf[n - 1];
+        }
+        lines += usize::from(last != b'\n');
+        f.rewind()?;
+    }
+    let mut size = 0u64;
+    let mut parser = Parser::new(lines, catchalls);
+    // `buf[..filled]` holds the start of a line carried over from the last block.
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            // One line longer than the buffer: grow it (a hostile file can have a
+            // huge line; it is refused later, by length).
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = read_some(&mut f, &mut buf[filled..])?;
+        size += n as u64;
+        let end = filled + n;
+        if n == 0 {
+            parser.feed(&buf[..end]);
+            break;
+        }
+        match memchr::memrchr(b'\n', &buf[..end]) {
+            Some(nl) => {
+                parser.feed(&buf[..=nl]);
+                buf.copy_within(nl + 1..end, 0);
+                filled = end - nl - 1;
+            }
+            None => filled = end,
+        }
+    }
+    Ok((parser.finish(), size))
+}
+
+fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match f.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Splits file contents into validated entries. Pure, for tests and benchmarks.
 pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 20;
-    // (first line number, bytes, lines in it)
-    let mut chunks: Vec<(usize, &[u8], usize)> = Vec::new();
-    let mut rest = bytes;
-    let mut first_line = 1usize;
-    while !rest.is_empty() {
-        let cut = if rest.len() <= CHUNK {
-            rest.len()
-        } else {
-            memchr::memchr(b'\n', &rest[CHUNK..]).map_or(rest.len(), |p| CHUNK + p + 1)
-        };
-        let (chunk, tail) = rest.split_at(cut);
-        let newlines = memchr::memchr_iter(b'\n', chunk).count();
-        // A last line without a newline is a line too.
-        let lines = newlines + usize::from(!chunk.ends_with(b"\n"));
-        chunks.push((first_line, chunk, lines));
-        first_line += newlines;
-        rest = tail;
+    let lines = memchr::memchr_iter(b'\n', bytes).count() + usize::from(!bytes.ends_with(b"\n"));
+    let mut p = Parser::new(lines, catchalls);
+    p.feed(bytes);
+    p.finish()
+}
+
+/// Parses blocks of whole lines, in order. Each line is validated as it is read
+/// ([`validate_item`], the rule every source goes through), so an entry is
+/// built once; each block is cut at line boundaries into chunks parsed on all
+/// cores.
+struct Parser {
+    catchalls: bool,
+    /// Number of the next block's first line.
+    next_line: usize,
+    out: Fetched,
+}
+
+impl Parser {
+    /// `lines`: how many lines are coming at most (sizes the result).
+    fn new(lines: usize, catchalls: bool) -> Parser {
+        let out = Fetched { entries: Vec::with_capacity(lines), ..Fetched::default() };
+        Parser { catchalls, next_line: 1, out }
     }
-    let mut slots: Vec<Option<RawItem>> = Vec::new();
-    slots.resize_with(chunks.iter().map(|c| c.2).sum(), || None);
-    let mut work = Vec::with_capacity(chunks.len());
-    let mut free = slots.as_mut_slice();
-    for (first, chunk, lines) in chunks {
-        let (mine, others) = free.split_at_mut(lines);
-        work.push((first, chunk, mine));
-        free = others;
+
+    /// Parses `block`: whole lines (only the file's last may lack its newline).
+    fn feed(&mut self, block: &[u8]) {
+        use rayon::prelude::*;
+        let mut chunks: Vec<(usize, &[u8])> = Vec::new();
+        let mut rest = block;
+        while !rest.is_empty() {
+            let cut = if rest.len() <= CHUNK {
+                rest.len()
+            } else {
+                memchr::memchr(b'\n', &rest[CHUNK..]).map_or(rest.len(), |p| CHUNK + p + 1)
+            };
+            let (chunk, tail) = rest.split_at(cut);
+            chunks.push((self.next_line, chunk));
+            self.next_line += memchr::memchr_iter(b'\n', chunk).count();
+            rest = tail;
+        }
+        let catchalls = self.catchalls;
+        let parts: Vec<(Vec<Located>, Vec<Rejected>)> =
+            chunks.into_par_iter().map(|(first, chunk)| parse_chunk(chunk, first, catchalls)).collect();
+        for (entries, rejected) in parts {
+            self.out.entries.extend(entries);
+            self.out.rejected.extend(rejected);
+        }
     }
-    let rejected: Vec<Vec<Rejected>> =
-        work.into_par_iter().map(|(first, chunk, slots)| parse_chunk(chunk, first, catchalls, slots)).collect();
-    // Same size in and out, so this is collected in place, without a second
-    // buffer; `flatten()` is not (it allocated a second 280 MB vector at 5M lines).
-    #[allow(clippy::filter_map_identity)]
-    let items: Vec<RawItem> = slots.into_iter().filter_map(|s| s).collect();
-    Fetched {
-        items,
-        rejected: rejected.into_iter().flatten().collect(),
-        left_out: Vec::new(),
+
+    fn finish(self) -> Fetched {
+        self.out
     }
 }
 
-/// Parses one chunk, line `i` of it into `slots[i]`; returns the refused lines.
-fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool, slots: &mut [Option<RawItem>]) -> Vec<Rejected> {
+/// Parses one chunk of whole lines, the first numbered `first_line`.
+fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> (Vec<Located>, Vec<Rejected>) {
+    let mut entries = Vec::with_capacity(bytes.len() / 16);
     let mut rejected = Vec::new();
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let mut start = 0;
     let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-    for ((i, end), slot) in ends.enumerate().zip(slots.iter_mut()) {
+    for (i, end) in ends.enumerate() {
         let line = &body[start..end];
         start = end + 1;
         let lineno = u32::try_from(first_line + i).unwrap_or(u32::MAX);
@@ -115,9 +194,12 @@ fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool, slots: &mut [Op
         } else {
             RawKind::Address
         };
-        *slot = Some(RawItem { value, kind, locator: Locator::Line(lineno) });
+        match validate_item(RawItem { value, kind, locator: Locator::Line(lineno) }) {
+            Ok(entry) => entries.push(entry),
+            Err(bad) => rejected.push(bad),
+        }
     }
-    rejected
+    (entries, rejected)
 }
 
 impl Connector for FileSource {
@@ -125,10 +207,8 @@ impl Connector for FileSource {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
-            let bytes = this.read()?;
-            let read_ms = t.elapsed().as_millis() as u64;
-            let f = parse(&bytes, this.spec.catchalls);
-            tracing::debug!(path = %this.spec.path.display(), bytes = bytes.len(), read_ms, parse_ms = t.elapsed().as_millis() as u64 - read_ms, peak_rss_mib = crate::run::peak_rss_mib(), "file read");
+            let (f, bytes) = this.load()?;
+            tracing::debug!(path = %this.spec.path.display(), bytes, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "file read and parsed");
             Ok(f)
         })
         .await
@@ -137,10 +217,10 @@ impl Connector for FileSource {
 
     async fn check(&self) -> Result<String, SourceError> {
         let this = self.clone();
-        let f = tokio::task::spawn_blocking(move || this.read().map(|b| parse(&b, this.spec.catchalls)))
+        let f = tokio::task::spawn_blocking(move || this.load().map(|(f, _)| f))
             .await
             .map_err(|e| SourceError::new(format!("reader task failed: {e}")))??;
-        Ok(format!("{}: {} entries, {} refused", self.spec.path.display(), f.items.len(), f.rejected.len()))
+        Ok(format!("{}: {} entries, {} refused", self.spec.path.display(), f.entries.len(), f.rejected.len()))
     }
 }
 
@@ -148,28 +228,34 @@ impl Connector for FileSource {
 mod tests {
     use super::*;
 
+    fn texts(f: &Fetched) -> Vec<&str> {
+        f.entries.iter().map(|(e, _)| e.as_str()).collect()
+    }
+
     #[test]
     fn first_field_comments_blank_lines_and_catchalls() {
-        let text = b"# a comment\n\nalice@example.com\n  Bob@Example.com OK\n@example.org\t OK\n   # indented comment\nbad\xffbyte@example.com\n";
+        let text = b"# a comment\n\nalice@example.com\n  Bob@Example.com OK\n@example.org\t OK\n   # indented comment\nbad\xffbyte@example.com\nno-at-sign\n";
         let f = parse(text, true);
-        let got: Vec<_> = f.items.iter().map(|i| (i.value.as_str(), i.kind, i.locator.clone())).collect();
+        assert!(f.items.is_empty(), "validated while parsing");
+        let got: Vec<_> = f.entries.iter().map(|(e, l)| (e.as_str(), e.is_catchall(), l.clone())).collect();
         assert_eq!(
             got,
             [
-                ("alice@example.com", RawKind::Address, Locator::Line(3)),
-                ("Bob@Example.com", RawKind::Address, Locator::Line(4)),
-                ("@example.org", RawKind::CatchAll, Locator::Line(5)),
+                ("alice@example.com", false, Locator::Line(3)),
+                ("bob@example.com", false, Locator::Line(4)),
+                ("@example.org", true, Locator::Line(5)),
             ]
         );
-        assert_eq!(f.rejected.len(), 1);
-        assert_eq!(f.rejected[0].locator, Locator::Line(7));
-        assert_eq!(f.rejected[0].reason, "is not valid UTF-8");
+        let refused: Vec<_> = f.rejected.iter().map(|r| (r.locator.clone(), r.reason.as_str())).collect();
+        assert_eq!(refused[0], (Locator::Line(7), "is not valid UTF-8"));
+        assert_eq!(refused[1].0, Locator::Line(8));
+        assert_eq!(refused.len(), 2);
     }
 
     #[test]
     fn catchall_lines_refused_when_disabled() {
         let f = parse(b"@example.org\na@example.org\n", false);
-        assert_eq!(f.items.len(), 1);
+        assert_eq!(texts(&f), ["a@example.org"]);
         assert!(f.rejected[0].reason.contains("catchalls = false"));
     }
 
@@ -183,18 +269,69 @@ mod tests {
             }
         }
         let f = parse(text.as_bytes(), true);
-        assert_eq!(f.items.len(), 200_000);
-        for (n, item) in f.items.iter().enumerate().step_by(9973) {
-            assert_eq!(item.value, format!("user{n}@example.com"));
-            let Locator::Line(l) = item.locator else { panic!() };
-            let line = text.lines().nth(l as usize - 1).unwrap();
-            assert_eq!(line, item.value);
+        assert_eq!(f.entries.len(), 200_000);
+        for (n, (entry, locator)) in f.entries.iter().enumerate().step_by(9973) {
+            assert_eq!(entry.as_str(), format!("user{n}@example.com"));
+            let Locator::Line(l) = locator else { panic!() };
+            let line = text.lines().nth(*l as usize - 1).unwrap();
+            assert_eq!(line, entry.as_str());
         }
     }
 
     #[test]
     fn crlf_and_no_final_newline() {
         let f = parse(b"a@example.com\r\nb@example.com", true);
-        assert_eq!(f.items.iter().map(|i| i.value.as_str()).collect::<Vec<_>>(), ["a@example.com", "b@example.com"]);
+        assert_eq!(texts(&f), ["a@example.com", "b@example.com"]);
+    }
+
+    /// The reader goes block by block: lines cut by a block boundary, a line
+    /// longer than a block, and a last line without a newline all come out
+    /// whole, numbered as in the file, and the same as parsing it in one piece.
+    #[test]
+    fn block_reader_matches_whole_parse() {
+        let mut text = String::new();
+        let mut n = 0;
+        while text.len() < 2 * BLOCK + 1000 {
+            text.push_str(&format!("user.{n:07}@example.com OK\n"));
+            n += 1;
+            if n == 1000 {
+                text.push_str(&format!("{}@example.com\n", "x".repeat(BLOCK + 10)));
+            }
+        }
+        text.push_str("last@example.com");
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("list");
+        std::fs::write(&path, &text).unwrap();
+        let (read, size) = read_and_parse(&path, true).unwrap();
+        let whole = parse(text.as_bytes(), true);
+        assert_eq!(size, text.len() as u64);
+        assert_eq!(read.entries, whole.entries);
+        assert_eq!(read.entries.len(), n + 1);
+        assert_eq!(
+            read.entries.last().map(|(e, l)| (e.as_str(), l.clone())),
+            Some(("last@example.com", Locator::Line(n as u32 + 2)))
+        );
+        // The huge line is refused by the address rules, once, with its line.
+        assert_eq!(read.rejected.len(), 1);
+        assert_eq!(read.rejected[0].locator, Locator::Line(1001));
+        assert!(read_and_parse(&d.path().join("missing"), true).is_err());
+    }
+
+    /// A named pipe cannot be read twice: it is read once, with no size hint.
+    #[test]
+    fn a_pipe_is_read_in_one_pass() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, "a@example.com\n# c\nB@example.com\n").unwrap())
+        };
+        let (f, size) = read_and_parse(&fifo, true).unwrap();
+        writer.join().unwrap();
+        assert_eq!(texts(&f), ["a@example.com", "b@example.com"]);
+        assert_eq!(f.entries[1].1, Locator::Line(3));
+        assert_eq!(size, 32);
     }
 }

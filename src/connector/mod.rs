@@ -21,6 +21,10 @@ use crate::policy::{RawItem, Rejected};
 #[derive(Debug, Default)]
 pub struct Fetched {
     pub items: Vec<RawItem>,
+    /// Entries the connector already validated, each with
+    /// [`crate::policy::validate_item`] (the file source does it while parsing,
+    /// to build each entry once); their refusals are in `rejected`.
+    pub entries: Vec<crate::policy::Located>,
     /// Values the connector itself had to refuse (e.g. not UTF-8).
     pub rejected: Vec<Rejected>,
     /// Values of objects a profile rule deliberately left out (e.g. disabled

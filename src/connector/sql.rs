@@ -239,7 +239,12 @@ impl SqlSource {
     }
 
     fn to_fetched(&self, rows: Vec<Option<Vec<u8>>>) -> Fetched {
-        let mut out = Fetched { items: Vec::with_capacity(rows.len()), rejected: Vec::new(), left_out: Vec::new() };
+        let mut out = Fetched {
+            items: Vec::with_capacity(rows.len()),
+            entries: Vec::new(),
+            rejected: Vec::new(),
+            left_out: Vec::new(),
+        };
         for (i, v) in rows.into_iter().enumerate() {
             let locator = Locator::Object(format!("row {}", i + 1).into());
             let value = match v.map(String::from_utf8) {

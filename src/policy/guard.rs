@@ -6,6 +6,7 @@
 //! these checks (never the address validation, which happens long before).
 
 use crate::config::GuardConfig;
+use crate::policy::RecipientList;
 
 /// How the new list differs from the last applied one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,13 +53,13 @@ pub fn delta<'a>(old: impl IntoIterator<Item = &'a str>, new: impl IntoIterator<
 /// Canaries missing from the new list. A canary counts as present when it is
 /// listed or its domain is a catch-all (the MTA accepts it either way).
 /// `entries` is the new list, sorted.
-pub fn missing_canaries<'a>(canaries: &'a [String], entries: &[&str]) -> Vec<&'a str> {
+pub fn missing_canaries<'a>(canaries: &'a [String], list: &RecipientList) -> Vec<&'a str> {
     canaries
         .iter()
         .map(String::as_str)
         .filter(|c| {
             let catchall = c.rfind('@').map(|at| &c[at..]).unwrap_or("");
-            entries.binary_search(c).is_err() && entries.binary_search(&catchall).is_err()
+            !list.contains(c) && !list.contains(catchall)
         })
         .collect()
 }
@@ -185,10 +186,26 @@ mod tests {
 
     #[test]
     fn canaries_are_found_as_addresses_or_under_a_catchall() {
-        let entries = ["@catch.example.org", "a@example.com", "ceo@example.com"];
-        let c =
-            vec!["ceo@example.com".to_string(), "boss@catch.example.org".to_string(), "cfo@example.com".to_string()];
-        assert_eq!(missing_canaries(&c, &entries), ["cfo@example.com"]);
+        use crate::policy::{Locator, Policy, RawItem, RawKind, normalise};
+        let raw = ["@catch.example.org", "a@example.com", "ceo@example.com", "z@example.net"].map(|v| RawItem {
+            value: v.into(),
+            kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
+            locator: Locator::Line(1),
+        });
+        let (ok, _) = normalise(raw.into());
+        let (list, _) = Policy::new(&Default::default()).apply(vec![("s".into(), ok)]);
+        let c = [
+            "ceo@example.com",
+            "boss@catch.example.org",
+            "cfo@example.com",
+            "a@example.com",
+            "z@example.net",
+            "y@example.net",
+            "@catch.example.org",
+            "@example.com",
+        ]
+        .map(String::from);
+        assert_eq!(missing_canaries(&c, &list), ["cfo@example.com", "y@example.net", "@example.com"]);
     }
 
     #[test]

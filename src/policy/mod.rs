@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod guard;
+mod record;
 pub mod table;
 
 use std::collections::HashSet;
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::config::PolicyConfig;
 use address::{Entry, parse_address, parse_address_owned, parse_catchall, parse_domain};
+use record::Rec;
 pub use table::{AddressTable, EntryRef};
 
 /// Where inside a source a value was found.
@@ -84,24 +86,26 @@ pub fn normalise(items: Vec<RawItem>) -> (Vec<Located>, Vec<Rejected>) {
     // An indexed collect writes every result straight into one vector (no
     // per-thread pieces to concatenate); the rare refusals are boxed so a result
     // is no larger than an entry, and the entries are then kept in place.
-    let results: Vec<Result<Located, Box<Rejected>>> = items
-        .into_par_iter()
-        .with_min_len(4096)
-        .map(|item| {
-            let RawItem { value, kind, locator } = item;
-            let parsed = match kind {
-                RawKind::Address => parse_address_owned(value),
-                RawKind::CatchAll => parse_catchall(&value).map_err(|e| (value, e)),
-            };
-            match parsed {
-                Ok(e) => Ok((e, locator)),
-                Err((value, error)) => Err(Box::new(Rejected { value, locator, reason: error.to_string() })),
-            }
-        })
-        .collect();
+    let results: Vec<Result<Located, Box<Rejected>>> =
+        items.into_par_iter().with_min_len(4096).map(|item| validate_item(item).map_err(Box::new)).collect();
     let mut rejected = Vec::new();
     let ok = results.into_iter().filter_map(|r| r.map_err(|bad| rejected.push(*bad)).ok()).collect();
     (ok, rejected)
+}
+
+/// Validates one raw value into its canonical entry, or says why not. The one
+/// rule every source goes through, whether in [`normalise`] or in a connector
+/// that validates as it reads ([`crate::connector::Fetched::entries`]).
+pub fn validate_item(item: RawItem) -> Result<Located, Rejected> {
+    let RawItem { value, kind, locator } = item;
+    let parsed = match kind {
+        RawKind::Address => parse_address_owned(value),
+        RawKind::CatchAll => parse_catchall(&value).map_err(|e| (value, e)),
+    };
+    match parsed {
+        Ok(e) => Ok((e, locator)),
+        Err((value, error)) => Err(Rejected { value, locator, reason: error.to_string() }),
+    }
 }
 
 /// Where an entry of the final list came from.
@@ -131,24 +135,6 @@ pub struct RecipientList {
     source_names: Arc<[String]>,
     /// Sorted unique domains of all entries.
     domains: Vec<String>,
-    /// The merge's input, kept only to be freed together with the list.
-    _retired: Retired,
-}
-
-/// Merge input retired with the list (see `RecipientList::build`).
-#[derive(Default)]
-struct Retired(#[allow(dead_code)] Vec<(u64, u64, (Entry, u16, u32))>);
-
-impl std::fmt::Debug for Retired {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Retired({})", self.0.len())
-    }
-}
-
-impl Clone for Retired {
-    fn clone(&self) -> Self {
-        Retired(Vec::new())
-    }
 }
 
 impl RecipientList {
@@ -184,17 +170,23 @@ impl RecipientList {
     }
 
     /// Every entry in byte order (addresses and catch-alls merged): the order of
-    /// state files and fingerprints.
-    pub fn sorted_entries(&self) -> Vec<&str> {
-        // Sized up front: the iterator cannot tell its length, and a million
-        // entries grown by doubling would cost a reallocation chain.
-        let mut out = Vec::with_capacity(self.len());
-        out.extend(self.sorted_with_sources().map(|(e, _)| e));
-        out
+    /// state files and fingerprints. Walked as often as needed instead of being
+    /// collected: a vector of five million `&str` is 80 MB.
+    pub fn sorted(&self) -> impl Iterator<Item = &str> + Clone {
+        self.sorted_with_sources().map(|(e, _)| e)
+    }
+
+    /// Whether `entry` (canonical: an address, or `@domain`) is in the list.
+    pub fn contains(&self, entry: &str) -> bool {
+        if entry.starts_with('@') {
+            self.catchalls.binary_search_by(|c| c.as_str().cmp(entry)).is_ok()
+        } else {
+            self.addresses.binary_search(entry).is_ok()
+        }
     }
 
     /// Every entry in byte order with the indexes of the sources that produced it.
-    pub fn sorted_with_sources(&self) -> impl Iterator<Item = (&str, &[u16])> {
+    pub fn sorted_with_sources(&self) -> impl Iterator<Item = (&str, &[u16])> + Clone {
         let c = &self.catchalls;
         let mut j = 0;
         let mut addresses = self.addresses.iter().enumerate().peekable();
@@ -262,42 +254,68 @@ impl RecipientList {
 
     /// Builds a list from already-filtered located entries, grouped by source.
     fn build(source_names: Vec<String>, per_source: Vec<Vec<Located>>, keep_locators: bool) -> RecipientList {
-        // (entry, source, position): 32 bytes to move around instead of 56. The
-        // position orders an entry's origins by where they appear in the source,
-        // and indexes `locators` when those are kept.
         let total: usize = per_source.iter().map(Vec::len).sum();
-        // Each record carries the first 16 bytes of its entry as a big-endian
-        // integer, so most sort comparisons are decided without touching the heap,
-        // and the sorted records are then read in order (no random gather).
-        // Validated entries never contain NUL, so zero padding keeps the byte
-        // order. Ties fall back to the full (entry, source, position).
-        let mut recs: Vec<(u64, u64, (Entry, u16, u32))> = Vec::with_capacity(total);
+        // Addresses become sort records carrying their text (see `record`);
+        // catch-alls, a handful, are sorted apart. The position orders an
+        // entry's origins by where they appear, and indexes `locators` (when
+        // kept) and `long` (addresses too long to be inline).
+        // The result's big vectors, sized for every entry, are faulted in on idle
+        // cores while this thread builds and sorts the records.
+        let mut addresses = AddressTable::with_capacity(total, total * 32);
+        let mut starts: Vec<u32> = Vec::with_capacity(total + 1);
+        let mut origin_sources: Vec<u16> = Vec::with_capacity(total);
+        let mut prefaulting = addresses.prefault();
+        prefaulting
+            .extend([crate::mem::prefault(&starts), crate::mem::prefault(&origin_sources)].into_iter().flatten());
+        let mut recs: Vec<Rec> = Vec::new();
+        let mut long: Vec<(u32, Entry)> = Vec::new();
         let mut catch: Vec<(Entry, u16, u32)> = Vec::new();
         let mut locators: Vec<Locator> = Vec::with_capacity(if keep_locators { total } else { 0 });
         let mut pos = 0u32;
         for (i, v) in per_source.into_iter().enumerate() {
             let source = u16::try_from(i).unwrap_or(u16::MAX);
-            for (e, locator) in v {
-                if keep_locators {
-                    locators.push(locator);
-                }
-                if e.is_catchall() {
-                    catch.push((e, source, pos));
-                } else {
-                    let k = prefix_key(e.as_str());
-                    recs.push(((k >> 64) as u64, k as u64, (e, source, pos)));
-                }
-                pos += 1;
+            let (base, n) = (pos, v.len());
+            // A record is as large as an (entry, locator) pair, so each source's
+            // vector becomes its records in place, without a second buffer; the
+            // strings are freed as they are copied.
+            let part: Vec<Rec> = v
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, (e, locator))| {
+                    let p = base + j as u32;
+                    if keep_locators {
+                        locators.push(locator);
+                    }
+                    if e.is_catchall() {
+                        catch.push((e, source, p));
+                        return None;
+                    }
+                    let r = Rec::new(&e, source, p);
+                    if r.is_long() {
+                        long.push((p, e));
+                    }
+                    Some(r)
+                })
+                .collect();
+            pos += n as u32;
+            if recs.is_empty() {
+                recs = part;
+                recs.reserve(total - n);
+            } else {
+                recs.extend(part);
             }
         }
-        let by_entry_then_origin =
-            |a: &(Entry, u16, u32), b: &(Entry, u16, u32)| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2));
-        catch.sort_by(by_entry_then_origin);
-        recs.par_sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| by_entry_then_origin(&a.2, &b.2)));
+        // `long` is in position order, so a long address is found by bisection.
+        let long_text = |p: u32| long.binary_search_by_key(&p, |(q, _)| *q).map_or("", |i| long[i].1.as_str());
+        let by_address_then_origin =
+            |a: &Rec, b: &Rec| a.cmp_text(b, long_text).then(a.source.cmp(&b.source)).then(a.pos.cmp(&b.pos));
+        recs.par_sort_unstable_by(by_address_then_origin);
+        catch.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+
+        for h in prefaulting {
+            let _ = h.join();
+        }
         let n = recs.len();
-        let mut addresses = AddressTable::with_capacity(n, n * 32);
-        let mut starts: Vec<u32> = Vec::with_capacity(n + catch.len() + 1);
-        let mut origin_sources: Vec<u16> = Vec::with_capacity(n + catch.len());
         let mut origin_locators: Vec<Locator> = Vec::with_capacity(if keep_locators { n + catch.len() } else { 0 });
         let mut take_locator = |p: u32| {
             if keep_locators {
@@ -305,22 +323,25 @@ impl RecipientList {
                 origin_locators.push(l.unwrap_or(Locator::LastGood));
             }
         };
-        let mut prev_key = None;
-        for &(hi, lo, (ref entry, source, p)) in &recs {
-            // Equal keys are needed for equal entries, so most comparisons stop here.
-            let same = prev_key == Some((hi, lo)) && addresses.last().map(EntryRef::as_str) == Some(entry.as_str());
-            if !same {
+        // The sorted records are read in order: the table is filled sequentially.
+        let mut buf = [0u8; record::INLINE];
+        let mut prev: Option<&Rec> = None;
+        for r in &recs {
+            if prev.is_none_or(|p| p.cmp_text(r, long_text) != std::cmp::Ordering::Equal) {
                 starts.push(origin_sources.len() as u32);
-                addresses.push(entry);
+                match r.inline(&mut buf) {
+                    Some((text, at)) => addresses.push_text(text, at),
+                    None => {
+                        if let Ok(i) = long.binary_search_by_key(&r.pos, |(q, _)| *q) {
+                            addresses.push(&long[i].1);
+                        }
+                    }
+                }
             }
-            origin_sources.push(source);
-            take_locator(p);
-            prev_key = Some((hi, lo));
+            origin_sources.push(r.source);
+            take_locator(r.pos);
+            prev = Some(r);
         }
-        // The separate strings are no longer needed, but freeing a million of them
-        // costs tens of milliseconds: they leave with the list (whose owner frees
-        // it off the critical path, or not at all when the process exits).
-        let retired = Retired(recs);
         let mut catchalls: Vec<Entry> = Vec::new();
         for (entry, source, p) in catch {
             if catchalls.last() != Some(&entry) {
@@ -365,18 +386,8 @@ impl RecipientList {
             origin_locators,
             source_names: source_names.into(),
             domains,
-            _retired: retired,
         }
     }
-}
-
-/// The first 16 bytes of `s`, big-endian, zero-padded: orders like `s` itself
-/// whenever two keys differ.
-fn prefix_key(s: &str) -> u128 {
-    let mut buf = [0u8; 16];
-    let n = s.len().min(16);
-    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
-    u128::from_be_bytes(buf)
 }
 
 /// Why the policy left an entry out.
@@ -573,7 +584,7 @@ mod tests {
                 ("z@b.org", vec![0]),
             ]
         );
-        assert_eq!(list.sorted_entries(), ["@b.org", "@zz.org", "a@a.com", "m@a.com", "z@b.org"]);
+        assert_eq!(list.sorted().collect::<Vec<_>>(), ["@b.org", "@zz.org", "a@a.com", "m@a.com", "z@b.org"]);
     }
 
     #[test]
@@ -600,5 +611,61 @@ mod tests {
         assert!(list.is_empty());
         assert!(list.domains().is_empty());
         assert_eq!(list.address_origins(0), []);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The merge (inline sort records, long addresses in a side table) gives
+        /// exactly the sorted set of a plain BTreeMap, with each entry's origins
+        /// in source order and then in the order they appear.
+        #[test]
+        fn merge_matches_a_plain_ordered_map(
+            sources in proptest::collection::vec(
+                proptest::collection::vec((25usize..40, 0usize..3, 0usize..3, proptest::bool::weighted(0.1)), 0..60),
+                1..4,
+            )
+        ) {
+            // Addresses of 32 to 52 bytes, so they fall on both sides of the 40
+            // inline bytes and often tie on them; few distinct values, so many
+            // duplicates within and across sources.
+            let domains = ["x.org", "example.com", "EXAMPLE.net"];
+            let value = |len: usize, letter: usize, d: usize, catchall: bool| {
+                if catchall {
+                    format!("@{}", domains[d])
+                } else {
+                    format!("{}{}@{}", "a".repeat(len), ['b', 'c', 'd'][letter], domains[d])
+                }
+            };
+            let mut want: std::collections::BTreeMap<String, Vec<(u16, u32)>> = Default::default();
+            let mut input = Vec::new();
+            for (si, src) in sources.iter().enumerate() {
+                let vals: Vec<String> = src.iter().map(|&(len, l, d, c)| value(len, l, d, c)).collect();
+                let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+                let ok = located(&refs);
+                for (i, (e, _)) in ok.iter().enumerate() {
+                    want.entry(e.as_str().to_string()).or_default().push((si as u16, i as u32 + 1));
+                }
+                input.push((format!("s{si}"), ok));
+            }
+            let (list, _) = policy(None, &[], &[]).apply(input);
+            let got_names: Vec<&str> = list.sorted().collect();
+            let want_names: Vec<&str> = want.keys().map(String::as_str).collect();
+            proptest::prop_assert_eq!(got_names, want_names);
+            let lines = |origins: Vec<Origin>| -> Vec<(u16, u32)> {
+                origins
+                    .into_iter()
+                    .map(|o| match o.locator { Locator::Line(l) => (o.source, l), _ => (o.source, 0) })
+                    .collect()
+            };
+            for (i, a) in list.addresses().iter().enumerate() {
+                proptest::prop_assert_eq!(&lines(list.address_origins(i)), &want[a.as_str()]);
+                proptest::prop_assert!(list.contains(a.as_str()));
+            }
+            for (i, c) in list.catchalls().iter().enumerate() {
+                proptest::prop_assert_eq!(&lines(list.catchall_origins(i)), &want[c.as_str()]);
+                proptest::prop_assert!(list.contains(c.as_str()));
+            }
+            proptest::prop_assert!(!list.contains("zz@nowhere.example"));
+        }
     }
 }

@@ -58,12 +58,26 @@ impl AddressTable {
         }
     }
 
+    /// Faults in the reserved capacity on other threads (see
+    /// [`crate::mem::prefault`]); join the handles before filling the table.
+    pub fn prefault(&self) -> Vec<std::thread::JoinHandle<()>> {
+        [crate::mem::prefault_str(&self.text), crate::mem::prefault(&self.ends), crate::mem::prefault(&self.ats)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Appends an entry; the caller keeps the table sorted and unique.
     pub fn push(&mut self, e: &Entry) {
         let r = e.as_ref();
-        self.text.push_str(r.text);
+        self.push_text(r.text, r.at);
+    }
+
+    /// Appends an entry given as its text and the offset of its '@'.
+    pub fn push_text(&mut self, text: &str, at: u16) {
+        self.text.push_str(text);
         self.ends.push(self.text.len() as u32);
-        self.ats.push(r.at);
+        self.ats.push(at);
     }
 
     pub fn len(&self) -> usize {
