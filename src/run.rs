@@ -95,6 +95,17 @@ pub async fn fetch_some(cfg: &Config, incremental: bool, not_due: &[String]) -> 
     let mut progress = Progress::new(cfg.sources.iter().map(|s| s.name.clone()).collect());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.tick().await;
+    // Directory and database drivers read a whole protocol message before
+    // rcptsync sees it, so an enormous LDAP message or SQL row cannot be refused
+    // by size: instead the process's memory is watched while sources are
+    // fetched, and past the limit every fetch still running is stopped.
+    let limit = crate::mem::limit_mib();
+    let tripped = std::sync::Arc::new(tokio::sync::Notify::new());
+    let _watch = limit.map(|l| {
+        let tripped = tripped.clone();
+        crate::mem::MemoryWatch::start(l, move || tripped.notify_one())
+    });
+    let mut over: Option<u64> = None;
     loop {
         tokio::select! {
             joined = set.join_next() => match joined {
@@ -102,16 +113,34 @@ pub async fn fetch_some(cfg: &Config, incremental: bool, not_due: &[String]) -> 
                     fetched[i] = Some((r, took));
                     progress.done(i);
                 }
+                Some(Err(e)) if e.is_cancelled() => {}
                 Some(Err(e)) => tracing::error!(error = %e, "source task failed"),
                 None => break,
             },
             _ = tick.tick() => progress.show(),
+            _ = tripped.notified(), if over.is_none() => {
+                over = limit;
+                set.abort_all();
+            }
         }
     }
     progress.clear();
+    let stopped = |limit: u64| {
+        SourceError::new(format!(
+            "stopped: rcptsync's memory passed its limit of {limit} MiB while this source was being fetched \
+             (an enormous directory message or database row?); nothing was written. The limit is half the \
+             machine's memory unless {} sets it (MiB)",
+            crate::mem::LIMIT_ENV
+        ))
+    };
     fetched
         .into_iter()
-        .map(|f| f.unwrap_or_else(|| (Err(SourceError::new("fetch task did not complete")), Duration::ZERO)))
+        .map(|f| {
+            f.unwrap_or_else(|| match over {
+                Some(limit) => (Err(stopped(limit)), Duration::ZERO),
+                None => (Err(SourceError::new("fetch task did not complete")), Duration::ZERO),
+            })
+        })
         .collect()
 }
 
@@ -178,9 +207,11 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
     let mut out = Vec::with_capacity(cfg.sources.len());
     for (s, (result, took)) in cfg.sources.iter().zip(fetched) {
         let kind = s.spec.kind();
+        // A put-off parse runs here unless the caller ran it already.
+        let result = result.and_then(|f| tokio::task::block_in_place(|| f.complete()).map(|(f, _)| f));
         match result {
             Ok(f) => {
-                let Fetched { items, entries: mut pre, mut rejected, left_out } = f;
+                let Fetched { items, entries: mut pre, mut rejected, left_out, .. } = f;
                 let t = Instant::now();
                 let (mut entries, bad) = tokio::task::block_in_place(|| normalise(items));
                 if entries.is_empty() {
@@ -408,6 +439,28 @@ async fn sync_inner(
         report.elapsed = started.elapsed();
         return Ok(report);
     }
+    // Something changed: run the put-off parses. The record keeps the
+    // fingerprint of what was parsed, in case a file changed since it was hashed.
+    let mut raw_fps = raw_fps;
+    let fetched: FetchResults = fetched
+        .into_iter()
+        .zip(raw_fps.iter_mut())
+        .map(|((r, took), fp)| {
+            let t = Instant::now();
+            match r.and_then(|f| tokio::task::block_in_place(|| f.complete())) {
+                Ok((f, parsed)) => {
+                    if parsed.is_some() {
+                        *fp = parsed;
+                    }
+                    (Ok(f), took + t.elapsed())
+                }
+                Err(e) => {
+                    *fp = None;
+                    (Err(e), took)
+                }
+            }
+        })
+        .collect();
     let mut gathered = validate(cfg, &state, fetched);
     let refused: Vec<usize> = gathered.iter().map(|g| g.rejected.len()).collect();
     let mut report = Report::new(source_reports(&gathered), cfg);
@@ -625,6 +678,9 @@ fn config_fingerprint(cfg: &Config) -> String {
 
 /// Fingerprint of what a source returned, before validation.
 fn raw_fingerprint(f: &Fetched) -> String {
+    if let Some(fp) = &f.raw_fingerprint {
+        return fp.clone();
+    }
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
     let items = f.items.iter().map(|i| (i.value.as_str(), i.kind as u8));

@@ -6,11 +6,11 @@
 //! sets `catchalls = false`.
 
 use std::fs::File;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read};
 use std::path::Path;
 
 use crate::config::FileSourceSpec;
-use crate::connector::{Connector, Fetched, SourceError};
+use crate::connector::{Connector, Deferred, Fetched, SourceError};
 use crate::policy::{Located, Locator, RawItem, RawKind, Rejected, validate_item};
 
 #[derive(Debug, Clone)]
@@ -25,10 +25,39 @@ impl FileSource {
 
     /// Reads and parses the file. Returns the result and the file's size.
     fn load(&self) -> Result<(Fetched, u64), SourceError> {
-        let path = &self.spec.path;
-        read_and_parse(path, self.spec.catchalls)
-            .map_err(|e| SourceError::new(format!("cannot read {}: {e}", path.display())))
+        read_and_parse(&self.spec.path, self.spec.catchalls).map_err(|e| self.read_error(e))
     }
+
+    fn read_error(&self, e: io::Error) -> SourceError {
+        SourceError::new(format!("cannot read {}: {e}", self.spec.path.display()))
+    }
+
+    /// The file's fingerprint (hash of its bytes and the catch-all setting),
+    /// with its parse put off: a sync whose inputs are all unchanged stops
+    /// before parsing. A pipe or device is read and parsed at once.
+    fn fetch_deferred(&self) -> Result<Fetched, SourceError> {
+        let t = std::time::Instant::now();
+        let Some(scan) = scan(&self.spec.path).map_err(|e| self.read_error(e))? else {
+            return self.load().map(|(f, _)| f);
+        };
+        tracing::debug!(path = %self.spec.path.display(), lines = scan.lines, took_ms = t.elapsed().as_millis() as u64, "file scanned");
+        let raw_fingerprint = Some(fingerprint(&scan.hash, self.spec.catchalls));
+        let this = self.clone();
+        let parse = move || {
+            let t = std::time::Instant::now();
+            let (f, bytes, hash) =
+                parse_file(&this.spec.path, this.spec.catchalls, scan.lines).map_err(|e| this.read_error(e))?;
+            tracing::debug!(path = %this.spec.path.display(), bytes, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "file read and parsed");
+            Ok((f, fingerprint(&hash, this.spec.catchalls)))
+        };
+        Ok(Fetched { raw_fingerprint, deferred: Some(Deferred(Box::new(parse))), ..Fetched::default() })
+    }
+}
+
+/// The raw fingerprint of a file source: its bytes' hash and what changes how
+/// they are read.
+fn fingerprint(hash: &str, catchalls: bool) -> String {
+    format!("file:{hash}:catchalls={catchalls}")
 }
 
 /// Bytes read and parsed at a time: the file is never held whole in memory (a
@@ -39,26 +68,44 @@ const BLOCK: usize = 8 << 20;
 /// Bytes per parallel chunk within a block.
 const CHUNK: usize = 1 << 20;
 
-/// Reads `path` in blocks, parsing each as it comes. For a regular file a first
-/// pass counts the lines, so the entries are collected into a vector of the
-/// right size once; a pipe or device is read once, the vector growing as needed.
-fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Fetched, u64)> {
+/// What a first read of a regular file found: its line count (to size the
+/// result) and a hash of its bytes (the source's raw fingerprint).
+struct Scan {
+    lines: usize,
+    hash: String,
+}
+
+/// Reads a regular file once, counting lines and hashing; `None` for a pipe or
+/// device, which cannot be read twice.
+fn scan(path: &Path) -> io::Result<Option<Scan>> {
+    // Asked of the path, not of an opened file: opening a pipe would consume
+    // its one writer.
+    if !std::fs::metadata(path)?.is_file() {
+        return Ok(None);
+    }
     let mut f = File::open(path)?;
     let mut buf = vec![0u8; BLOCK];
-    let mut lines = 0usize;
-    if f.metadata()?.file_type().is_file() {
-        let mut last = b'\n';
-        loop {
-            let n = read_some(&mut f, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            lines += memchr::memchr_iter(b'\n', &buf[..n]).count();
-            last = buf[n - 1];
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let (mut lines, mut last) = (0usize, b'\n');
+    loop {
+        let n = read_some(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
         }
-        lines += usize::from(last != b'\n');
-        f.rewind()?;
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count();
+        hasher.update(&buf[..n]);
+        last = buf[n - 1];
     }
+    lines += usize::from(last != b'\n');
+    Ok(Some(Scan { lines, hash: format!("{:032x}", hasher.digest128()) }))
+}
+
+/// Reads `path` in blocks, parsing each as it comes, with `lines` as the size
+/// hint. Returns the result, the number of bytes and their hash.
+fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Fetched, u64, String)> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut size = 0u64;
     let mut parser = Parser::new(lines, catchalls);
     // `buf[..filled]` holds the start of a line carried over from the last block.
@@ -70,6 +117,7 @@ fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Fetched, u64)> {
             buf.resize(buf.len() * 2, 0);
         }
         let n = read_some(&mut f, &mut buf[filled..])?;
+        hasher.update(&buf[filled..filled + n]);
         size += n as u64;
         let end = filled + n;
         if n == 0 {
@@ -85,7 +133,14 @@ fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Fetched, u64)> {
             None => filled = end,
         }
     }
-    Ok((parser.finish(), size))
+    Ok((parser.finish(), size, format!("{:032x}", hasher.digest128())))
+}
+
+/// Reads and parses `path` now (the size hint from a first read when it is a
+/// regular file). For tests and `check`.
+fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Fetched, u64)> {
+    let lines = scan(path)?.map_or(0, |s| s.lines);
+    parse_file(path, catchalls, lines).map(|(f, size, _)| (f, size))
 }
 
 fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -205,14 +260,9 @@ fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> (Vec<Located
 impl Connector for FileSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let t = std::time::Instant::now();
-            let (f, bytes) = this.load()?;
-            tracing::debug!(path = %this.spec.path.display(), bytes, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "file read and parsed");
-            Ok(f)
-        })
-        .await
-        .map_err(|e| SourceError::new(format!("reader task failed: {e}")))?
+        tokio::task::spawn_blocking(move || this.fetch_deferred())
+            .await
+            .map_err(|e| SourceError::new(format!("reader task failed: {e}")))?
     }
 
     async fn check(&self) -> Result<String, SourceError> {

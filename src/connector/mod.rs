@@ -30,6 +30,33 @@ pub struct Fetched {
     /// Values of objects a profile rule deliberately left out (e.g. disabled
     /// accounts), with the rule: not errors, but what `why` explains.
     pub left_out: Vec<Rejected>,
+    /// A fingerprint of the source's raw data, when the connector has one
+    /// without parsing (the file source: a hash of the file's bytes).
+    pub raw_fingerprint: Option<String>,
+    /// Parsing put off until it is needed: a sync whose inputs are all as last
+    /// time stops before it. [`Fetched::complete`] runs it.
+    pub deferred: Option<Deferred>,
+}
+
+/// A put-off parse: returns the complete result and the fingerprint of the raw
+/// data it actually parsed (which may be newer than `raw_fingerprint`).
+pub struct Deferred(pub Box<dyn FnOnce() -> Result<(Fetched, String), SourceError> + Send>);
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
+impl Fetched {
+    /// Runs a put-off parse, if any. Returns the complete result, and the
+    /// fingerprint of the data parsed when that was put off.
+    pub fn complete(mut self) -> Result<(Fetched, Option<String>), SourceError> {
+        match self.deferred.take() {
+            Some(Deferred(parse)) => parse().map(|(f, fp)| (f, Some(fp))),
+            None => Ok((self, None)),
+        }
+    }
 }
 
 /// Why a source could not be read. The message says what to fix; it never

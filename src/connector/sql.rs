@@ -239,12 +239,7 @@ impl SqlSource {
     }
 
     fn to_fetched(&self, rows: Vec<Option<Vec<u8>>>) -> Fetched {
-        let mut out = Fetched {
-            items: Vec::with_capacity(rows.len()),
-            entries: Vec::new(),
-            rejected: Vec::new(),
-            left_out: Vec::new(),
-        };
+        let mut out = Fetched { items: Vec::with_capacity(rows.len()), ..Fetched::default() };
         for (i, v) in rows.into_iter().enumerate() {
             let locator = Locator::Object(format!("row {}", i + 1).into());
             let value = match v.map(String::from_utf8) {

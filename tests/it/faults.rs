@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cloud_fake::{FakeGraph, Fault, graph_traps};
-use crate::util::{Run, TestDir, say};
+use crate::util::{Run, TestDir, run_measured, say};
 
 /// A small tmpfs mounted for one test (root only), unmounted on drop.
 struct Tmpfs {
@@ -364,19 +364,6 @@ fn an_enormous_body_is_refused_with_bounded_memory() {
     assert!(r.stderr.contains("exceeds the 16 MiB limit"), "{}", r.stderr);
 }
 
-/// Exit code, peak RSS (KiB) and stderr of one run.
-fn run_measured(cmd: &mut Command) -> (i32, i64, String) {
-    let err = tempfile::NamedTempFile::new().unwrap();
-    let child = cmd.stdout(std::process::Stdio::null()).stderr(err.reopen().unwrap()).spawn().unwrap();
-    let mut status = 0;
-    // SAFETY: zeroed rusage is valid; we wait for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert!(rc > 0);
-    std::mem::forget(child);
-    (libc::WEXITSTATUS(status), usage.ru_maxrss, std::fs::read_to_string(err.path()).unwrap())
-}
-
 #[test]
 fn servers_that_accept_but_never_answer_time_out() {
     let t = TestDir::new();
@@ -499,4 +486,44 @@ fn an_ldap_server_answering_garbage_fails_the_source() {
     assert!(r.stderr.contains("source failed") && r.stderr.contains("source=dir"), "{}", r.stderr);
     assert!(start.elapsed() < Duration::from_secs(20));
     assert!(!t.join("out/list").exists());
+}
+
+/// An LDAP "server" whose answer is one enormous message (a 1.5 GB BER
+/// sequence, streamed). The driver buffers a whole message before rcptsync sees
+/// it, so the process's memory is what is bounded: past RCPTSYNC_MEMORY_LIMIT
+/// the fetch is stopped, the source fails with a message that says so, the
+/// peak stays near the limit, and the published list is untouched.
+#[test]
+fn an_enormous_ldap_message_is_stopped_at_the_memory_limit() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("out/list", "kept@example.com\n");
+    let addr = raw_server(|mut s| {
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+        // SEQUENCE, length 0x5F5E1000 (1.6 GB), then its body, a megabyte at a time.
+        if s.write_all(&[0x30, 0x84, 0x5F, 0x5E, 0x10, 0x00, 0x02, 0x01, 0x01]).is_err() {
+            return;
+        }
+        let chunk = vec![0x04u8; 1 << 20];
+        for _ in 0..1500 {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"dir\"\nkind = \"ldap\"\n\
+         url = \"ldap://{addr}\"\nbase_dn = \"dc=x\"\nfilter = \"(mail=*)\"\naddress_attributes = [\"mail\"]\nop_timeout = \"60s\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
+    ));
+    let mut cmd = t.cmd(&["sync", "-c", "rcptsync.toml"]);
+    cmd.env("RCPTSYNC_MEMORY_LIMIT", "200");
+    let start = Instant::now();
+    let (code, rss_kb, stderr) = run_measured(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("memory passed its limit of 200 MiB") && stderr.contains("source=dir"), "{stderr}");
+    assert!(rss_kb < 320 * 1024, "peak RSS {} MB", rss_kb / 1024);
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+    assert_eq!(t.read("out/list"), "kept@example.com\n");
 }

@@ -379,6 +379,35 @@ fn postgres_dying_mid_result_fails_the_source() {
     assert_eq!(t.read("out/relay_recipients"), published, "a cut result must never shorten the list");
 }
 
+/// A real PostgreSQL answering one 600 MB value: the driver reads the whole row
+/// before rcptsync sees it, so the process's memory is watched instead, and
+/// past RCPTSYNC_MEMORY_LIMIT the fetch is stopped with a message that says so.
+#[test]
+fn an_enormous_postgres_row_is_stopped_at_the_memory_limit() {
+    if !enabled("an_enormous_postgres_row_is_stopped_at_the_memory_limit") {
+        return;
+    }
+    let t = TestDir::new();
+    let pg = postfixadmin_pg(&t);
+    let pw = t.write("db-password", PG_PASSWORD);
+    let keys =
+        |rest: &str| format!("url = \"{}\"\npassword_file = \"{}\"\n{rest}", pg.url("postfixadmin"), pw.display());
+    let abort = "[guard]\non_source_failure = \"abort\"";
+    sql_config(&t, &keys("profile = \"postfixadmin\""), abort);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let published = t.read("out/relay_recipients");
+    sql_config(&t, &keys("query = \"SELECT repeat('x', 600000000)\"\nquery_timeout = \"120s\""), abort);
+    let mut cmd = t.cmd(&["sync", "-c", "rcptsync.toml"]);
+    cmd.env("RCPTSYNC_MEMORY_LIMIT", "200");
+    let (code, rss_kb, stderr) = crate::util::run_measured(&mut cmd);
+    assert_eq!(code, 1, "{stderr}");
+    // The driver reads a socket that always has data without yielding, so the
+    // fetch cannot be stopped softly: the process exits at 1.5 times the limit.
+    assert!(stderr.contains("memory passed its limit of 200 MiB") && stderr.contains("kept growing"), "{stderr}");
+    assert!(rss_kb < 400 * 1024, "peak RSS {} MB", rss_kb / 1024);
+    assert_eq!(t.read("out/relay_recipients"), published);
+}
+
 #[test]
 fn postgres_tls_is_verified_against_ca_file() {
     if !enabled("postgres_tls_is_verified_against_ca_file") {

@@ -166,3 +166,16 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> 
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
 }
+
+/// Exit code, peak RSS (KiB) and stderr of one run.
+pub fn run_measured(cmd: &mut Command) -> (i32, i64, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(err.reopen().unwrap()).spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; we wait for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(rc > 0);
+    std::mem::forget(child);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss, std::fs::read_to_string(err.path()).unwrap())
+}
