@@ -259,14 +259,6 @@ impl RecipientList {
         // catch-alls, a handful, are sorted apart. The position orders an
         // entry's origins by where they appear, and indexes `locators` (when
         // kept) and `long` (addresses too long to be inline).
-        // The result's big vectors, sized for every entry, are faulted in on idle
-        // cores while this thread builds and sorts the records.
-        let mut addresses = AddressTable::with_capacity(total, total * 32);
-        let mut starts: Vec<u32> = Vec::with_capacity(total + 1);
-        let mut origin_sources: Vec<u16> = Vec::with_capacity(total);
-        let mut prefaulting = addresses.prefault();
-        prefaulting
-            .extend([crate::mem::prefault(&starts), crate::mem::prefault(&origin_sources)].into_iter().flatten());
         let mut recs: Vec<Rec> = Vec::new();
         let mut long: Vec<(u32, Entry)> = Vec::new();
         let mut catch: Vec<(Entry, u16, u32)> = Vec::new();
@@ -312,10 +304,8 @@ impl RecipientList {
         recs.par_sort_unstable_by(by_address_then_origin);
         catch.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
 
-        for h in prefaulting {
-            let _ = h.join();
-        }
         let n = recs.len();
+        let (addresses, mut starts, mut origin_sources) = fill_table(&recs, &long);
         let mut origin_locators: Vec<Locator> = Vec::with_capacity(if keep_locators { n + catch.len() } else { 0 });
         let mut take_locator = |p: u32| {
             if keep_locators {
@@ -323,24 +313,10 @@ impl RecipientList {
                 origin_locators.push(l.unwrap_or(Locator::LastGood));
             }
         };
-        // The sorted records are read in order: the table is filled sequentially.
-        let mut buf = [0u8; record::INLINE];
-        let mut prev: Option<&Rec> = None;
-        for r in &recs {
-            if prev.is_none_or(|p| p.cmp_text(r, long_text) != std::cmp::Ordering::Equal) {
-                starts.push(origin_sources.len() as u32);
-                match r.inline(&mut buf) {
-                    Some((text, at)) => addresses.push_text(text, at),
-                    None => {
-                        if let Ok(i) = long.binary_search_by_key(&r.pos, |(q, _)| *q) {
-                            addresses.push(&long[i].1);
-                        }
-                    }
-                }
+        if keep_locators {
+            for r in &recs {
+                take_locator(r.pos);
             }
-            origin_sources.push(r.source);
-            take_locator(r.pos);
-            prev = Some(r);
         }
         let mut catchalls: Vec<Entry> = Vec::new();
         for (entry, source, p) in catch {
@@ -388,6 +364,98 @@ impl RecipientList {
             domains,
         }
     }
+}
+
+/// Builds the address table from sorted records, with each address's first
+/// origin (`starts`) and every record's source. The records are cut into parts
+/// at address boundaries; each part's addresses and bytes are counted, then
+/// every part fills its own stretch of the result on its own core (the fresh
+/// pages are faulted in by all cores, and the copying is shared).
+fn fill_table(recs: &[Rec], long: &[(u32, Entry)]) -> (AddressTable, Vec<u32>, Vec<u16>) {
+    let long_entry = |p: u32| long.binary_search_by_key(&p, |(q, _)| *q).ok().map(|i| &long[i].1);
+    let long_text = |p: u32| long_entry(p).map_or("", Entry::as_str);
+    // Calls `out` with a record's address and the offset of its '@'.
+    let address = |r: &Rec, buf: &mut [u8; record::INLINE], out: &mut dyn FnMut(&str, u16)| match r.inline(buf) {
+        Some((text, at)) => out(text, at),
+        None => {
+            if let Some(e) = long_entry(r.pos) {
+                out(e.as_str(), e.local_part().len() as u16);
+            }
+        }
+    };
+    let len_of = |r: &Rec| {
+        let mut n = 0;
+        address(r, &mut [0u8; record::INLINE], &mut |t, _| n = t.len());
+        n
+    };
+    let n = recs.len();
+    let first: Vec<bool> = (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .map(|i| i == 0 || recs[i - 1].cmp_text(&recs[i], long_text) != std::cmp::Ordering::Equal)
+        .collect();
+    let parts = rayon::current_num_threads().max(1) * 4;
+    let mut cuts = vec![0usize];
+    for k in 1..parts {
+        let last = cuts[cuts.len() - 1];
+        let mut c = (n * k / parts).max(last);
+        while c < n && !first[c] {
+            c += 1;
+        }
+        if c > last && c < n {
+            cuts.push(c);
+        }
+    }
+    cuts.push(n);
+    // (addresses, bytes) of each part.
+    let sizes: Vec<(usize, usize)> = cuts
+        .par_windows(2)
+        .map(|w| (w[0]..w[1]).filter(|&i| first[i]).fold((0, 0), |(u, b), i| (u + 1, b + len_of(&recs[i]))))
+        .collect();
+    let (addresses, bytes) = sizes.iter().fold((0, 0), |(u, b), s| (u + s.0, b + s.1));
+    let mut text = vec![0u8; bytes];
+    let mut ends = vec![0u32; addresses];
+    let mut ats = vec![0u16; addresses];
+    let mut starts = vec![0u32; addresses];
+    let mut origin_sources = vec![0u16; n];
+    let mut jobs = Vec::with_capacity(sizes.len());
+    {
+        let (mut t, mut e, mut a, mut s, mut o) =
+            (&mut text[..], &mut ends[..], &mut ats[..], &mut starts[..], &mut origin_sources[..]);
+        let mut byte_base = 0usize;
+        for (w, &(u, b)) in cuts.windows(2).zip(&sizes) {
+            let (t1, t2) = std::mem::take(&mut t).split_at_mut(b);
+            let (e1, e2) = std::mem::take(&mut e).split_at_mut(u);
+            let (a1, a2) = std::mem::take(&mut a).split_at_mut(u);
+            let (s1, s2) = std::mem::take(&mut s).split_at_mut(u);
+            let (o1, o2) = std::mem::take(&mut o).split_at_mut(w[1] - w[0]);
+            jobs.push((w[0]..w[1], byte_base, t1, e1, a1, s1, o1));
+            (t, e, a, s, o) = (t2, e2, a2, s2, o2);
+            byte_base += b;
+        }
+    }
+    jobs.into_par_iter().for_each(|(range, byte_base, t, e, a, s, o)| {
+        let mut buf = [0u8; record::INLINE];
+        let (mut filled, mut u) = (0usize, 0usize);
+        let first_rec = range.start;
+        for i in range {
+            let r = &recs[i];
+            if first[i] {
+                address(r, &mut buf, &mut |text, at| {
+                    t[filled..filled + text.len()].copy_from_slice(text.as_bytes());
+                    filled += text.len();
+                    a[u] = at;
+                });
+                e[u] = (byte_base + filled) as u32;
+                s[u] = i as u32;
+                u += 1;
+            }
+            o[i - first_rec] = r.source;
+        }
+    });
+    // The text is whole addresses back to back, each valid UTF-8.
+    let text = String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    (AddressTable::from_parts(text, ends, ats), starts, origin_sources)
 }
 
 /// Why the policy left an entry out.

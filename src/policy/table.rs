@@ -50,34 +50,19 @@ pub struct AddressTable {
 }
 
 impl AddressTable {
-    pub fn with_capacity(entries: usize, bytes: usize) -> AddressTable {
-        AddressTable {
-            text: String::with_capacity(bytes),
-            ends: Vec::with_capacity(entries),
-            ats: Vec::with_capacity(entries),
-        }
-    }
-
-    /// Faults in the reserved capacity on other threads (see
-    /// [`crate::mem::prefault`]); join the handles before filling the table.
-    pub fn prefault(&self) -> Vec<std::thread::JoinHandle<()>> {
-        [crate::mem::prefault_str(&self.text), crate::mem::prefault(&self.ends), crate::mem::prefault(&self.ats)]
-            .into_iter()
-            .flatten()
-            .collect()
+    /// A table from its parts: `text` holds the entries back to back, `ends[i]`
+    /// where entry i ends, `ats[i]` the offset of its '@'.
+    pub fn from_parts(text: String, ends: Vec<u32>, ats: Vec<u16>) -> AddressTable {
+        AddressTable { text, ends, ats }
     }
 
     /// Appends an entry; the caller keeps the table sorted and unique.
+    #[cfg(test)]
     pub fn push(&mut self, e: &Entry) {
         let r = e.as_ref();
-        self.push_text(r.text, r.at);
-    }
-
-    /// Appends an entry given as its text and the offset of its '@'.
-    pub fn push_text(&mut self, text: &str, at: u16) {
-        self.text.push_str(text);
+        self.text.push_str(r.text);
         self.ends.push(self.text.len() as u32);
-        self.ats.push(at);
+        self.ats.push(r.at);
     }
 
     pub fn len(&self) -> usize {
