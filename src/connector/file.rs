@@ -174,7 +174,10 @@ struct Parser {
 impl Parser {
     /// `lines`: how many lines are coming at most (sizes the result).
     fn new(lines: usize, catchalls: bool) -> Parser {
-        let out = Fetched { entries: Vec::with_capacity(lines), ..Fetched::default() };
+        let mut out = Fetched::default();
+        // Only a hint: a file of blank lines would ask for far more than it
+        // needs, so a reservation the allocator refuses just means growing.
+        let _ = out.entries.try_reserve_exact(lines);
         Parser { catchalls, next_line: 1, out }
     }
 
