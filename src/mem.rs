@@ -84,7 +84,8 @@ impl MemoryWatch {
                         );
                         std::process::exit(1);
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    // Woken early by drop, so a fetch's end is not delayed.
+                    std::thread::park_timeout(std::time::Duration::from_millis(10));
                 }
             })
             .ok();
@@ -96,6 +97,7 @@ impl Drop for MemoryWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }
