@@ -3,12 +3,15 @@
 /// The process's peak resident memory so far (MiB), for the phase timings that
 /// debug logging shows; 0 where `/proc` is not available.
 pub fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+    proc_kib("/proc/self/status", "VmHWM:").map_or(0, |kib| kib / 1024)
+}
+
+/// The value of a `KEY: N kB` line of a `/proc` file.
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
 }
 
 /// The environment variable that sets [`limit_mib`].
@@ -22,14 +25,7 @@ pub fn limit_mib() -> Option<u64> {
     match std::env::var(LIMIT_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
         Some(0) => None,
         Some(mib) => Some(mib),
-        None => {
-            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-            meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map(|kib| kib / 1024 / 2)
-        }
+        None => proc_kib("/proc/meminfo", "MemTotal:").map(|kib| kib / 1024 / 2),
     }
 }
 
