@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::config::PolicyConfig;
 use address::{Entry, parse_address, parse_address_owned, parse_catchall, parse_domain};
-use record::Rec;
+use record::{LongAddresses, Rec};
 pub use table::{AddressTable, EntryRef};
 
 /// Where inside a source a value was found.
@@ -260,7 +260,7 @@ impl RecipientList {
         // entry's origins by where they appear, and indexes `locators` (when
         // kept) and `long` (addresses too long to be inline).
         let mut recs: Vec<Rec> = Vec::new();
-        let mut long: Vec<(u32, Entry)> = Vec::new();
+        let mut long = LongAddresses::default();
         let mut catch: Vec<(Entry, u16, u32)> = Vec::new();
         let mut locators: Vec<Locator> = Vec::with_capacity(if keep_locators { total } else { 0 });
         let mut pos = 0u32;
@@ -284,7 +284,7 @@ impl RecipientList {
                     }
                     let r = Rec::new(&e, source, p);
                     if r.is_long() {
-                        long.push((p, e));
+                        long.push(p, e);
                     }
                     Some(r)
                 })
@@ -297,10 +297,8 @@ impl RecipientList {
                 recs.extend(part);
             }
         }
-        // `long` is in position order, so a long address is found by bisection.
-        let long_text = |p: u32| long.binary_search_by_key(&p, |(q, _)| *q).map_or("", |i| long[i].1.as_str());
         let by_address_then_origin =
-            |a: &Rec, b: &Rec| a.cmp_text(b, long_text).then(a.source.cmp(&b.source)).then(a.pos.cmp(&b.pos));
+            |a: &Rec, b: &Rec| a.cmp_text(b, &long).then(a.source.cmp(&b.source)).then(a.pos.cmp(&b.pos));
         recs.par_sort_unstable_by(by_address_then_origin);
         catch.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
 
@@ -371,28 +369,12 @@ impl RecipientList {
 /// at address boundaries; each part's addresses and bytes are counted, then
 /// every part fills its own stretch of the result on its own core (the fresh
 /// pages are faulted in by all cores, and the copying is shared).
-fn fill_table(recs: &[Rec], long: &[(u32, Entry)]) -> (AddressTable, Vec<u32>, Vec<u16>) {
-    let long_entry = |p: u32| long.binary_search_by_key(&p, |(q, _)| *q).ok().map(|i| &long[i].1);
-    let long_text = |p: u32| long_entry(p).map_or("", Entry::as_str);
-    // Calls `out` with a record's address and the offset of its '@'.
-    let address = |r: &Rec, buf: &mut [u8; record::INLINE], out: &mut dyn FnMut(&str, u16)| match r.inline(buf) {
-        Some((text, at)) => out(text, at),
-        None => {
-            if let Some(e) = long_entry(r.pos) {
-                out(e.as_str(), e.local_part().len() as u16);
-            }
-        }
-    };
-    let len_of = |r: &Rec| {
-        let mut n = 0;
-        address(r, &mut [0u8; record::INLINE], &mut |t, _| n = t.len());
-        n
-    };
+fn fill_table(recs: &[Rec], long: &LongAddresses) -> (AddressTable, Vec<u32>, Vec<u16>) {
     let n = recs.len();
     let first: Vec<bool> = (0..n)
         .into_par_iter()
         .with_min_len(1 << 14)
-        .map(|i| i == 0 || recs[i - 1].cmp_text(&recs[i], long_text) != std::cmp::Ordering::Equal)
+        .map(|i| i == 0 || recs[i - 1].cmp_text(&recs[i], long) != std::cmp::Ordering::Equal)
         .collect();
     let parts = rayon::current_num_threads().max(1) * 4;
     let mut cuts = vec![0usize];
@@ -410,7 +392,7 @@ fn fill_table(recs: &[Rec], long: &[(u32, Entry)]) -> (AddressTable, Vec<u32>, V
     // (addresses, bytes) of each part.
     let sizes: Vec<(usize, usize)> = cuts
         .par_windows(2)
-        .map(|w| (w[0]..w[1]).filter(|&i| first[i]).fold((0, 0), |(u, b), i| (u + 1, b + len_of(&recs[i]))))
+        .map(|w| (w[0]..w[1]).filter(|&i| first[i]).fold((0, 0), |(u, b), i| (u + 1, b + recs[i].text_len(long))))
         .collect();
     let (addresses, bytes) = sizes.iter().fold((0, 0), |(u, b), s| (u + s.0, b + s.1));
     let mut text = vec![0u8; bytes];
@@ -441,11 +423,11 @@ fn fill_table(recs: &[Rec], long: &[(u32, Entry)]) -> (AddressTable, Vec<u32>, V
         for i in range {
             let r = &recs[i];
             if first[i] {
-                address(r, &mut buf, &mut |text, at| {
+                if let Some((text, at)) = r.address(&mut buf, long) {
                     t[filled..filled + text.len()].copy_from_slice(text.as_bytes());
                     filled += text.len();
                     a[u] = at;
-                });
+                }
                 e[u] = (byte_base + filled) as u32;
                 s[u] = i as u32;
                 u += 1;

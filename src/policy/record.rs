@@ -57,11 +57,11 @@ impl Rec {
         self.len == LONG
     }
 
-    /// An inline address and the offset of its '@', decoded into `buf`; `None`
-    /// for a long one (whose text is in the side table).
-    pub fn inline<'b>(&self, buf: &'b mut [u8; INLINE]) -> Option<(&'b str, u16)> {
+    /// The address and the offset of its '@': decoded into `buf` when inline,
+    /// else from the side table (`None` only if a long address is missing there).
+    pub fn address<'b>(&self, buf: &'b mut [u8; INLINE], long: &'b LongAddresses) -> Option<(&'b str, u16)> {
         if self.is_long() {
-            return None;
+            return long.get(self.pos).map(|e| (e.as_str(), e.local_part().len() as u16));
         }
         for (chunk, w) in buf.chunks_exact_mut(8).zip(self.words) {
             chunk.copy_from_slice(&w.to_be_bytes());
@@ -70,8 +70,13 @@ impl Rec {
         std::str::from_utf8(&buf[..usize::from(self.len)]).ok().map(|s| (s, u16::from(self.at)))
     }
 
-    /// Orders by address; `long(pos)` is the full text of a long address.
-    pub fn cmp_text<'a>(&self, other: &Rec, long: impl Fn(u32) -> &'a str) -> Ordering {
+    /// The address's length in bytes (as [`Rec::address`] gives it).
+    pub fn text_len(&self, long: &LongAddresses) -> usize {
+        if self.is_long() { long.get(self.pos).map_or(0, |e| e.as_str().len()) } else { usize::from(self.len) }
+    }
+
+    /// Orders by address.
+    pub fn cmp_text(&self, other: &Rec, long: &LongAddresses) -> Ordering {
         // Word by word: nearly always decided by the first or second word.
         for (a, b) in self.words.iter().zip(&other.words) {
             if a != b {
@@ -84,8 +89,28 @@ impl Rec {
             // Equal words: the inline one is the long one's first 40 bytes.
             (false, true) => Ordering::Less,
             (true, false) => Ordering::Greater,
-            (true, true) => long(self.pos).cmp(long(other.pos)),
+            (true, true) => long.text(self.pos).cmp(long.text(other.pos)),
         }
+    }
+}
+
+/// The addresses longer than [`INLINE`], by record position.
+#[derive(Debug, Default)]
+pub struct LongAddresses(Vec<(u32, Entry)>);
+
+impl LongAddresses {
+    /// Adds the address of the record at `pos`; positions come in increasing
+    /// order, so a lookup is a bisection.
+    pub fn push(&mut self, pos: u32, e: Entry) {
+        self.0.push((pos, e));
+    }
+
+    pub fn get(&self, pos: u32) -> Option<&Entry> {
+        self.0.binary_search_by_key(&pos, |(p, _)| *p).ok().map(|i| &self.0[i].1)
+    }
+
+    fn text(&self, pos: u32) -> &str {
+        self.get(pos).map_or("", Entry::as_str)
     }
 }
 
@@ -114,23 +139,24 @@ mod tests {
             "z@z.z".into(),
         ];
         let recs: Vec<Rec> = texts.iter().enumerate().map(|(i, t)| rec(t, i as u32)).collect();
-        let long = |pos: u32| texts[pos as usize].as_str();
+        let mut long = LongAddresses::default();
+        for r in recs.iter().filter(|r| r.is_long()) {
+            long.push(r.pos, parse_address(&texts[r.pos as usize]).unwrap());
+        }
         for a in &recs {
             for b in &recs {
                 let want = texts[a.pos as usize].cmp(&texts[b.pos as usize]);
-                assert_eq!(a.cmp_text(b, long), want, "{} vs {}", texts[a.pos as usize], texts[b.pos as usize]);
+                assert_eq!(a.cmp_text(b, &long), want, "{} vs {}", texts[a.pos as usize], texts[b.pos as usize]);
             }
         }
         let mut buf = [0u8; INLINE];
         for r in &recs {
             let t = &texts[r.pos as usize];
-            match r.inline(&mut buf) {
-                Some((s, at)) => {
-                    assert_eq!(s, t);
-                    assert_eq!(usize::from(at), t.rfind('@').unwrap());
-                }
-                None => assert!(t.len() > INLINE, "{t}"),
-            }
+            assert_eq!(r.is_long(), t.len() > INLINE, "{t}");
+            assert_eq!(r.text_len(&long), t.len());
+            let (s, at) = r.address(&mut buf, &long).unwrap();
+            assert_eq!(s, t);
+            assert_eq!(usize::from(at), t.rfind('@').unwrap());
         }
         assert_eq!(std::mem::size_of::<Rec>(), 48);
     }
