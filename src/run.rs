@@ -697,7 +697,7 @@ fn raw_fingerprint(f: &Fetched) -> String {
         buf.push(k);
     }
     h.update(&buf);
-    format!("{:032x}", h.digest128())
+    crate::state::digest_hex(&h)
 }
 
 /// The report of a run with nothing to do, or None when anything differs from

@@ -51,7 +51,7 @@ pub fn fingerprint<'a>(entries: impl IntoIterator<Item = &'a str>) -> String {
         buf.push(b'\n');
     }
     h.update(&buf);
-    format!("{:032x}", h.digest128())
+    digest_hex(&h)
 }
 
 /// The header of a stored list.
@@ -403,14 +403,20 @@ pub struct OutputRecord {
 
 pub const RUN_RECORD_VERSION: u32 = 1;
 
-/// xxh3-128 of a byte slice, as hex.
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// xxh3-128 of a byte slice, as hex.
 pub fn hash_bytes(b: &[u8]) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(b))
+}
+
+/// A streamed xxh3-128 as hex, in the same form as [`hash_bytes`]: the run
+/// record compares hashes made either way.
+pub fn digest_hex(h: &xxhash_rust::xxh3::Xxh3) -> String {
+    format!("{:032x}", h.digest128())
 }
 
 /// xxh3-128 of a file's contents, streamed.
@@ -427,7 +433,7 @@ pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
         h.update(&buf[..n]);
         len += n as u64;
     }
-    Ok((len, format!("{:032x}", h.digest128())))
+    Ok((len, digest_hex(&h)))
 }
 
 impl StateDir {

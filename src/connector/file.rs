@@ -97,7 +97,7 @@ fn scan(path: &Path) -> io::Result<Option<Scan>> {
         last = buf[n - 1];
     }
     lines += usize::from(last != b'\n');
-    Ok(Some(Scan { lines, hash: format!("{:032x}", hasher.digest128()) }))
+    Ok(Some(Scan { lines, hash: crate::state::digest_hex(&hasher) }))
 }
 
 /// Reads `path` in blocks, parsing each as it comes, with `lines` as the size
@@ -133,7 +133,7 @@ fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Fetched
             None => filled = end,
         }
     }
-    Ok((parser.finish(), size, format!("{:032x}", hasher.digest128())))
+    Ok((parser.finish(), size, crate::state::digest_hex(&hasher)))
 }
 
 /// Reads and parses `path` now (the size hint from a first read when it is a

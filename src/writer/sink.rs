@@ -169,7 +169,7 @@ impl OutputSink {
         };
         Finished {
             len: self.len,
-            hash: format!("{:032x}", self.hasher.digest128()),
+            hash: crate::state::digest_hex(&self.hasher),
             changed,
             staged: if self.stage && changed { staged } else { None },
             kept: self.kept.take(),
