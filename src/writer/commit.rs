@@ -9,7 +9,7 @@
 //! leftovers (`.NAME.rcptsync-*`) are removed by the next run.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -97,9 +97,12 @@ impl Target {
     }
 
     /// Writes `bytes` to a complete temp file (and database) next to the target.
+    /// Syncs stream through [`crate::writer::sink::OutputSink`] instead; this
+    /// one-shot form is for the tests of staging itself.
+    #[cfg(test)]
     pub fn stage(&self, bytes: &[u8]) -> Result<Staged, CommitError> {
         let mut temp = self.create_temp()?;
-        if let Err(err) = temp.file.write_all(bytes) {
+        if let Err(err) = std::io::Write::write_all(&mut temp.file, bytes) {
             return Err(CommitError::Io { path: temp.path().to_path_buf(), what: "cannot write temp file", err });
         }
         temp.seal()
