@@ -60,7 +60,8 @@ impl BuiltinTemplate {
         Self::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// The compiled renderer: byte-identical to the embedded template.
+    /// The compiled renderer into memory, for tests (syncs use [`Self::render_to`]).
+    #[cfg(test)]
     pub fn render(self, list: &RecipientList) -> Vec<u8> {
         let mut out = Vec::new();
         // Writing to a Vec cannot fail.
@@ -68,7 +69,8 @@ impl BuiltinTemplate {
         out
     }
 
-    /// The compiled renderer, writing as it goes (give it a buffered writer).
+    /// The compiled renderer, byte-identical to the embedded template, writing as
+    /// it goes (give it a buffered writer).
     pub fn render_to(self, list: &RecipientList, out: &mut impl Write) -> io::Result<()> {
         match self {
             BuiltinTemplate::Postfix => {
@@ -187,13 +189,16 @@ impl TemplateRef {
         self.render_interpreted(&sample_list()).map(|_| ())
     }
 
-    /// Renders the list to bytes.
+    /// Renders the list to bytes, for tests and fuzzing (syncs stream through
+    /// [`Self::render_salted_to`]).
+    #[cfg(test)]
     pub fn render(&self, list: &Arc<RecipientList>) -> Result<Vec<u8>, String> {
         self.render_salted(list, "")
     }
 
     /// Renders the list with `hash_salt` available to the template (the hashed
-    /// templates prefix it to each address before hashing).
+    /// templates prefix it to each address before hashing). For tests.
+    #[cfg(test)]
     pub fn render_salted(&self, list: &Arc<RecipientList>, salt: &str) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         self.render_salted_to(list, salt, &mut out)?;
