@@ -22,9 +22,12 @@ fn embed(dir: &str, ext: &str, name: &str, out: &mut String) {
 }
 
 fn main() {
-    let mut out = String::new();
-    embed("connectors", "toml", "PROFILES", &mut out);
-    embed("templates", "j2", "TEMPLATES", &mut out);
-    let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("embedded.rs");
-    std::fs::write(dest, out).expect("write embedded.rs");
+    let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR");
+    for (dir, ext, name, file) in
+        [("connectors", "toml", "PROFILES", "profiles.rs"), ("templates", "j2", "TEMPLATES", "templates.rs")]
+    {
+        let mut out = String::new();
+        embed(dir, ext, name, &mut out);
+        std::fs::write(Path::new(&out_dir).join(file), out).expect("write embedded list");
+    }
 }

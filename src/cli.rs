@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
 use crate::connector::Source;
-use crate::policy::address::{parse_address, parse_catchall};
+use crate::policy::address::{Entry, parse_catchall};
 use crate::report::exit;
 use crate::run::{self, SyncOptions};
 use crate::state::StateDir;
@@ -306,7 +306,7 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
     }
     let mut failed = false;
     for s in &cfg.sources {
-        match Source::build(s).check().await {
+        match Source::build(&s.name, &s.spec, None).check().await {
             Ok(desc) => out.push_str(&format!("  ok      source {}: {desc}\n", s.name)),
             Err(e) => {
                 failed = true;
@@ -436,7 +436,7 @@ async fn why(arg: &ConfigArg, address: &str) -> u8 {
 fn published_contains(cfg: &Config, address: &str) -> Option<bool> {
     let state = StateDir::open(&cfg.state_dir, false).ok()?;
     let (_, entries) = state.read_list(&state.applied_path()).ok()??;
-    let e = if address.starts_with('@') { parse_catchall(address) } else { parse_address(address) }.ok()?;
+    let e = Entry::parse(address).ok()?;
     let catchall = parse_catchall(e.domain()).ok()?;
     // read_list verified the entries are sorted and unique.
     Some(entries.binary_search(&e).is_ok() || entries.binary_search(&catchall).is_ok())

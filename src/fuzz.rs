@@ -140,11 +140,7 @@ pub fn check_validated(items: Vec<crate::policy::RawItem>) -> Result<(), String>
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("accepted entry {s:?} holds whitespace or a control character"));
         }
-        let again = if s.starts_with('@') {
-            crate::policy::address::parse_catchall(s)
-        } else {
-            crate::policy::address::parse_address(s)
-        };
+        let again = crate::policy::address::Entry::parse(s);
         match again {
             Ok(e2) if e2.as_str() == s => {}
             other => return Err(format!("accepted entry {s:?} does not parse back to itself: {other:?}")),
@@ -157,7 +153,7 @@ pub fn check_validated(items: Vec<crate::policy::RawItem>) -> Result<(), String>
 mod tests {
     use super::*;
     use crate::policy::{Locator, Policy, RawItem, RawKind};
-    use crate::profile::Catalog;
+    use crate::writer::template::Templates;
     use std::sync::Arc;
 
     /// Each line a raw value, as the file source would give it (`@d` a catch-all).
@@ -165,11 +161,7 @@ mod tests {
         String::from_utf8_lossy(input)
             .split('\n')
             .enumerate()
-            .map(|(i, v)| RawItem {
-                value: v.to_string(),
-                kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
-                locator: Locator::Line(i as u32),
-            })
+            .map(|(i, v)| RawItem { value: v.to_string(), kind: RawKind::of(v), locator: Locator::Line(i as u32) })
             .collect()
     }
 
@@ -200,14 +192,14 @@ mod tests {
     /// structure a reader of that format recovers exactly.
     #[test]
     fn fuzz_builtin_templates() {
-        let catalog = Catalog::embedded();
+        let catalog = Templates::embedded();
         run("template", |input| {
             let items = lines_as_items(input);
             let (ok, _) = crate::policy::normalise(items);
-            let list = Arc::new(Policy::new(&Default::default()).apply(vec![("fuzz".into(), ok)]).0);
+            let list = Arc::new(Policy::default().apply(vec![("fuzz".into(), ok)]).0);
             let addresses: Vec<String> = list.sorted().map(str::to_string).collect();
             for name in ["postfix", "postfix-domains", "exim", "json", "plain"] {
-                let t = catalog.template(name).ok_or("missing template")?;
+                let t = catalog.get(name).ok_or("missing template")?;
                 let out = String::from_utf8(t.render(&list)?).map_err(|e| format!("{name}: not UTF-8: {e}"))?;
                 let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
                 match name {

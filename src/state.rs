@@ -470,3 +470,133 @@ impl StateDir {
         })
     }
 }
+
+/// A connector's incremental-sync cache (`state_dir/sources/NAME.KIND.json`).
+/// Losing it only costs a full pass, so it is written by rename without fsync,
+/// and an unreadable one reads as absent: after a crash a torn file fails to
+/// parse, which means a full pass, never a wrong list.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    path: PathBuf,
+}
+
+impl Cache {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cached value; None when missing or unreadable.
+    pub fn load<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Saves the value by rename. A failure is logged, not fatal.
+    pub fn save<T: serde::Serialize>(&self, value: &T, what: &str) {
+        save_json(&self.path, value, what)
+    }
+}
+
+/// Writes JSON state by rename, private to the service's user; a failure only
+/// costs what the file saves (a full pass, a restarted grace), so it is logged.
+fn save_json<T: serde::Serialize>(path: &Path, value: &T, what: &str) {
+    let Some(dir) = path.parent() else { return };
+    if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
+        return;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let started = Instant::now();
+    let written = serde_json::to_vec(value).map_err(io::Error::other).and_then(|b| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&b)?;
+        fs::rename(&tmp, path)?;
+        Ok(b.len())
+    });
+    match written {
+        Ok(bytes) => {
+            tracing::debug!(file = %path.display(), bytes, took_ms = started.elapsed().as_millis() as u64, "{what} sync state saved")
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
+        }
+    }
+}
+
+/// Entry → unix time it was first missing from every source (removal grace).
+pub type Tombstones = std::collections::BTreeMap<String, u64>;
+
+impl StateDir {
+    /// The state directory at `root`, without touching the disk.
+    pub fn at(root: &Path) -> StateDir {
+        StateDir { root: root.to_path_buf() }
+    }
+
+    /// The incremental-sync cache of source `name`, a connector of `kind`.
+    pub fn cache(&self, name: &str, kind: &str) -> Cache {
+        Cache { path: self.root.join("sources").join(format!("{name}.{kind}.json")) }
+    }
+
+    fn tombstones_path(&self) -> PathBuf {
+        self.root.join("tombstones.json")
+    }
+
+    /// The removal-grace tombstones; none when missing. Unreadable ones restart
+    /// every grace period from now: later, never earlier.
+    pub fn read_tombstones(&self) -> Tombstones {
+        match fs::read(self.tombstones_path()) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "removal-grace tombstones unreadable; grace periods restart now");
+                Tombstones::new()
+            }),
+            Err(_) => Tombstones::new(),
+        }
+    }
+
+    pub fn has_tombstones(&self) -> bool {
+        self.tombstones_path().exists()
+    }
+
+    pub fn write_tombstones(&self, t: &Tombstones) {
+        save_json(&self.tombstones_path(), t, "removal-grace")
+    }
+
+    fn stale_marker(&self) -> PathBuf {
+        self.root.join("stale")
+    }
+
+    fn last_fresh_path(&self) -> PathBuf {
+        self.root.join("last-fresh")
+    }
+
+    /// Whether `on_stale` ran and `on_fresh` has not yet.
+    pub fn is_marked_stale(&self) -> bool {
+        self.stale_marker().exists()
+    }
+
+    pub fn mark_stale(&self, now: u64) {
+        let _ = fs::write(self.stale_marker(), now.to_string());
+    }
+
+    pub fn clear_stale(&self) {
+        let _ = fs::remove_file(self.stale_marker());
+    }
+
+    pub fn set_last_fresh(&self, now: u64) {
+        let _ = fs::write(self.last_fresh_path(), now.to_string());
+    }
+
+    /// When the last fresh run was (unix seconds): its marker, else the applied
+    /// list's modification time; None before any run.
+    pub fn last_fresh(&self) -> Option<u64> {
+        let marker = fs::read_to_string(self.last_fresh_path()).ok().and_then(|t| t.trim().parse::<u64>().ok());
+        marker.or_else(|| self.applied_mtime().map(|t| t as u64))
+    }
+
+    /// When the applied list was last written (unix seconds, fractional).
+    pub fn applied_mtime(&self) -> Option<f64> {
+        let m = fs::metadata(self.applied_path()).ok()?.modified().ok()?;
+        m.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
+    }
+}

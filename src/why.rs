@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
-use crate::policy::address::{Entry, parse_address, parse_catchall};
-use crate::policy::{Drop, Policy, RecipientList};
+use crate::policy::address::{Entry, parse_catchall};
+use crate::policy::{Drop, RecipientList};
 use crate::run::Gathered;
 
 /// The answer: accepted or not, and the explanation lines.
@@ -22,7 +22,7 @@ pub fn explain(
     list: &RecipientList,
     published: Option<bool>,
 ) -> Answer {
-    let parsed = if input.starts_with('@') { parse_catchall(input) } else { parse_address(input) };
+    let parsed = Entry::parse(input);
     let entry = match parsed {
         Ok(e) => e,
         Err(e) => {
@@ -32,7 +32,7 @@ pub fn explain(
             };
         }
     };
-    let policy = Policy::new(&cfg.policy);
+    let policy = &cfg.policy;
     let mut t = String::new();
     let names = list.source_names();
     let describe = |o: &crate::policy::Origin| -> String {

@@ -7,11 +7,31 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::FileSourceSpec;
-use crate::connector::{Connector, Deferred, Fetched, SourceError};
+use serde::Deserialize;
+
+use crate::connector::{Batch, Connector, Deferred, Fetched, SourceError};
 use crate::policy::{Located, Locator, RawItem, RawKind, Rejected, validate_item};
+
+/// `kind = "file"`: one address per line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceSpec {
+    /// The file to read. Blank lines and `#` comments are ignored; only the first
+    /// whitespace-separated field of a line counts (an existing Postfix map works).
+    pub path: PathBuf,
+    /// Whether a line `@domain` declares a catch-all domain (default true). When
+    /// false such lines are refused with a warning.
+    #[serde(default = "crate::section::yes")]
+    pub catchalls: bool,
+}
+
+impl FileSourceSpec {
+    pub fn validate(&mut self, c: &mut crate::section::Checker, _at: &str) {
+        self.path = c.abs(std::mem::take(&mut self.path));
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct FileSource {
@@ -24,7 +44,7 @@ impl FileSource {
     }
 
     /// Reads and parses the file. Returns the result and the file's size.
-    fn load(&self) -> Result<(Fetched, u64), SourceError> {
+    fn load(&self) -> Result<(Batch, u64), SourceError> {
         read_and_parse(&self.spec.path, self.spec.catchalls).map_err(|e| self.read_error(e))
     }
 
@@ -38,10 +58,10 @@ impl FileSource {
     fn fetch_deferred(&self) -> Result<Fetched, SourceError> {
         let t = std::time::Instant::now();
         let Some(scan) = scan(&self.spec.path).map_err(|e| self.read_error(e))? else {
-            return self.load().map(|(f, _)| f);
+            return self.load().map(|(f, _)| Fetched::Ready(f));
         };
         tracing::debug!(path = %self.spec.path.display(), lines = scan.lines, took_ms = t.elapsed().as_millis() as u64, "file scanned");
-        let raw_fingerprint = Some(fingerprint(&scan.hash, self.spec.catchalls));
+        let raw_fingerprint = fingerprint(&scan.hash, self.spec.catchalls);
         let this = self.clone();
         let parse = move || {
             let t = std::time::Instant::now();
@@ -50,7 +70,7 @@ impl FileSource {
             tracing::debug!(path = %this.spec.path.display(), bytes, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "file read and parsed");
             Ok((f, fingerprint(&hash, this.spec.catchalls)))
         };
-        Ok(Fetched { raw_fingerprint, deferred: Some(Deferred(Box::new(parse))), ..Fetched::default() })
+        Ok(Fetched::Deferred { fingerprint: raw_fingerprint, parse: Deferred(Box::new(parse)) })
     }
 }
 
@@ -102,7 +122,7 @@ fn scan(path: &Path) -> io::Result<Option<Scan>> {
 
 /// Reads `path` in blocks, parsing each as it comes, with `lines` as the size
 /// hint. Returns the result, the number of bytes and their hash.
-fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Fetched, u64, String)> {
+fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Batch, u64, String)> {
     let mut f = File::open(path)?;
     let mut buf = vec![0u8; BLOCK];
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -138,7 +158,7 @@ fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Fetched
 
 /// Reads and parses `path` now (the size hint from a first read when it is a
 /// regular file). For tests and `check`.
-fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Fetched, u64)> {
+fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Batch, u64)> {
     let lines = scan(path)?.map_or(0, |s| s.lines);
     parse_file(path, catchalls, lines).map(|(f, size, _)| (f, size))
 }
@@ -153,7 +173,7 @@ fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Splits file contents into validated entries. Pure, for tests and benchmarks.
-pub fn parse(bytes: &[u8], catchalls: bool) -> Fetched {
+pub fn parse(bytes: &[u8], catchalls: bool) -> Batch {
     let lines = memchr::memchr_iter(b'\n', bytes).count() + usize::from(!bytes.ends_with(b"\n"));
     let mut p = Parser::new(lines, catchalls);
     p.feed(bytes);
@@ -168,13 +188,13 @@ struct Parser {
     catchalls: bool,
     /// Number of the next block's first line.
     next_line: usize,
-    out: Fetched,
+    out: Batch,
 }
 
 impl Parser {
     /// `lines`: how many lines are coming at most (sizes the result).
     fn new(lines: usize, catchalls: bool) -> Parser {
-        let mut out = Fetched::default();
+        let mut out = Batch::default();
         // Only a hint: a file of blank lines would ask for far more than it
         // needs, so a reservation the allocator refuses just means growing.
         let _ = out.entries.try_reserve_exact(lines);
@@ -206,7 +226,7 @@ impl Parser {
         }
     }
 
-    fn finish(self) -> Fetched {
+    fn finish(self) -> Batch {
         self.out
     }
 }
@@ -239,19 +259,15 @@ fn parse_chunk(bytes: &[u8], first_line: usize, catchalls: bool) -> (Vec<Located
                 continue;
             }
         };
-        let kind = if value.starts_with('@') {
-            if !catchalls {
-                rejected.push(Rejected {
-                    value,
-                    locator: Locator::Line(lineno),
-                    reason: "is a catch-all line, and this source sets catchalls = false".into(),
-                });
-                continue;
-            }
-            RawKind::CatchAll
-        } else {
-            RawKind::Address
-        };
+        let kind = RawKind::of(&value);
+        if kind == RawKind::CatchAll && !catchalls {
+            rejected.push(Rejected {
+                value,
+                locator: Locator::Line(lineno),
+                reason: "is a catch-all line, and this source sets catchalls = false".into(),
+            });
+            continue;
+        }
         match validate_item(RawItem { value, kind, locator: Locator::Line(lineno) }) {
             Ok(entry) => entries.push(entry),
             Err(bad) => rejected.push(bad),
@@ -281,7 +297,7 @@ impl Connector for FileSource {
 mod tests {
     use super::*;
 
-    fn texts(f: &Fetched) -> Vec<&str> {
+    fn texts(f: &Batch) -> Vec<&str> {
         f.entries.iter().map(|(e, _)| e.as_str()).collect()
     }
 

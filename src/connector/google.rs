@@ -10,14 +10,64 @@
 //! concurrently.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::http::{Auth, Http, Response, TokenRequest, TokenSource};
 use super::jwt::{Alg, SigningKey};
-use super::{Connector, Fetched, SourceError};
-use crate::config::GoogleSourceSpec;
+use super::{Batch, Connector, Fetched, SourceError};
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
+use crate::section::Checker;
+
+/// `kind = "google"`: Google Workspace through the Admin SDK Directory API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleSourceSpec {
+    /// The service account's JSON key (its `token_uri` is the token endpoint).
+    pub credentials_file: PathBuf,
+    /// The admin the service account impersonates (domain-wide delegation).
+    pub subject: String,
+    #[serde(default = "default_customer")]
+    pub customer: String,
+    #[serde(default = "default_google_api")]
+    pub api_url: String,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+}
+
+impl GoogleSourceSpec {
+    pub fn http(&self) -> super::http::HttpSettings {
+        super::http::HttpSettings::new(&self.ca_file, self.connect_timeout, self.timeout, self.max_retries)
+    }
+}
+
+fn default_customer() -> String {
+    "my_customer".into()
+}
+
+fn default_google_api() -> String {
+    "https://admin.googleapis.com".into()
+}
+
+impl GoogleSourceSpec {
+    pub fn validate(&mut self, c: &mut Checker, at: &str) {
+        self.credentials_file = c.abs(std::mem::take(&mut self.credentials_file));
+        c.abs_opt(&mut self.ca_file);
+        if !self.subject.contains('@') {
+            c.push(format!("{at}.subject"), "must be the email address of the admin to impersonate".into());
+        }
+        if self.customer.trim().is_empty() {
+            c.push(format!("{at}.customer"), "must not be empty (the default is my_customer)".into());
+        }
+        super::http::check_url(c, at, "api_url", &self.api_url);
+    }
+}
 
 /// Read-only scopes the delegation must grant.
 pub const SCOPES: [&str; 3] = [
@@ -157,7 +207,7 @@ struct DomainAlias {
 }
 
 /// Adds one member's addresses to `out`, or to `left_out` with the reason.
-fn take(out: &mut Fetched, noun: &str, m: &Member, domains: &HashSet<String>) {
+fn take(out: &mut Batch, noun: &str, m: &Member, domains: &HashSet<String>) {
     let Some(primary) = m.primary_email.as_deref().or(m.email.as_deref()) else { return };
     let primary_key = if noun == "user" { "primaryEmail" } else { "email" };
     let label = format!("{noun} {}", primary.escape_debug());
@@ -362,7 +412,7 @@ impl Connector for GoogleSource {
         let s = self.session()?;
         let (domains, users, groups) =
             tokio::try_join!(s.domains(), s.list("users"), s.list("groups")).map_err(SourceError::new)?;
-        let mut out = Fetched::default();
+        let mut out = Batch::default();
         for u in &users {
             take(&mut out, "user", u, &domains);
         }
@@ -376,7 +426,7 @@ impl Connector for GoogleSource {
             requests = s.http.requests(),
             "google directory read"
         );
-        Ok(out)
+        Ok(Fetched::Ready(out))
     }
 
     async fn check(&self) -> Result<String, SourceError> {
@@ -399,7 +449,7 @@ mod tests {
     #[test]
     fn users_keep_primary_and_aliases_but_not_routing_aliases() {
         let domains: HashSet<String> = ["example.com".to_string(), "example-alias.com".to_string()].into();
-        let mut out = Fetched::default();
+        let mut out = Batch::default();
         take(
             &mut out,
             "user",
@@ -422,7 +472,7 @@ mod tests {
     fn fuzz_google_pages() {
         let domains: HashSet<String> = ["example.com".to_string(), "example-alias.com".to_string()].into();
         crate::fuzz::run("google", |input| {
-            let mut out = Fetched::default();
+            let mut out = Batch::default();
             if let Ok(p) = serde_json::from_slice::<UsersPage>(input) {
                 p.users.iter().for_each(|m| take(&mut out, "user", m, &domains));
             }
@@ -442,7 +492,7 @@ mod tests {
     #[test]
     fn suspended_and_archived_users_are_left_out_whole() {
         let domains: HashSet<String> = ["example.com".to_string()].into();
-        let mut out = Fetched::default();
+        let mut out = Batch::default();
         take(
             &mut out,
             "user",

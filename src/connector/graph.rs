@@ -19,10 +19,124 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{Auth, Http, Response, TokenRequest, TokenSource};
 use super::jwt::{self, Alg, SigningKey};
-use super::{Connector, Fetched, SourceError};
-use crate::config::GraphSourceSpec;
-use crate::config::secret::SecretSource;
+use super::{Batch, Connector, Fetched, SourceError};
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
+use crate::secret::{Literal, SecretSource};
+use crate::section::Checker;
+use crate::state::Cache;
+
+/// Microsoft national clouds: each has its own token authority and Graph host.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    #[default]
+    Global,
+    Usgov,
+    Dod,
+    China,
+}
+
+impl Cloud {
+    /// (token authority, Graph root) as Microsoft documents them per cloud.
+    pub fn endpoints(self) -> (&'static str, &'static str) {
+        match self {
+            Cloud::Global => ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+            Cloud::Usgov => ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+            Cloud::Dod => ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+            Cloud::China => ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+        }
+    }
+}
+
+/// `kind = "graph"`: Microsoft 365 / Entra ID through Microsoft Graph.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSourceSpec {
+    /// Tenant ID (GUID) or a verified domain such as `contoso.onmicrosoft.com`.
+    pub tenant: String,
+    /// The app registration's application (client) ID.
+    pub client_id: String,
+    #[serde(rename = "client_secret")]
+    client_secret_literal: Option<Literal>,
+    client_secret_file: Option<PathBuf>,
+    client_secret_env: Option<String>,
+    #[serde(skip)]
+    pub client_secret: Option<SecretSource>,
+    /// Certificate credential: the PEM certificate registered on the app…
+    pub certificate_file: Option<PathBuf>,
+    /// …and its PEM private key (PKCS#8 or PKCS#1).
+    pub private_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cloud: Cloud,
+    /// Override the cloud's token authority (e.g. `https://login.microsoftonline.com`).
+    pub authority_url: Option<String>,
+    /// Override the cloud's Graph root (e.g. `https://graph.microsoft.com`).
+    pub graph_url: Option<String>,
+    /// Use delta queries after a first full pass (state in `state_dir`).
+    #[serde(default = "crate::section::yes")]
+    pub incremental: bool,
+    /// Force a full pass this often in incremental mode (default 24h).
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub full_sync_every: Option<Duration>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+}
+
+impl GraphSourceSpec {
+    pub fn authority(&self) -> String {
+        self.authority_url.clone().unwrap_or_else(|| self.cloud.endpoints().0.into()).trim_end_matches('/').into()
+    }
+    pub fn graph_root(&self) -> String {
+        self.graph_url.clone().unwrap_or_else(|| self.cloud.endpoints().1.into()).trim_end_matches('/').into()
+    }
+    pub fn http(&self) -> super::http::HttpSettings {
+        super::http::HttpSettings::new(&self.ca_file, self.connect_timeout, self.timeout, self.max_retries)
+    }
+}
+
+impl GraphSourceSpec {
+    pub fn validate(&mut self, c: &mut Checker, at: &str) {
+        let g = self;
+        if g.tenant.trim().is_empty() || g.tenant.contains('/') {
+            c.push(format!("{at}.tenant"), "must be the tenant ID or a verified domain of the tenant".into());
+        }
+        if g.client_id.trim().is_empty() {
+            c.push(format!("{at}.client_id"), "is required (the app registration's application ID)".into());
+        }
+        g.client_secret = c.secret(
+            at,
+            "client_secret",
+            g.client_secret_literal.take(),
+            g.client_secret_file.take(),
+            g.client_secret_env.take(),
+        );
+        g.certificate_file = g.certificate_file.take().map(|p| c.abs(p));
+        g.private_key_file = g.private_key_file.take().map(|p| c.abs(p));
+        g.ca_file = g.ca_file.take().map(|p| c.abs(p));
+        match (&g.client_secret, &g.certificate_file, &g.private_key_file) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            (None, None, None) => c.push(
+                format!("{at}.client_secret"),
+                "set client_secret (or _file/_env), or certificate_file and private_key_file".into(),
+            ),
+            (Some(_), _, _) => {
+                c.push(format!("{at}.certificate_file"), "use either client_secret or a certificate, not both".into())
+            }
+            (None, _, _) => {
+                c.push(format!("{at}.certificate_file"), "certificate_file and private_key_file go together".into())
+            }
+        }
+        for (key, url) in [("authority_url", g.authority_url.clone()), ("graph_url", g.graph_url.clone())] {
+            if let Some(u) = url {
+                super::http::check_url(c, at, key, &u);
+            }
+        }
+    }
+}
 
 /// Default interval between forced full passes of an incremental source.
 pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -31,7 +145,7 @@ const STATE_VERSION: u32 = 1;
 #[derive(Debug, Clone)]
 pub struct GraphSource {
     spec: GraphSourceSpec,
-    state_file: Option<PathBuf>,
+    cache: Option<Cache>,
 }
 
 /// The three directory collections that hold recipients.
@@ -180,8 +294,8 @@ fn record(kind: Kind, o: &Obj) -> Option<Record> {
 }
 
 /// Turns the object map into the fetch result, keeping only verified Email domains.
-fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &HashSet<String>) -> Fetched {
-    let mut out = Fetched::default();
+fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &HashSet<String>) -> Batch {
+    let mut out = Batch::default();
     for r in objects {
         for (value, from) in r.values() {
             let locator = Locator::Object(format!("{} {from}", r.label).into());
@@ -275,12 +389,9 @@ impl TokenSource for GraphCredentials {
 }
 
 impl GraphSource {
-    pub fn new(spec: GraphSourceSpec) -> GraphSource {
-        GraphSource { spec, state_file: None }
-    }
-
-    pub fn with_state(spec: GraphSourceSpec, state_file: PathBuf) -> GraphSource {
-        GraphSource { spec, state_file: Some(state_file) }
+    /// With a cache, a source with `incremental = true` uses delta queries.
+    pub fn new(spec: GraphSourceSpec, cache: Option<Cache>) -> GraphSource {
+        GraphSource { spec, cache }
     }
 
     fn auth(&self) -> Result<Auth<GraphCredentials>, String> {
@@ -311,11 +422,10 @@ impl GraphSource {
         Ok(Session { http, auth, root: self.spec.graph_root(), client_id: self.spec.client_id.clone() })
     }
 
-    async fn fetch_inner(&self, s: &Session) -> Result<Fetched, String> {
+    async fn fetch_inner(&self, s: &Session) -> Result<Batch, String> {
         let every = self.spec.full_sync_every.unwrap_or(FULL_SYNC_EVERY).as_secs();
-        let state_file = self.state_file.as_ref().filter(|_| self.spec.incremental);
-        let prev =
-            state_file.and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice::<SyncState>(&b).ok());
+        let state_file = self.cache.as_ref().filter(|_| self.spec.incremental);
+        let prev = state_file.and_then(Cache::load::<SyncState>);
         let now = crate::state::unix_now();
         let reason = match &prev {
             _ if state_file.is_none() => None,
@@ -366,10 +476,10 @@ impl GraphSource {
     }
 
     /// Saves the state (in incremental mode) while building the result.
-    fn save_and_finalize(&self, state: SyncState, domains: &HashSet<String>) -> Fetched {
+    fn save_and_finalize(&self, state: SyncState, domains: &HashSet<String>) -> Batch {
         std::thread::scope(|scope| {
-            if let (Some(f), true) = (&self.state_file, self.spec.incremental && !state.links.is_empty()) {
-                scope.spawn(|| super::save_state(f, &state, "Graph"));
+            if let (Some(cache), true) = (&self.cache, self.spec.incremental && !state.links.is_empty()) {
+                scope.spawn(|| cache.save(&state, "Graph"));
             }
             finalize(state.objects.values(), domains)
         })
@@ -611,7 +721,7 @@ fn same_origin(url: &str, root: &str) -> bool {
 impl Connector for GraphSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
         let s = self.session()?;
-        self.fetch_inner(&s).await.map_err(SourceError::new)
+        self.fetch_inner(&s).await.map(Fetched::Ready).map_err(SourceError::new)
     }
 
     async fn check(&self) -> Result<String, SourceError> {

@@ -7,6 +7,7 @@
 //! the bounded retries is an error of the whole source. Nothing in this module
 //! returns "no more pages" for a page it could not read.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,46 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 
 use super::SourceError;
-use crate::config::HttpSettings;
-use crate::config::secret::Secret;
+use crate::secret::Secret;
+use crate::section::Checker;
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Trust only these CA certificates (a private CA or a TLS-inspecting proxy);
+    /// None = the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Whole-request timeout, body included.
+    pub timeout: Duration,
+    /// Retries of one request after throttling, 5xx or a broken connection.
+    pub max_retries: u32,
+}
+
+impl HttpSettings {
+    /// The settings with their defaults filled in.
+    pub fn new(
+        ca_file: &Option<PathBuf>,
+        connect: Option<Duration>,
+        timeout: Option<Duration>,
+        retries: Option<u32>,
+    ) -> HttpSettings {
+        HttpSettings {
+            ca_file: ca_file.clone(),
+            connect_timeout: connect.unwrap_or(Duration::from_secs(10)),
+            timeout: timeout.unwrap_or(Duration::from_secs(120)),
+            max_retries: retries.unwrap_or(6),
+        }
+    }
+}
+
+/// Validates an endpoint URL key: `https://`, or `http://` with a warning (tests).
+pub fn check_url(c: &mut Checker, at: &str, key: &str, url: &str) {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        c.push(format!("{at}.{key}"), format!("{url:?} must start with https://"));
+    } else if url.starts_with("http://") {
+        tracing::warn!(source = %at, key, url, "plain http:// endpoint: tokens cross the network unencrypted (tests only)");
+    }
+}
 
 /// Largest response body read. A page of 999 Graph users or 500 Google users
 /// is 1–3 MB, so a bigger body is a broken or hostile server, not data; with

@@ -14,10 +14,186 @@ use std::time::Duration;
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
-use crate::config::secret::Secret;
-use crate::config::{Condition, LdapSourceSpec, SkipRule};
-use crate::connector::{Connector, Fetched, SourceError};
+use serde::Deserialize;
+
+use crate::connector::{Batch, Connector, Fetched, SourceError};
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
+use crate::secret::{Literal, Secret, SecretSource};
+use crate::section::Checker;
+use crate::state::Cache;
+
+/// `kind = "ldap"`: an LDAP directory (Active Directory, OpenLDAP, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSourceSpec {
+    /// `ldaps://dc1.example.com` or `ldap://…` (with `starttls`), or a list tried
+    /// in order (DC failover).
+    #[serde(deserialize_with = "crate::section::one_or_many")]
+    pub url: Vec<String>,
+    /// DN (or AD user principal name) to bind as; omitted = anonymous.
+    pub bind_dn: Option<String>,
+    #[serde(rename = "bind_password")]
+    bind_password_literal: Option<Literal>,
+    bind_password_file: Option<PathBuf>,
+    bind_password_env: Option<String>,
+    #[serde(skip)]
+    pub bind_password: Option<SecretSource>,
+    /// Where to search.
+    pub base_dn: String,
+    /// Upgrade `ldap://` with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// CA certificate(s) that issued the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Entries per page (RFC 2696); AD caps pages at 1000.
+    #[serde(default = "default_page_size")]
+    pub page_size: i32,
+    /// Ask for multi-valued address attributes in ranges of this many values
+    /// (AD's range retrieval). Ranged answers are always completed; this only
+    /// makes rcptsync ask for ranges itself.
+    pub range_size: Option<u32>,
+    /// Which entries are recipients (usually from a profile).
+    #[serde(default)]
+    pub filter: String,
+    /// Attributes whose values are addresses (e.g. `mail`, `mailLocalAddress`).
+    #[serde(default)]
+    pub address_attributes: Vec<String>,
+    /// Attributes whose values are `type:address` (e.g. `proxyAddresses`); only
+    /// `smtp:` values (any case) count.
+    #[serde(default)]
+    pub prefixed_attributes: Vec<String>,
+    /// Allow a password bind over unencrypted `ldap://` (labs only; logged loudly).
+    #[serde(default)]
+    pub allow_plaintext_bind: bool,
+    /// Entries left out although the filter matched them (profile data),
+    /// evaluated on the client so that a directory without an attribute (e.g. AD
+    /// without the Exchange schema) simply never matches it.
+    #[serde(default)]
+    pub skip: Vec<SkipRule>,
+    /// Active Directory: after a full pass, ask the same DC only for objects
+    /// changed since (uSNChanged) and for deleted objects; state in `state_dir`.
+    #[serde(default)]
+    pub incremental: bool,
+    /// Force a full pass this often in incremental mode (default 24h).
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub full_sync_every: Option<Duration>,
+    /// Names of `skip` rules to switch off for this source.
+    #[serde(default)]
+    pub keep_skipped: Vec<String>,
+    /// Entries whose addresses count only in the directory's own domains (e.g.
+    /// contacts, which often carry external addresses).
+    #[serde(default)]
+    pub restrict_to_own_domains: Option<Condition>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Timeout of one operation (bind, one page of results).
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub op_timeout: Option<Duration>,
+}
+
+fn default_page_size() -> i32 {
+    1000
+}
+
+/// A test on one attribute of an LDAP entry. Attribute names compare without
+/// case; a missing attribute never matches.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub attribute: String,
+    /// Matches when any value equals one of these (case-insensitive).
+    #[serde(default)]
+    pub any_of: Vec<String>,
+    /// Matches when any value, read as an integer, has all these bits set.
+    pub bits: Option<u64>,
+}
+
+/// A reason to leave out entries the filter matched.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SkipRule {
+    /// Short name, used by `keep_skipped` and in logs.
+    pub name: String,
+    /// What it means, in words (shown by `why` and in logs).
+    pub why: String,
+    pub when: Condition,
+    /// ... except when this matches.
+    pub unless: Option<Condition>,
+}
+
+impl LdapSourceSpec {
+    pub fn validate(&mut self, c: &mut Checker, at: &str) {
+        let l = self;
+        if l.url.is_empty() {
+            c.push(format!("{at}.url"), "needs at least one server".into());
+        }
+        for (i, u) in l.url.iter().enumerate() {
+            if !(u.starts_with("ldap://") || u.starts_with("ldaps://") || u.starts_with("ldapi://")) {
+                c.push(format!("{at}.url[{i}]"), format!("{u:?} must start with ldaps://, ldap:// or ldapi://"));
+            }
+        }
+        l.bind_password = c.secret(
+            at,
+            "bind_password",
+            l.bind_password_literal.take(),
+            l.bind_password_file.take(),
+            l.bind_password_env.take(),
+        );
+        match (&l.bind_dn, &l.bind_password) {
+            (Some(_), None) => c.push(format!("{at}.bind_password"), "is required with bind_dn".into()),
+            (None, Some(_)) => c.push(format!("{at}.bind_dn"), "is required with bind_password".into()),
+            _ => {}
+        }
+        let plaintext = l.url.iter().any(|u| u.starts_with("ldap://")) && !l.starttls;
+        if plaintext && l.bind_password.is_some() {
+            if l.allow_plaintext_bind {
+                tracing::warn!(source = %at, "allow_plaintext_bind: the bind password crosses the network unencrypted");
+            } else {
+                c.push(
+                    format!("{at}.url"),
+                    "a password bind over unencrypted ldap:// is refused: use ldaps://, or starttls = true, \
+                     or (labs only) allow_plaintext_bind = true"
+                        .into(),
+                );
+            }
+        }
+        if l.base_dn.trim().is_empty() {
+            c.push(format!("{at}.base_dn"), "is required".into());
+        }
+        if l.filter.trim().is_empty() {
+            c.push(format!("{at}.filter"), "is required: set filter or use a profile such as \"openldap\"".into());
+        }
+        if l.address_attributes.is_empty() && l.prefixed_attributes.is_empty() {
+            c.push(
+                format!("{at}.address_attributes"),
+                "name at least one attribute that holds addresses (or use a profile)".into(),
+            );
+        }
+        if l.range_size == Some(0) {
+            c.push(format!("{at}.range_size"), "must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&l.page_size) {
+            c.push(format!("{at}.page_size"), "must be between 1 and 100000".into());
+        }
+        l.ca_file = l.ca_file.take().map(|p| c.abs(p));
+        let conditions = l
+            .skip
+            .iter()
+            .flat_map(|r| std::iter::once(&r.when).chain(r.unless.as_ref()))
+            .chain(l.restrict_to_own_domains.as_ref());
+        for cond in conditions {
+            if cond.any_of.is_empty() && cond.bits.is_none() {
+                c.push(format!("{at}.skip"), format!("condition on {} needs any_of or bits", cond.attribute));
+            }
+        }
+        for k in &l.keep_skipped {
+            if !l.skip.iter().any(|r| &r.name == k) {
+                let known: Vec<&str> = l.skip.iter().map(|r| r.name.as_str()).collect();
+                c.push(format!("{at}.keep_skipped"), format!("no skip rule named {k:?}; known: {}", known.join(", ")));
+            }
+        }
+    }
+}
 
 /// Default connect timeout, per server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,17 +204,13 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct LdapSource {
     spec: LdapSourceSpec,
     /// Where incremental sync keeps its cursor and object map (None: always full).
-    state_file: Option<PathBuf>,
+    cache: Option<Cache>,
 }
 
 impl LdapSource {
-    pub fn new(spec: LdapSourceSpec) -> LdapSource {
-        LdapSource { spec, state_file: None }
-    }
-
-    /// A source that may sync incrementally, keeping its state in `state_file`.
-    pub fn with_state(spec: LdapSourceSpec, state_file: PathBuf) -> LdapSource {
-        LdapSource { spec, state_file: Some(state_file) }
+    /// With a cache, a source with `incremental = true` syncs incrementally.
+    pub fn new(spec: LdapSourceSpec, cache: Option<Cache>) -> LdapSource {
+        LdapSource { spec, cache }
     }
 
     fn password(&self) -> Result<Option<Secret>, SourceError> {
@@ -160,11 +332,11 @@ impl LdapSource {
     }
 
     /// Full or incremental (uSNChanged) fetch, keeping the object map in state.
-    async fn fetch_incremental(&self, state_file: &std::path::Path) -> Result<Fetched, SourceError> {
+    async fn fetch_incremental(&self, cache: &Cache) -> Result<Batch, SourceError> {
         let secret = self.password()?;
         let (mut ldap, url) =
             self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
-        let r = self.incremental_inner(&mut ldap, &url, state_file).await;
+        let r = self.incremental_inner(&mut ldap, &url, cache).await;
         let _ = ldap.unbind().await;
         let objects = r.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
         Ok(finalize(objects.into_values()))
@@ -174,7 +346,7 @@ impl LdapSource {
         &self,
         ldap: &mut ldap3::Ldap,
         url: &str,
-        state_file: &std::path::Path,
+        cache: &Cache,
     ) -> Result<BTreeMap<String, ObjectRecord>, String> {
         // The DC's position and identity, read before any search, so that a change
         // made during this run is seen again by the next one rather than missed.
@@ -195,7 +367,7 @@ impl LdapSource {
         };
         let now = crate::state::unix_now();
         let every = self.spec.full_sync_every.unwrap_or(FULL_SYNC_EVERY).as_secs();
-        let prev = std::fs::read(state_file).ok().and_then(|b| serde_json::from_slice::<SyncState>(&b).ok());
+        let prev = cache.load::<SyncState>();
         let reason = match &prev {
             None => Some("no previous sync state".to_string()),
             Some(p) if p.version != SYNC_STATE_VERSION => Some("sync state from another version".into()),
@@ -300,7 +472,7 @@ impl LdapSource {
             rules: self.rules(),
             objects,
         };
-        super::save_state(state_file, &state, "LDAP");
+        cache.save(&state, "LDAP");
         Ok(state.objects)
     }
 
@@ -395,12 +567,12 @@ impl LdapSource {
 
 impl Connector for LdapSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
-        if let (true, Some(state_file)) = (self.spec.incremental, &self.state_file) {
-            return self.fetch_incremental(state_file).await;
+        if let (true, Some(cache)) = (self.spec.incremental, &self.cache) {
+            return self.fetch_incremental(cache).await.map(Fetched::Ready);
         }
         let entries =
             self.search(&self.spec.base_dn, &self.spec.filter, &self.attributes(), self.spec.page_size).await?;
-        map_entries(&self.spec, entries)
+        map_entries(&self.spec, entries).map(Fetched::Ready)
     }
 
     async fn check(&self) -> Result<String, SourceError> {
@@ -589,8 +761,8 @@ fn extract(spec: &LdapSourceSpec, e: &SearchEntry) -> ObjectRecord {
 }
 
 /// The raw values of all objects, with the own-domains restriction applied.
-fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Fetched {
-    let mut out = Fetched::default();
+fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Batch {
+    let mut out = Batch::default();
     let mut own_domains: HashSet<String> = HashSet::new();
     let mut restricted: Vec<(String, String)> = Vec::new();
     let item =
@@ -625,7 +797,7 @@ fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Fetched {
 
 /// Turns directory entries into raw recipient values: the profile's skip rules,
 /// address attributes, `smtp:` prefixes and the own-domains restriction. Pure.
-pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Fetched, SourceError> {
+pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Batch, SourceError> {
     let mut records = Vec::with_capacity(entries.len());
     let mut skipped = BTreeMap::new();
     let mut left_out = Vec::new();
@@ -677,15 +849,20 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// An AD source (the embedded profile under `extra`), validated.
+    fn checked(extra: &str) -> Result<LdapSourceSpec, Vec<crate::section::ConfigError>> {
+        let text = format!("url = \"ldaps://dc1\"\nbase_dn = \"DC=example,DC=com\"\n{extra}\n");
+        let mut table: toml::Table = toml::from_str(&text).unwrap();
+        crate::connector::profile::Profiles::embedded().apply("active-directory", "ldap", &mut table).unwrap();
+        let mut spec: LdapSourceSpec = table.try_into().unwrap();
+        let mut c = Checker::new(std::path::Path::new("/"));
+        spec.validate(&mut c, "source[0]");
+        let errors = c.into_errors();
+        if errors.is_empty() { Ok(spec) } else { Err(errors) }
+    }
+
     fn spec(extra: &str) -> LdapSourceSpec {
-        let text = format!(
-            "state_dir = \"s\"\n[[source]]\nname = \"ad\"\nkind = \"ldap\"\nprofile = \"active-directory\"\nurl = \"ldaps://dc1\"\nbase_dn = \"DC=example,DC=com\"\n{extra}\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n"
-        );
-        let cfg = crate::config::parse(&text, std::path::Path::new("/")).unwrap();
-        match &cfg.sources[0].spec {
-            crate::config::SourceSpec::Ldap(l) => (**l).clone(),
-            _ => panic!("not ldap"),
-        }
+        checked(extra).unwrap()
     }
 
     fn entry(dn: &str, attrs: &[(&str, &[&str])]) -> SearchEntry {
@@ -726,7 +903,7 @@ mod tests {
         });
     }
 
-    fn values(f: &Fetched) -> Vec<String> {
+    fn values(f: &Batch) -> Vec<String> {
         let mut v: Vec<String> = f.items.iter().map(|i| i.value.to_lowercase()).collect();
         v.sort();
         v
@@ -826,11 +1003,7 @@ mod tests {
         let f = map_entries(&spec("keep_skipped = [\"auth-only\"]"), directory()).unwrap();
         assert!(values(&f).contains(&"board@example.com".to_string()));
         assert!(!values(&f).contains(&"carol@example.com".to_string()));
-        let err = crate::config::parse(
-            "[[source]]\nname = \"ad\"\nkind = \"ldap\"\nprofile = \"active-directory\"\nurl = \"ldaps://dc\"\nbase_dn = \"DC=x\"\nkeep_skipped = [\"nope\"]\n[[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/o\"\n",
-            std::path::Path::new("/"),
-        )
-        .unwrap_err();
+        let err = checked("keep_skipped = [\"nope\"]").unwrap_err();
         assert!(
             err[0].to_string().contains("no skip rule named \"nope\"; known: disabled-account, auth-only"),
             "{err:?}"

@@ -9,38 +9,89 @@ pub mod graph;
 pub mod http;
 pub mod jwt;
 pub mod ldap;
+pub mod profile;
 pub mod sql;
 pub mod tls;
 
 use std::future::Future;
 
-use crate::config::{SourceConfig, SourceSpec};
-use crate::policy::{RawItem, Rejected};
+use serde::Deserialize;
 
-/// What one fetch produced.
-#[derive(Debug, Default)]
-pub struct Fetched {
-    pub items: Vec<RawItem>,
-    /// Entries the connector already validated, each with
-    /// [`crate::policy::validate_item`] (the file source does it while parsing,
-    /// to build each entry once); their refusals are in `rejected`.
-    pub entries: Vec<crate::policy::Located>,
-    /// Values the connector itself had to refuse (e.g. not UTF-8).
-    pub rejected: Vec<Rejected>,
-    /// Values of objects a profile rule deliberately left out (e.g. disabled
-    /// accounts), with the rule: not errors, but what `why` explains.
-    pub left_out: Vec<Rejected>,
-    /// A fingerprint of the source's raw data, when the connector has one
-    /// without parsing (the file source: a hash of the file's bytes).
-    pub raw_fingerprint: Option<String>,
-    /// Parsing put off until it is needed: a sync whose inputs are all as last
-    /// time stops before it. [`Fetched::complete`] runs it.
-    pub deferred: Option<Deferred>,
+use crate::policy::{Located, RawItem, Rejected, normalise};
+use crate::section::Checker;
+use crate::state::StateDir;
+
+pub use file::FileSourceSpec;
+pub use google::GoogleSourceSpec;
+pub use graph::{Cloud, GraphSourceSpec};
+pub use ldap::{Condition, LdapSourceSpec, SkipRule};
+pub use sql::SqlSourceSpec;
+
+/// The closed set of source kinds, each with its own keys (and its own
+/// `validate`, beside its connector).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceSpec {
+    File(FileSourceSpec),
+    Sql(Box<SqlSourceSpec>),
+    Ldap(Box<LdapSourceSpec>),
+    Graph(Box<GraphSourceSpec>),
+    Google(Box<GoogleSourceSpec>),
 }
 
-/// A put-off parse: returns the complete result and the fingerprint of the raw
-/// data it actually parsed (which may be newer than `raw_fingerprint`).
-pub struct Deferred(pub Box<dyn FnOnce() -> Result<(Fetched, String), SourceError> + Send>);
+/// Every `kind`, as the config spells it (for messages).
+pub const KINDS: &str = "file, ldap, graph, google or sql";
+
+impl SourceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::File(_) => "file",
+            SourceSpec::Sql(_) => "sql",
+            SourceSpec::Ldap(_) => "ldap",
+            SourceSpec::Graph(_) => "graph",
+            SourceSpec::Google(_) => "google",
+        }
+    }
+
+    /// Checks the keys (pure: no network, no file reads) and makes paths absolute.
+    pub fn validate(&mut self, c: &mut Checker, at: &str) {
+        match self {
+            SourceSpec::File(f) => f.validate(c, at),
+            SourceSpec::Sql(q) => q.validate(c, at),
+            SourceSpec::Ldap(l) => l.validate(c, at),
+            SourceSpec::Graph(g) => g.validate(c, at),
+            SourceSpec::Google(g) => g.validate(c, at),
+        }
+    }
+
+    /// Whether the config file holds this source's secret as a literal.
+    pub fn has_literal_secret(&self) -> bool {
+        use crate::secret::SecretSource::Literal;
+        match self {
+            SourceSpec::Sql(q) => matches!(q.password, Some(Literal(_))),
+            SourceSpec::Ldap(l) => matches!(l.bind_password, Some(Literal(_))),
+            SourceSpec::Graph(g) => matches!(g.client_secret, Some(Literal(_))),
+            SourceSpec::File(_) | SourceSpec::Google(_) => false,
+        }
+    }
+}
+
+/// What one source's fetch came to.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Read, ready to be validated.
+    Ready(Batch),
+    /// Read far enough to be fingerprinted; the parse is put off until it is
+    /// needed, so a sync whose inputs are all as last time stops before it.
+    Deferred { fingerprint: String, parse: Deferred },
+    /// Not fetched on purpose: the daemon's tick was for other sources, so this
+    /// one reuses its last good copy. Not a failure.
+    NotDue,
+}
+
+/// A put-off parse: returns the batch and the fingerprint of the raw data it
+/// actually parsed (which may be newer than the deferred fingerprint).
+pub struct Deferred(pub Box<dyn FnOnce() -> Result<(Batch, String), SourceError> + Send>);
 
 impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,13 +100,89 @@ impl std::fmt::Debug for Deferred {
 }
 
 impl Fetched {
-    /// Runs a put-off parse, if any. Returns the complete result, and the
-    /// fingerprint of the data parsed when that was put off.
-    pub fn complete(mut self) -> Result<(Fetched, Option<String>), SourceError> {
-        match self.deferred.take() {
-            Some(Deferred(parse)) => parse().map(|(f, fp)| (f, Some(fp))),
-            None => Ok((self, None)),
+    /// The fingerprint of the source's raw data (None when not fetched).
+    pub fn fingerprint(&self) -> Option<String> {
+        match self {
+            Fetched::Ready(b) => Some(b.fingerprint()),
+            Fetched::Deferred { fingerprint, .. } => Some(fingerprint.clone()),
+            Fetched::NotDue => None,
         }
+    }
+
+    /// Runs a put-off parse, if any. Returns the result, and the fingerprint of
+    /// the data parsed when that was put off.
+    pub fn complete(self) -> Result<(Fetched, Option<String>), SourceError> {
+        match self {
+            Fetched::Deferred { parse: Deferred(parse), .. } => parse().map(|(b, fp)| (Fetched::Ready(b), Some(fp))),
+            other => Ok((other, None)),
+        }
+    }
+}
+
+/// What a connector read, before validation.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub items: Vec<RawItem>,
+    /// Entries the connector already validated, each with
+    /// [`crate::policy::validate_item`] (the file source does it while parsing,
+    /// to build each entry once); their refusals are in `rejected`.
+    pub entries: Vec<Located>,
+    /// Values the connector itself had to refuse (e.g. not UTF-8).
+    pub rejected: Vec<Rejected>,
+    /// Values of objects a profile rule deliberately left out (e.g. disabled
+    /// accounts), with the rule: not errors, but what `why` explains.
+    pub left_out: Vec<Rejected>,
+    /// A fingerprint of the source's raw data, when the connector has one
+    /// without hashing the items (the file source: a hash of the file's bytes).
+    pub raw_fingerprint: Option<String>,
+}
+
+/// A batch after validation: every entry is canonical.
+#[derive(Debug, Default)]
+pub struct Valid {
+    pub entries: Vec<Located>,
+    pub rejected: Vec<Rejected>,
+    pub left_out: Vec<Rejected>,
+}
+
+impl Batch {
+    /// The one place where what a connector read becomes entries: raw items go
+    /// through [`crate::policy::validate_item`] (on all cores), and join the
+    /// entries the connector validated with the same rule while reading.
+    pub fn validate(self) -> Valid {
+        let Batch { items, entries: mut pre, mut rejected, left_out, .. } = self;
+        let (mut entries, bad) = normalise(items);
+        if entries.is_empty() {
+            entries = pre;
+        } else {
+            entries.append(&mut pre);
+        }
+        rejected.extend(bad);
+        Valid { entries, rejected, left_out }
+    }
+
+    /// Fingerprint of what the source returned, before validation.
+    pub fn fingerprint(&self) -> String {
+        if let Some(fp) = &self.raw_fingerprint {
+            return fp.clone();
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+        let items = self.items.iter().map(|i| (i.value.as_str(), i.kind as u8));
+        // Validated entries are canonical already; a catch-all's text says it is one.
+        let entries = self.entries.iter().map(|(e, _)| (e.as_str(), 0xfe));
+        let rejected = self.rejected.iter().map(|r| (r.value.as_str(), 0xff));
+        for (v, k) in items.chain(entries).chain(rejected) {
+            if buf.len() + v.len() + 2 > buf.capacity() {
+                h.update(&buf);
+                buf.clear();
+            }
+            buf.extend_from_slice(v.as_bytes());
+            buf.push(0);
+            buf.push(k);
+        }
+        h.update(&buf);
+        crate::state::digest_hex(&h)
     }
 }
 
@@ -65,18 +192,11 @@ impl Fetched {
 #[error("{message}")]
 pub struct SourceError {
     pub message: String,
-    /// Not fetched on purpose: the daemon's tick was for other sources, so this
-    /// one reuses its last good copy. Not a failure.
-    pub not_due: bool,
 }
 
 impl SourceError {
     pub fn new(message: impl Into<String>) -> SourceError {
-        SourceError { message: message.into(), not_due: false }
-    }
-
-    pub fn not_due() -> SourceError {
-        SourceError { message: "not due at this tick".into(), not_due: true }
+        SourceError { message: message.into() }
     }
 }
 
@@ -100,29 +220,19 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn build(cfg: &SourceConfig) -> Source {
-        match &cfg.spec {
+    /// Builds the connector of a source. With a state directory, a source that can
+    /// sync incrementally (LDAP, Graph) keeps its cache there; without, every
+    /// fetch is a full read.
+    pub fn build(name: &str, spec: &SourceSpec, state: Option<&StateDir>) -> Source {
+        let cache = |kind: &str| state.map(|d| d.cache(name, kind));
+        match spec {
             SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
             SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new((**spec).clone()))),
-            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new((**spec).clone()))),
-            SourceSpec::Graph(spec) => Source::Graph(Box::new(graph::GraphSource::new((**spec).clone()))),
+            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new((**spec).clone(), cache("ldap")))),
+            SourceSpec::Graph(spec) => {
+                Source::Graph(Box::new(graph::GraphSource::new((**spec).clone(), cache("graph"))))
+            }
             SourceSpec::Google(spec) => Source::Google(Box::new(google::GoogleSource::new((**spec).clone()))),
-        }
-    }
-
-    /// Like [`Source::build`], for a source that may keep incremental-sync state
-    /// in `state_dir` (LDAP with `incremental = true`).
-    pub fn build_with_state(cfg: &SourceConfig, state_dir: &std::path::Path) -> Source {
-        match &cfg.spec {
-            SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::with_state(
-                (**spec).clone(),
-                state_dir.join("sources").join(format!("{}.ldap.json", cfg.name)),
-            ))),
-            SourceSpec::Graph(spec) => Source::Graph(Box::new(graph::GraphSource::with_state(
-                (**spec).clone(),
-                state_dir.join("sources").join(format!("{}.graph.json", cfg.name)),
-            ))),
-            _ => Source::build(cfg),
         }
     }
 
@@ -143,43 +253,6 @@ impl Source {
             Source::Ldap(s) => s.check().await,
             Source::Graph(s) => s.check().await,
             Source::Google(s) => s.check().await,
-        }
-    }
-}
-
-/// Writes a connector's incremental-sync state by rename. A failure only costs
-/// a full pass next time, so it is logged, not fatal. The state is a cache, so
-/// it is not fsynced: after a crash a torn file fails to parse, which also
-/// means a full pass, never a wrong list.
-pub(crate) fn save_state<T: serde::Serialize>(path: &std::path::Path, state: &T, what: &str) {
-    let Some(dir) = path.parent() else { return };
-    // Like the state dir itself: private to the service's user.
-    let created = {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-    };
-    if let Err(e) = created {
-        tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
-        return;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let started = std::time::Instant::now();
-    let written = serde_json::to_vec(state).map_err(std::io::Error::other).and_then(|b| {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&b)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(b.len())
-    });
-    match written {
-        Ok(bytes) => {
-            tracing::debug!(file = %path.display(), bytes, took_ms = started.elapsed().as_millis() as u64, "{what} sync state saved")
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            // Without the state the next run is simply a full pass.
-            tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
         }
     }
 }

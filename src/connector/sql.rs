@@ -14,10 +14,85 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
-use crate::config::SqlSourceSpec;
-use crate::config::secret::Secret;
-use crate::connector::{Connector, Fetched, SourceError};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::connector::{Batch, Connector, Fetched, SourceError};
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
+use crate::secret::{Literal, Secret, SecretSource};
+use crate::section::Checker;
+
+/// `kind = "sql"`: a mail server's database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceSpec {
+    /// `postgres://user@host:port/db`, `mysql://…` (MariaDB too) or
+    /// `sqlite:///path/to/file.db`. Put the password in `password*`, not here.
+    pub url: String,
+    #[serde(rename = "password")]
+    password_literal: Option<Literal>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    /// Resolved from `password` / `password_file` / `password_env` by validation.
+    #[serde(skip)]
+    pub password: Option<SecretSource>,
+    /// One query returning one column of addresses (`@domain` rows are
+    /// catch-alls). Overrides the profile's `queries`.
+    pub query: Option<String>,
+    /// Per-dialect queries (`postgres`, `mysql`, `sqlite`), usually from a profile.
+    #[serde(default)]
+    pub queries: std::collections::BTreeMap<String, String>,
+    /// CA certificate(s) to verify the server's TLS certificate with.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "crate::section::de_duration")]
+    pub query_timeout: Option<Duration>,
+}
+
+impl SqlSourceSpec {
+    /// The query to run against `dialect`: `query`, else `queries[dialect]`.
+    pub fn effective_query(&self, dialect: crate::connector::sql::Dialect) -> Option<String> {
+        self.query.clone().or_else(|| self.queries.get(dialect.key()).cloned())
+    }
+
+    pub fn validate(&mut self, c: &mut Checker, at: &str) {
+        let q = self;
+        let Some(dialect) = Dialect::from_url(&q.url) else {
+            c.push(format!("{at}.url"), "must start with postgres://, mysql://, mariadb:// or sqlite://".into());
+            return;
+        };
+        if url_password(&q.url).is_some() {
+            c.push(
+                format!("{at}.url"),
+                "contains a password; move it to password_file or password_env so it cannot leak with the URL".into(),
+            );
+        }
+        q.password = c.secret(at, "password", q.password_literal.take(), q.password_file.take(), q.password_env.take());
+        if dialect == Dialect::Sqlite && q.password.is_some() {
+            c.push(format!("{at}.password"), "SQLite has no passwords; remove it".into());
+        }
+        for k in q.queries.keys() {
+            if !["postgres", "mysql", "sqlite"].contains(&k.as_str()) {
+                c.push(format!("{at}.queries.{k}"), "unknown dialect; use postgres, mysql or sqlite".into());
+            }
+        }
+        match q.effective_query(dialect) {
+            Some(sql) if sql.trim().is_empty() => c.push(format!("{at}.query"), "is empty".into()),
+            Some(_) => {}
+            None if q.queries.is_empty() => c.push(
+                format!("{at}.query"),
+                "is required: set query = \"SELECT …\" or profile = \"postfixadmin\" (or another SQL profile)".into(),
+            ),
+            None => c.push(
+                format!("{at}.queries"),
+                format!("the profile has no query for {}; set query yourself", dialect.key()),
+            ),
+        }
+        q.ca_file = q.ca_file.take().map(|p| c.abs(p));
+    }
+}
 
 /// The database family, from the URL scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,8 +313,8 @@ impl SqlSource {
         }
     }
 
-    fn to_fetched(&self, rows: Vec<Option<Vec<u8>>>) -> Fetched {
-        let mut out = Fetched { items: Vec::with_capacity(rows.len()), ..Fetched::default() };
+    fn to_batch(&self, rows: Vec<Option<Vec<u8>>>) -> Batch {
+        let mut out = Batch { items: Vec::with_capacity(rows.len()), ..Batch::default() };
         for (i, v) in rows.into_iter().enumerate() {
             let locator = Locator::Object(format!("row {}", i + 1).into());
             let value = match v.map(String::from_utf8) {
@@ -257,7 +332,7 @@ impl SqlSource {
                     continue;
                 }
             };
-            let kind = if value.starts_with('@') { RawKind::CatchAll } else { RawKind::Address };
+            let kind = RawKind::of(&value);
             out.items.push(RawItem { value, kind, locator });
         }
         out
@@ -347,7 +422,7 @@ where
 impl Connector for SqlSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
         let rows = self.rows(&self.query).await?;
-        Ok(self.to_fetched(rows))
+        Ok(Fetched::Ready(self.to_batch(rows)))
     }
 
     async fn check(&self) -> Result<String, SourceError> {

@@ -9,7 +9,6 @@
 //! events; the loop decides.
 
 pub mod metrics;
-pub mod schedule;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -23,8 +22,8 @@ use tokio::sync::mpsc;
 use crate::config::{self, Config};
 use crate::report::{Outcome, Report, exit};
 use crate::run::{self, RunError, SyncOptions};
+use crate::schedule::{self, Plan};
 use metrics::Metrics;
-use schedule::Plan;
 
 /// Default quiet time after a file event before reloading.
 const DEBOUNCE: Duration = Duration::from_secs(1);
@@ -40,13 +39,7 @@ pub async fn run(path: PathBuf) -> u8 {
             return exit::CONFIG;
         }
     };
-    let mut plan = match Plan::new(&cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("rcptsync: {e}");
-            return exit::CONFIG;
-        }
-    };
+    let mut plan = plan_of(&cfg);
     let (mut hup, mut term, mut int) =
         match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(h), Ok(t), Ok(i)) => (h, t, i),
@@ -144,7 +137,13 @@ fn staleness(cfg: &Config) -> Option<Duration> {
     daemon_opt(cfg, |d| d.max_staleness).or(cfg.guard.max_staleness)
 }
 
-fn daemon_opt<T>(cfg: &Config, get: impl Fn(&config::DaemonConfig) -> Option<T>) -> Option<T> {
+/// The schedules of a config (parsed when it was loaded).
+fn plan_of(cfg: &Config) -> Plan {
+    let global = cfg.daemon.as_ref().and_then(|d| d.schedule.as_ref());
+    Plan::new(global, cfg.sources.iter().map(|s| (s.name.as_str(), s.schedule.as_ref())))
+}
+
+fn daemon_opt<T>(cfg: &Config, get: impl Fn(&schedule::DaemonConfig) -> Option<T>) -> Option<T> {
     cfg.daemon.as_ref().and_then(get)
 }
 
@@ -214,7 +213,10 @@ fn reload(
     events: &mpsc::UnboundedSender<()>,
     listen: &Option<String>,
 ) {
-    match config::load(path).map_err(|e| e.to_string()).and_then(|c| Plan::new(&c).map(|p| (c, p))) {
+    match config::load(path).map_err(|e| e.to_string()).map(|c| {
+        let p = plan_of(&c);
+        (c, p)
+    }) {
         Ok((new, new_plan)) => {
             let new_listen = new.daemon.as_ref().and_then(|d| d.listen.clone());
             if &new_listen != listen {
@@ -287,9 +289,7 @@ fn watch(cfg: &Config, path: &Path, tx: mpsc::UnboundedSender<()>) -> Option<not
 
 /// When the list on disk was last written: the state's applied list.
 fn published_at(cfg: &Config) -> Option<f64> {
-    let state = crate::state::StateDir::open(&cfg.state_dir, false).ok()?;
-    let m = std::fs::metadata(state.applied_path()).ok()?.modified().ok()?;
-    m.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
+    crate::state::StateDir::at(&cfg.state_dir).applied_mtime()
 }
 
 fn unix_now() -> f64 {
@@ -358,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn jitter_spreads_ticks_within_its_bound() {
         let plain = cfg("");
-        let plan = Plan::new(&plain).unwrap();
+        let plan = plan_of(&plain);
         let jittered = cfg("jitter = \"20s\"");
         // Retried if a minute boundary passes while sampling.
         let waits = loop {

@@ -91,13 +91,20 @@ impl Entry {
         &self.text[self.at() + 1..]
     }
 
+    /// Parses what an operator or a directory wrote: an address, or `@domain`
+    /// for a catch-all; the result is canonical (lowercase, IDNA domain). The
+    /// one place that tells the two apart by the leading `@`.
+    pub fn parse(s: &str) -> Result<Entry, AddressError> {
+        match s.strip_prefix('@') {
+            Some(domain) => parse_catchall(domain),
+            None => parse_address(s),
+        }
+    }
+
     /// Re-validates a string that is expected to be canonical already (state files,
     /// which are ours but live on disk and may have been edited or corrupted).
     pub fn parse_canonical(s: &str) -> Result<Entry, AddressError> {
-        let e = match s.strip_prefix('@') {
-            Some(domain) => parse_catchall(domain)?,
-            None => parse_address(s)?,
-        };
+        let e = Entry::parse(s)?;
         if e.as_str() != s {
             return Err(AddressError::NotCanonical);
         }

@@ -5,7 +5,7 @@
 //! what was published. A refusal leaves every output as it was. `--force` overrides
 //! these checks (never the address validation, which happens long before).
 
-use crate::config::GuardConfig;
+use crate::policy::GuardConfig;
 use crate::policy::RecipientList;
 
 /// How the new list differs from the last applied one.
@@ -189,11 +189,11 @@ mod tests {
         use crate::policy::{Locator, Policy, RawItem, RawKind, normalise};
         let raw = ["@catch.example.org", "a@example.com", "ceo@example.com", "z@example.net"].map(|v| RawItem {
             value: v.into(),
-            kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
+            kind: RawKind::of(v),
             locator: Locator::Line(1),
         });
         let (ok, _) = normalise(raw.into());
-        let (list, _) = Policy::new(&Default::default()).apply(vec![("s".into(), ok)]);
+        let (list, _) = Policy::default().apply(vec![("s".into(), ok)]);
         let c = [
             "ceo@example.com",
             "boss@catch.example.org",

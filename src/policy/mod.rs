@@ -6,6 +6,7 @@
 //! every entry came from. No I/O happens here, so all of it is unit-tested directly.
 
 pub mod address;
+pub mod config;
 pub mod guard;
 mod record;
 pub mod table;
@@ -16,8 +17,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::config::PolicyConfig;
-use address::{Entry, parse_address, parse_address_owned, parse_catchall, parse_domain};
+use address::{Entry, parse_address_owned, parse_catchall};
+pub use config::{GuardConfig, OnSourceFailure, PolicyConfig};
 use record::{LongAddresses, Rec};
 pub use table::{AddressTable, EntryRef};
 
@@ -59,6 +60,13 @@ impl fmt::Display for Locator {
 pub enum RawKind {
     Address,
     CatchAll,
+}
+
+impl RawKind {
+    /// The kind of a value written as text: `@domain` is a catch-all.
+    pub fn of(value: &str) -> RawKind {
+        if value.starts_with('@') { RawKind::CatchAll } else { RawKind::Address }
+    }
 }
 
 /// One value as a connector produced it, before validation.
@@ -178,10 +186,9 @@ impl RecipientList {
 
     /// Whether `entry` (canonical: an address, or `@domain`) is in the list.
     pub fn contains(&self, entry: &str) -> bool {
-        if entry.starts_with('@') {
-            self.catchalls.binary_search_by(|c| c.as_str().cmp(entry)).is_ok()
-        } else {
-            self.addresses.binary_search(entry).is_ok()
+        match RawKind::of(entry) {
+            RawKind::CatchAll => self.catchalls.binary_search_by(|c| c.as_str().cmp(entry)).is_ok(),
+            RawKind::Address => self.addresses.binary_search(entry).is_ok(),
         }
     }
 
@@ -449,13 +456,20 @@ pub enum Drop {
     Exclude(usize),
 }
 
-/// `[policy]` compiled for fast matching.
-#[derive(Debug, Clone)]
+/// `[policy]` compiled for fast matching (by [`PolicyConfig::compile`]).
+#[derive(Clone, Default)]
 pub struct Policy {
     domains: Option<HashSet<String>>,
     include: Vec<Entry>,
-    exclude_patterns: Vec<String>,
     exclude: globset::GlobSet,
+    /// The section as written: what `Debug` (and so the config fingerprint) shows.
+    source: PolicyConfig,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.source.fmt(f)
+    }
 }
 
 /// Name used for `policy.include` in provenance.
@@ -464,26 +478,6 @@ pub const INCLUDE_SOURCE: &str = "policy.include";
 pub const GRACE_SOURCE: &str = "removal-grace";
 
 impl Policy {
-    /// Compiles a validated `[policy]`. Invalid values were reported by config
-    /// validation already; here they are skipped.
-    pub fn new(cfg: &PolicyConfig) -> Policy {
-        let domains =
-            cfg.domains.as_ref().map(|d| d.iter().filter_map(|d| parse_domain(d).ok()).collect::<HashSet<_>>());
-        let include = cfg
-            .include
-            .iter()
-            .filter_map(|a| if a.starts_with('@') { parse_catchall(a).ok() } else { parse_address(a).ok() })
-            .collect();
-        let mut b = globset::GlobSetBuilder::new();
-        for g in &cfg.exclude {
-            if let Ok(g) = globset::GlobBuilder::new(g).literal_separator(false).build() {
-                b.add(g);
-            }
-        }
-        let exclude = b.build().unwrap_or_else(|_| globset::GlobSet::empty());
-        Policy { domains, include, exclude_patterns: cfg.exclude.clone(), exclude }
-    }
-
     /// Whether the policy keeps an entry, and if not, why.
     pub fn check(&self, e: &Entry) -> Result<(), Drop> {
         if let Some(d) = &self.domains
@@ -505,7 +499,7 @@ impl Policy {
     }
 
     pub fn exclude_pattern(&self, i: usize) -> &str {
-        self.exclude_patterns.get(i).map(String::as_str).unwrap_or("?")
+        self.source.exclude.get(i).map(String::as_str).unwrap_or("?")
     }
 
     pub fn includes(&self) -> &[Entry] {
@@ -549,7 +543,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use address::AddressError;
+    use address::{AddressError, parse_address};
 
     fn raw(v: &str, line: u32) -> RawItem {
         let (value, kind) = match v.strip_prefix('@') {
@@ -566,11 +560,15 @@ mod tests {
     }
 
     fn policy(domains: Option<&[&str]>, include: &[&str], exclude: &[&str]) -> Policy {
-        Policy::new(&PolicyConfig {
+        let mut c = crate::section::Checker::new(std::path::Path::new("/"));
+        let p = PolicyConfig {
             domains: domains.map(|d| d.iter().map(|s| s.to_string()).collect()),
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
-        })
+        }
+        .compile(&mut c);
+        assert_eq!(c.into_errors(), []);
+        p
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::MapType;
+use super::config::MapType;
 use crate::writer::hook::{self, HookError};
 
 /// Mode of a new output when the config sets none.

@@ -8,6 +8,7 @@
 //! old files up again. Hooks run only for outputs whose bytes changed.
 
 pub mod commit;
+pub mod config;
 pub mod hook;
 pub mod sink;
 pub mod template;
@@ -19,9 +20,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::config::OutputConfig;
 use crate::policy::RecipientList;
 use commit::{Installed, Staged, Target};
+use config::OutputConfig;
 use sink::OutputSink;
 
 /// One output after rendering and comparing with disk.
@@ -104,7 +105,7 @@ pub fn render_all(
             check_link(o)?;
             let salt = match &o.hash_salt {
                 Some(src) => src.resolve("hash_salt").map_err(|e| format!("output {}: {e}", o.name))?,
-                None => crate::config::secret::Secret::new(String::new()),
+                None => crate::secret::Secret::new(String::new()),
             };
             // Rendered straight into a sink that compares with the file on disk and,
             // from the first difference on, writes the temp file: a changed output's

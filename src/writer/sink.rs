@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn a_stale_map_makes_equal_text_changed() {
         let d = tempfile::tempdir().unwrap();
-        let t = Target { postmap: Some(crate::config::MapType::Lmdb), ..target(d.path()) };
+        let t = Target { postmap: Some(crate::writer::config::MapType::Lmdb), ..target(d.path()) };
         fs::write(&t.path, "x OK\n").unwrap();
         // No database at all: the text must be staged again so postmap rebuilds it.
         let f = OutputSink::new(t.clone(), false, false).map(|mut s| {

@@ -12,16 +12,109 @@
 //! arbitrary lists. An overridden or user template always goes through minijinja.
 //!
 //! Rendering is pure and deterministic: same list, same bytes.
+//!
+//! Template facts are data: [`Templates`] lists every built-in (one file each in
+//! `templates/`) plus the operator's `template_dir`, and a template declares
+//! what its output is in a comment at its top, `{#- rcptsync: key-value -#}`
+//! for `key value` lines that `postmap` can index. User templates declare it
+//! the same way; nothing is assumed from a template's name.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::policy::RecipientList;
+use crate::section::LoadErrors;
 
-/// The five built-in templates.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/templates.rs"));
+}
+
+/// The templates a config can refer to by name: every built-in, with the
+/// operator's `template_dir` on top.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    templates: BTreeMap<String, TemplateRef>,
+}
+
+impl Templates {
+    /// Only what is built into the binary.
+    pub fn embedded() -> Templates {
+        let templates = embedded::TEMPLATES
+            .iter()
+            .map(|(name, text)| (name.to_string(), TemplateRef::embedded(name, Arc::from(*text))))
+            .collect();
+        Templates { templates }
+    }
+
+    /// The built-ins with `template_dir` on top: a file `NAME.j2` there replaces
+    /// or adds template NAME.
+    pub fn load(template_dir: Option<&Path>) -> Result<Templates, LoadErrors> {
+        let mut cat = Templates::embedded();
+        let mut errors = Vec::new();
+        if let Some(dir) = template_dir {
+            for (name, path, text) in crate::section::read_dir_files(dir, "j2", "template_dir", &mut errors) {
+                cat.templates.insert(name.clone(), TemplateRef::overridden(&name, path, Arc::from(text)));
+            }
+        }
+        if errors.is_empty() { Ok(cat) } else { Err(errors) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<TemplateRef> {
+        self.templates.get(name).cloned()
+    }
+
+    /// Every template name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.templates.keys().map(String::as_str).collect()
+    }
+}
+
+/// What a template says about its own output (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Declared {
+    /// `key value` lines: valid with `postmap`.
+    pub key_value: bool,
+}
+
+/// The properties a template may declare.
+const PROPERTIES: &[&str] = &["key-value"];
+
+impl Declared {
+    /// Reads the `rcptsync:` declarations from the template's comments
+    /// (`{# … #}`, with or without `-`). An unknown property is an error, so a
+    /// typo cannot silently turn a declaration off.
+    pub fn parse(source: &str) -> Result<Declared, String> {
+        let mut d = Declared::default();
+        let mut rest = source;
+        while let Some(open) = rest.find("{#") {
+            let after = &rest[open + 2..];
+            let Some(close) = after.find("#}") else { break };
+            let body = after[..close].trim_matches(|c: char| c == '-' || c.is_whitespace());
+            if let Some(props) = body.strip_prefix("rcptsync:") {
+                for p in props.split([',', ' ', '\t', '\n']).filter(|p| !p.is_empty()) {
+                    match p {
+                        "key-value" => d.key_value = true,
+                        other => {
+                            return Err(format!(
+                                "declares unknown property {other:?} (known: {})",
+                                PROPERTIES.join(", ")
+                            ));
+                        }
+                    }
+                }
+            }
+            rest = &after[close + 2..];
+        }
+        Ok(d)
+    }
+}
+
+/// The built-in templates that have a compiled renderer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinTemplate {
     Postfix,
@@ -145,21 +238,29 @@ pub struct TemplateRef {
     pub origin: String,
     source: Arc<str>,
     fast: Option<BuiltinTemplate>,
+    /// What the template declares; an invalid declaration is reported by
+    /// [`TemplateRef::compile_check`].
+    declared: Result<Declared, String>,
 }
 
 impl TemplateRef {
+    fn new(name: String, origin: String, source: Arc<str>, fast: Option<BuiltinTemplate>) -> TemplateRef {
+        let declared = Declared::parse(&source);
+        TemplateRef { name, origin, source, fast, declared }
+    }
+
     pub fn embedded(name: &str, source: Arc<str>) -> TemplateRef {
-        TemplateRef { name: name.into(), origin: "embedded".into(), source, fast: BuiltinTemplate::from_name(name) }
+        TemplateRef::new(name.into(), "embedded".into(), source, BuiltinTemplate::from_name(name))
     }
 
     /// A template from `template_dir`, replacing or adding a named template.
     pub fn overridden(name: &str, path: String, source: Arc<str>) -> TemplateRef {
-        TemplateRef { name: name.into(), origin: path, source, fast: None }
+        TemplateRef::new(name.into(), path, source, None)
     }
 
     /// A `template_file`.
     pub fn user(path: String, source: String) -> TemplateRef {
-        TemplateRef { name: path.clone(), origin: path, source: source.into(), fast: None }
+        TemplateRef::new(path.clone(), path, source.into(), None)
     }
 
     pub fn fast_path(&self) -> Option<BuiltinTemplate> {
@@ -170,18 +271,16 @@ impl TemplateRef {
         &self.source
     }
 
-    /// Whether the output is `key value` lines that `postmap` can index. User
-    /// templates are trusted to know what they produce.
+    /// Whether the template declares `key value` lines that `postmap` can index.
     pub fn is_key_value(&self) -> bool {
-        match BuiltinTemplate::from_name(&self.name) {
-            Some(BuiltinTemplate::Postfix | BuiltinTemplate::PostfixDomains) => true,
-            Some(_) => self.fast.is_none() && self.origin != "embedded",
-            None => true,
-        }
+        self.declared.as_ref().is_ok_and(|d| d.key_value)
     }
 
     /// Compiles the template, so syntax errors show up in `rcptsync check`.
     pub fn compile_check(&self) -> Result<(), String> {
+        if let Err(e) = &self.declared {
+            return Err(format!("template {}: {e}", self.origin));
+        }
         let env = environment();
         env.template_from_str(&self.source).map(|_| ()).map_err(|e| format!("template {}: {e:#}", self.origin))?;
         // Render against a tiny sample so that unknown variables and filters are
@@ -266,7 +365,7 @@ fn sample_list() -> Arc<RecipientList> {
         RawItem { value: "alice@example.com".into(), kind: RawKind::Address, locator: Locator::Line(1) },
         RawItem { value: "@example.org".into(), kind: RawKind::CatchAll, locator: Locator::Line(2) },
     ]);
-    let p = crate::policy::Policy::new(&Default::default());
+    let p = crate::policy::Policy::default();
     Arc::new(p.apply(vec![("sample".into(), ok)]).0)
 }
 
@@ -347,25 +446,20 @@ impl Object for Domains {
 mod tests {
     use super::*;
     use crate::policy::{Locator, Policy, RawItem, RawKind, normalise};
-    use crate::profile::Catalog;
     use proptest::prelude::*;
 
     fn list(vals: &[&str]) -> Arc<RecipientList> {
         let items = vals
             .iter()
             .enumerate()
-            .map(|(i, v)| RawItem {
-                value: v.to_string(),
-                kind: if v.starts_with('@') { RawKind::CatchAll } else { RawKind::Address },
-                locator: Locator::Line(i as u32 + 1),
-            })
+            .map(|(i, v)| RawItem { value: v.to_string(), kind: RawKind::of(v), locator: Locator::Line(i as u32 + 1) })
             .collect();
         let (ok, _) = normalise(items);
-        Arc::new(Policy::new(&Default::default()).apply(vec![("s".into(), ok)]).0)
+        Arc::new(Policy::default().apply(vec![("s".into(), ok)]).0)
     }
 
     fn builtin(name: &str) -> TemplateRef {
-        Catalog::embedded().template(name).unwrap()
+        Templates::embedded().get(name).unwrap()
     }
 
     #[test]
@@ -433,6 +527,41 @@ mod tests {
                 prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(slow).unwrap(), "template {}", b.name());
             }
         }
+    }
+
+    #[test]
+    fn template_override_loses_the_fast_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("postfix.j2"), "{% for r in recipients %}{{ r.address }} RELAY\n{% endfor %}")
+            .unwrap();
+        let cat = Templates::load(Some(dir.path())).unwrap();
+        let t = cat.get("postfix").unwrap();
+        assert!(t.fast_path().is_none());
+    }
+
+    #[test]
+    fn every_builtin_renderer_has_its_template() {
+        let cat = Templates::embedded();
+        for name in BuiltinTemplate::names() {
+            let t = cat.get(name).unwrap_or_else(|| panic!("template {name} not embedded"));
+            assert!(t.fast_path().is_some(), "{name} should use its compiled renderer");
+        }
+        assert_eq!(cat.names().len(), embedded::TEMPLATES.len());
+    }
+
+    #[test]
+    fn key_value_is_declared_by_the_template() {
+        let cat = Templates::embedded();
+        let kv: Vec<&str> = cat.names().into_iter().filter(|n| cat.get(n).unwrap().is_key_value()).collect();
+        assert_eq!(kv, ["postfix", "postfix-domains"]);
+        let user = |text: &str| TemplateRef::user("t.j2".into(), text.into());
+        assert!(!user("{% for r in recipients %}{{ r }} OK\n{% endfor %}").is_key_value(), "nothing assumed");
+        assert!(user("{#- rcptsync: key-value -#}\n{% for r in recipients %}{{ r }} OK\n{% endfor %}").is_key_value());
+        assert!(user("{# a comment #}{# rcptsync: key-value #}").is_key_value());
+        let typo = user("{# rcptsync: key_value #}");
+        assert!(!typo.is_key_value());
+        let e = typo.compile_check().unwrap_err();
+        assert!(e.contains("t.j2") && e.contains("unknown property \"key_value\""), "{e}");
     }
 
     #[test]

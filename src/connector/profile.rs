@@ -1,5 +1,5 @@
-//! Connector profiles and templates as data: the embedded catalog, and overrides
-//! from the operator's `profile_dir` / `template_dir`.
+//! Connector profiles as data: the embedded ones (`connectors/*.toml`), and
+//! overrides from the operator's `profile_dir`.
 //!
 //! Profiles only set defaults for one built-in `kind`; everything a directory product
 //! does differently (filters, attributes, SQL) lives in these files, so supporting a
@@ -7,14 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::writer::template::TemplateRef;
+use crate::section::LoadErrors;
 
 mod embedded {
-    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+    include!(concat!(env!("OUT_DIR"), "/profiles.rs"));
 }
 
 /// One connector profile.
@@ -38,18 +37,15 @@ struct RawProfile {
     defaults: toml::Table,
 }
 
-/// The profiles and templates a config can refer to by name.
+/// The profiles a config can refer to by name.
 #[derive(Debug, Clone)]
-pub struct Catalog {
+pub struct Profiles {
     profiles: BTreeMap<String, Profile>,
-    templates: BTreeMap<String, TemplateRef>,
 }
 
-type LoadErrors = Vec<(String, String)>;
-
-impl Catalog {
+impl Profiles {
     /// Only what is built into the binary.
-    pub fn embedded() -> Catalog {
+    pub fn embedded() -> Profiles {
         let mut profiles = BTreeMap::new();
         for (name, text) in embedded::PROFILES {
             // Embedded profiles are checked by a unit test; a broken one is a build bug.
@@ -57,21 +53,16 @@ impl Catalog {
                 profiles.insert(name.to_string(), p);
             }
         }
-        let templates = embedded::TEMPLATES
-            .iter()
-            .map(|(name, text)| (name.to_string(), TemplateRef::embedded(name, Arc::from(*text))))
-            .collect();
-        Catalog { profiles, templates }
+        Profiles { profiles }
     }
 
-    /// The embedded catalog with files from the override directories on top: a file
-    /// `NAME.toml` in `profile_dir` replaces or adds profile NAME, a file `NAME.j2` in
-    /// `template_dir` replaces or adds template NAME.
-    pub fn load(profile_dir: Option<&Path>, template_dir: Option<&Path>) -> Result<Catalog, LoadErrors> {
-        let mut cat = Catalog::embedded();
+    /// The embedded profiles with `profile_dir` on top: a file `NAME.toml` there
+    /// replaces or adds profile NAME.
+    pub fn load(profile_dir: Option<&Path>) -> Result<Profiles, LoadErrors> {
+        let mut cat = Profiles::embedded();
         let mut errors = Vec::new();
         if let Some(dir) = profile_dir {
-            for (name, path, text) in read_dir_files(dir, "toml", "profile_dir", &mut errors) {
+            for (name, path, text) in crate::section::read_dir_files(dir, "toml", "profile_dir", &mut errors) {
                 match parse_profile(&name, &text, &path) {
                     Ok(p) => {
                         cat.profiles.insert(name, p);
@@ -80,12 +71,22 @@ impl Catalog {
                 }
             }
         }
-        if let Some(dir) = template_dir {
-            for (name, path, text) in read_dir_files(dir, "j2", "template_dir", &mut errors) {
-                cat.templates.insert(name.clone(), TemplateRef::overridden(&name, path, Arc::from(text)));
+        if errors.is_empty() { Ok(cat) } else { Err(errors) }
+    }
+
+    /// Fills in profile `name`'s defaults for a `[[source]]` table of `kind`;
+    /// the source's own keys win.
+    pub fn apply(&self, name: &str, kind: &str, table: &mut toml::Table) -> Result<(), String> {
+        match self.profile(name) {
+            None => Err(format!("unknown profile {name:?}; known: {}", self.profile_names().join(", "))),
+            Some(p) if p.kind != kind => Err(format!("profile {name:?} is for kind {:?}, not {kind:?}", p.kind)),
+            Some(p) => {
+                for (k, v) in &p.defaults {
+                    table.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                Ok(())
             }
         }
-        if errors.is_empty() { Ok(cat) } else { Err(errors) }
     }
 
     pub fn profile(&self, name: &str) -> Option<&Profile> {
@@ -98,10 +99,6 @@ impl Catalog {
 
     pub fn profiles(&self) -> impl Iterator<Item = &Profile> {
         self.profiles.values()
-    }
-
-    pub fn template(&self, name: &str) -> Option<TemplateRef> {
-        self.templates.get(name).cloned()
     }
 }
 
@@ -121,32 +118,6 @@ fn parse_profile(name: &str, text: &str, origin: &str) -> Result<Profile, String
     })
 }
 
-fn read_dir_files(dir: &Path, ext: &str, key: &str, errors: &mut LoadErrors) -> Vec<(String, String, String)> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) => {
-            errors.push((key.into(), format!("cannot read {}: {e}", dir.display())));
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    for entry in rd.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(ext) {
-            continue;
-        }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => out.push((name.to_string(), path.display().to_string(), text)),
-            Err(e) => errors.push((key.into(), format!("cannot read {}: {e}", path.display()))),
-        }
-    }
-    out.sort();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,16 +129,7 @@ mod tests {
             let p = parse_profile(name, text, "embedded").unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!p.description.is_empty(), "{name} has no description");
         }
-        assert_eq!(Catalog::embedded().profile_names().len(), embedded::PROFILES.len());
-    }
-
-    #[test]
-    fn every_builtin_template_is_embedded() {
-        let cat = Catalog::embedded();
-        for name in crate::writer::template::BuiltinTemplate::names() {
-            let t = cat.template(name).unwrap_or_else(|| panic!("template {name} not embedded"));
-            assert!(t.fast_path().is_some(), "{name} should use its compiled renderer");
-        }
+        assert_eq!(Profiles::embedded().profile_names().len(), embedded::PROFILES.len());
     }
 
     #[test]
@@ -180,7 +142,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("extra.toml"), "kind = \"file\"\ndescription = \"x\"\n").unwrap();
         std::fs::write(dir.path().join("ignored.txt"), "not a profile").unwrap();
-        let cat = Catalog::load(Some(dir.path()), None).unwrap();
+        let cat = Profiles::load(Some(dir.path())).unwrap();
         let p = cat.profile("plain-list").unwrap();
         assert_eq!(p.description, "mine");
         assert_eq!(p.defaults.get("catchalls"), Some(&toml::Value::Boolean(true)));
@@ -194,21 +156,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.toml"), "kind = \"file\"\n[defaults]\nname = \"x\"\n").unwrap();
         std::fs::write(dir.path().join("worse.toml"), "kind = ").unwrap();
-        let errs = Catalog::load(Some(dir.path()), None).unwrap_err();
+        let errs = Profiles::load(Some(dir.path())).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].1.contains("bad.toml: [defaults] may not set \"name\""), "{errs:?}");
         assert!(errs[1].1.contains("worse.toml"), "{errs:?}");
-        let errs = Catalog::load(Some(Path::new("/nonexistent/profiles")), None).unwrap_err();
+        let errs = Profiles::load(Some(Path::new("/nonexistent/profiles"))).unwrap_err();
         assert!(errs[0].1.starts_with("cannot read /nonexistent/profiles"), "{errs:?}");
-    }
-
-    #[test]
-    fn template_override_loses_the_fast_path() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("postfix.j2"), "{% for r in recipients %}{{ r.address }} RELAY\n{% endfor %}")
-            .unwrap();
-        let cat = Catalog::load(None, Some(dir.path())).unwrap();
-        let t = cat.template("postfix").unwrap();
-        assert!(t.fast_path().is_none());
     }
 }
