@@ -264,25 +264,7 @@ fn source(c: &mut Checker, at: &str, value: toml::Value, profiles: &Profiles) ->
         c.push(at, "must be a table".into());
         return None;
     };
-    let name = match table.remove("name") {
-        Some(toml::Value::String(s)) => Some(s),
-        Some(_) => {
-            c.push(format!("{at}.name"), "must be a string".into());
-            None
-        }
-        None => {
-            c.push(format!("{at}.name"), "is required".into());
-            None
-        }
-    };
-    if let Some(n) = &name
-        && !valid_name(n)
-    {
-        c.push(
-            format!("{at}.name"),
-            format!("{n:?} may only contain letters, digits, '.', '_' and '-' (it names state files)"),
-        );
-    }
+    let name = source_name(c, at, table.remove("name"));
     let kind = match table.get("kind") {
         Some(toml::Value::String(s)) => s.clone(),
         Some(_) => {
@@ -294,20 +276,7 @@ fn source(c: &mut Checker, at: &str, value: toml::Value, profiles: &Profiles) ->
             return None;
         }
     };
-    let schedule = match table.remove("schedule") {
-        Some(toml::Value::String(line)) => match Schedule::parse(&line) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                c.push(format!("{at}.schedule"), e);
-                None
-            }
-        },
-        Some(_) => {
-            c.push(format!("{at}.schedule"), "must be a cron line such as \"*/2 * * * *\"".into());
-            None
-        }
-        None => None,
-    };
+    let schedule = source_schedule(c, at, table.remove("schedule"));
     let profile = match table.remove("profile") {
         Some(toml::Value::String(p)) => {
             if let Err(e) = profiles.apply(&p, &kind, &mut table) {
@@ -330,6 +299,44 @@ fn source(c: &mut Checker, at: &str, value: toml::Value, profiles: &Profiles) ->
     };
     spec.validate(c, at);
     Some(SourceConfig { name: name?, profile, schedule, spec })
+}
+
+fn source_name(c: &mut Checker, at: &str, value: Option<toml::Value>) -> Option<String> {
+    let name = match value {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => {
+            c.push(format!("{at}.name"), "must be a string".into());
+            return None;
+        }
+        None => {
+            c.push(format!("{at}.name"), "is required".into());
+            return None;
+        }
+    };
+    if !valid_name(&name) {
+        c.push(
+            format!("{at}.name"),
+            format!("{name:?} may only contain letters, digits, '.', '_' and '-' (it names state files)"),
+        );
+    }
+    Some(name)
+}
+
+fn source_schedule(c: &mut Checker, at: &str, value: Option<toml::Value>) -> Option<Schedule> {
+    match value {
+        Some(toml::Value::String(line)) => match Schedule::parse(&line) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                c.push(format!("{at}.schedule"), e);
+                None
+            }
+        },
+        Some(_) => {
+            c.push(format!("{at}.schedule"), "must be a cron line such as \"*/2 * * * *\"".into());
+            None
+        }
+        None => None,
+    }
 }
 
 /// Turns a TOML parse error into a ConfigError with line and column.

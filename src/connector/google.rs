@@ -383,26 +383,13 @@ impl Session {
             }
             Ok(())
         };
-        let mut seen = HashSet::new();
-        let mut resp = self.get(&page_url(None)?, collection).await?;
-        loop {
-            let Some(token) = resp.json::<Next>()?.next.filter(|t| !t.is_empty()) else {
-                decode(&resp)?;
-                break;
-            };
-            if !seen.insert(token.clone()) {
-                return Err(format!("{collection}: Google returned the same page token twice"));
-            }
-            let url = page_url(Some(&token))?;
-            // The yield lets the connection task write the request before the
-            // decoding occupies this worker.
-            let (fetched, decoded) = tokio::join!(self.get(&url, collection), async {
-                tokio::task::yield_now().await;
-                decode(&resp)
-            });
-            decoded?;
-            resp = fetched?;
-        }
+        let first = self.get(&page_url(None)?, collection).await?;
+        let page = |token: String| {
+            let url = page_url(Some(&token));
+            async move { self.get(&url?, collection).await }
+        };
+        let next = |r: &Response| Ok(r.json::<Next>()?.next);
+        super::http::follow(collection, None, first, next, page, &mut decode).await?;
         Ok(members)
     }
 }

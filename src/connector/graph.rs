@@ -545,16 +545,17 @@ impl Session {
 
     /// The tenant's verified domains that have the Email service, lowercased.
     async fn domains(&self) -> Result<HashSet<String>, String> {
-        let mut url = format!("{}/v1.0/domains?$select=id,isVerified,supportedServices", self.root);
-        let mut set = HashSet::new();
-        let mut pages = 0;
-        loop {
+        let url = format!("{}/v1.0/domains?$select=id,isVerified,supportedServices", self.root);
+        let page = |url: String| async move {
             let r = self.get(&url).await?;
             if !r.ok() {
                 return Err(self.api_error(&r, "domains", "Domain.Read.All"));
             }
-            let page: Page<Domain> = r.json()?;
-            for d in page.value {
+            Ok(r)
+        };
+        let mut set = HashSet::new();
+        let decode = |r: &Response| {
+            for d in r.json::<Page<Domain>>()?.value {
                 if d.is_verified && d.supported_services.iter().any(|s| s.eq_ignore_ascii_case("email")) {
                     // Compared with addresses' normalised (IDNA, lowercase) domains.
                     set.insert(
@@ -562,13 +563,11 @@ impl Session {
                     );
                 }
             }
-            pages += 1;
-            match page.next {
-                Some(n) if pages < 1000 => url = n,
-                Some(_) => return Err("domains: more than 1000 pages".into()),
-                None => break,
-            }
-        }
+            Ok(())
+        };
+        let next = |r: &Response| Ok(r.json::<Page<Domain>>()?.next);
+        let first = page(url.clone()).await?;
+        super::http::follow("domains", Some(url), first, next, page, decode).await?;
         if set.is_empty() {
             return Err(format!(
                 "{}/v1.0/domains lists no verified domain with the Email service; every address would be dropped",
@@ -596,31 +595,24 @@ impl Session {
             page.value.into_iter().for_each(&mut each);
             Ok(())
         };
-        let mut url = url;
-        let mut previous = String::new();
-        let mut resp = self.get(&url).await?;
-        loop {
-            if !resp.ok() {
-                return Err(self.api_error(&resp, kind.path(), kind.permission()));
+        let page = |url: String| async move {
+            let r = self.get(&url).await?;
+            if !r.ok() {
+                return Err(self.api_error(&r, kind.path(), kind.permission()));
             }
-            let links: Links = resp.json()?;
-            let Some(next) = links.next else {
-                decode(&resp)?;
-                return Ok(links.delta);
-            };
-            if next == url || next == previous {
-                return Err(format!("{}: Graph returned the same page link twice", kind.path()));
+            Ok(r)
+        };
+        let first = page(url.clone()).await?;
+        let mut delta = None;
+        let next = |r: &Response| {
+            let links: Links = r.json()?;
+            if links.next.is_none() {
+                delta = links.delta;
             }
-            // The yield lets the connection task write the request before the
-            // decoding occupies this worker.
-            let (fetched, decoded) = tokio::join!(self.get(&next), async {
-                tokio::task::yield_now().await;
-                decode(&resp)
-            });
-            decoded?;
-            resp = fetched?;
-            previous = std::mem::replace(&mut url, next);
-        }
+            Ok(links.next)
+        };
+        super::http::follow(kind.path(), Some(url), first, next, page, &mut decode).await?;
+        Ok(delta)
     }
 
     /// A full listing of all three collections, concurrently. With `links`, also

@@ -428,8 +428,116 @@ fn describe_transport(e: &reqwest::Error) -> String {
     text
 }
 
+/// Most pages one chain may have: 20,000 pages of 500–999 objects is tens of
+/// millions, far past any directory; a chain that long is a server that never
+/// says "last page".
+pub const MAX_PAGES: usize = 20_000;
+
+/// Follows a chain of pages, for Graph (`@odata.nextLink`) and Google
+/// (`nextPageToken`) alike. `first` is the first page; `next` reads a page's
+/// continuation (a link or a token; None on the last page); `request` fetches
+/// the page a continuation names; `decode` takes each page's objects. The next
+/// page is requested as soon as its continuation is known, and this page is
+/// decoded while that request travels.
+///
+/// The one loop protection: every continuation seen in the chain (and `start`,
+/// the first page's own link) is remembered, and a repeat fails the chain, as
+/// does a chain of more than [`MAX_PAGES`] pages. Returns the last page.
+pub async fn follow<Fut>(
+    what: &str,
+    start: Option<String>,
+    first: Response,
+    mut next: impl FnMut(&Response) -> Result<Option<String>, String>,
+    request: impl Fn(String) -> Fut,
+    mut decode: impl FnMut(&Response) -> Result<(), String>,
+) -> Result<Response, String>
+where
+    Fut: std::future::Future<Output = Result<Response, String>>,
+{
+    let mut seen: std::collections::HashSet<String> = start.into_iter().collect();
+    let mut resp = first;
+    loop {
+        let Some(continuation) = next(&resp)?.filter(|c| !c.is_empty()) else {
+            decode(&resp)?;
+            return Ok(resp);
+        };
+        if seen.len() >= MAX_PAGES {
+            return Err(format!("{what}: more than {MAX_PAGES} pages; the server never says which page is the last"));
+        }
+        if !seen.insert(continuation.clone()) {
+            return Err(format!("{what}: the server returned the same page link or token twice"));
+        }
+        // The yield lets the connection task write the request before the
+        // decoding occupies this worker.
+        let (fetched, decoded) = tokio::join!(request(continuation), async {
+            tokio::task::yield_now().await;
+            decode(&resp)
+        });
+        decoded?;
+        resp = fetched?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A page as a fake server would send it: `{"items": [...], "next": ...}`.
+    fn page(items: &[&str], next: Option<&str>) -> Response {
+        let body = serde_json::json!({ "items": items, "next": next });
+        Response { status: StatusCode::OK, body: Bytes::from(body.to_string()), what: "test".into() }
+    }
+
+    async fn walk(pages: Vec<(&'static str, Response)>, first: Response) -> Result<Vec<String>, String> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<String>,
+            next: Option<String>,
+        }
+        let pages = std::sync::Mutex::new(pages.into_iter().collect::<std::collections::HashMap<_, _>>());
+        let mut got = Vec::new();
+        follow(
+            "users",
+            Some("start".into()),
+            first,
+            |r| Ok(r.json::<Page>()?.next),
+            |c| {
+                let r = pages.lock().unwrap().remove(c.as_str()).ok_or(format!("no page {c}"));
+                async move { r }
+            },
+            |r| {
+                got.extend(r.json::<Page>()?.items);
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(got)
+    }
+
+    #[tokio::test]
+    async fn a_chain_is_followed_to_its_last_page_in_order() {
+        let got = walk(vec![("b", page(&["3"], Some("c"))), ("c", page(&["4"], None))], page(&["1", "2"], Some("b")))
+            .await
+            .unwrap();
+        assert_eq!(got, ["1", "2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn any_repeated_link_fails_the_chain() {
+        // a -> b -> c -> a: not the previous link, but seen before.
+        let pages =
+            vec![("a", page(&["1"], Some("b"))), ("b", page(&["2"], Some("c"))), ("c", page(&["3"], Some("a")))];
+        let e = walk(pages, page(&["0"], Some("a"))).await.unwrap_err();
+        assert!(e.contains("users: the server returned the same page link or token twice"), "{e}");
+        // The first page's own link counts too.
+        let e = walk(vec![], page(&["0"], Some("start"))).await.unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_page_fails_the_chain() {
+        let e = walk(vec![], page(&["0"], Some("gone"))).await.unwrap_err();
+        assert_eq!(e, "no page gone");
+    }
     use super::*;
 
     fn resp(status: u16, body: &str) -> Response {

@@ -216,20 +216,10 @@ impl SqlSource {
                 if let Some(ca) = &self.spec.ca_file {
                     opts = opts.ssl_root_cert(ca);
                 }
-                let mut conn =
+                let conn =
                     connect_with_retry(|| sqlx::PgConnection::connect_with(&opts), connect_timeout, &self.where_())
                         .await?;
-                let rows = timed(query_timeout, async {
-                    let mut out = Vec::new();
-                    let mut stream = sqlx::query(sql).fetch(&mut conn);
-                    while let Some(row) = stream.try_next().await? {
-                        out.push(first_column(&row)?);
-                    }
-                    Ok::<_, sqlx::Error>(out)
-                })
-                .await;
-                let _ = conn.close().await;
-                rows.map_err(|e| self.describe(e))
+                first_column_of_rows(conn, None, sql, query_timeout).await.map_err(|e| self.describe(e))
             }
             Dialect::Mysql => {
                 let url = self.spec.url.replacen("mariadb://", "mysql://", 1);
@@ -243,21 +233,11 @@ impl SqlSource {
                 if let Some(ca) = &self.spec.ca_file {
                     opts = opts.ssl_ca(ca);
                 }
-                let mut conn =
+                let conn =
                     connect_with_retry(|| sqlx::MySqlConnection::connect_with(&opts), connect_timeout, &self.where_())
                         .await?;
-                let rows = timed(query_timeout, async {
-                    sqlx::query("SET SESSION TRANSACTION READ ONLY").execute(&mut conn).await?;
-                    let mut out = Vec::new();
-                    let mut stream = sqlx::query(sql).fetch(&mut conn);
-                    while let Some(row) = stream.try_next().await? {
-                        out.push(first_column(&row)?);
-                    }
-                    Ok::<_, sqlx::Error>(out)
-                })
-                .await;
-                let _ = conn.close().await;
-                rows.map_err(|e| self.describe(e))
+                let read_only = Some("SET SESSION TRANSACTION READ ONLY");
+                first_column_of_rows(conn, read_only, sql, query_timeout).await.map_err(|e| self.describe(e))
             }
             Dialect::Sqlite => {
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&self.spec.url)
@@ -266,20 +246,10 @@ impl SqlSource {
                     .create_if_missing(false)
                     .log_statements(log::LevelFilter::Trace)
                     .log_slow_statements(log::LevelFilter::Off, Duration::MAX);
-                let mut conn =
+                let conn =
                     connect_with_retry(|| sqlx::SqliteConnection::connect_with(&opts), connect_timeout, &self.where_())
                         .await?;
-                let rows = timed(query_timeout, async {
-                    let mut out = Vec::new();
-                    let mut stream = sqlx::query(sql).fetch(&mut conn);
-                    while let Some(row) = stream.try_next().await? {
-                        out.push(first_column(&row)?);
-                    }
-                    Ok::<_, sqlx::Error>(out)
-                })
-                .await;
-                let _ = conn.close().await;
-                rows.map_err(|e| self.describe(e))
+                first_column_of_rows(conn, None, sql, query_timeout).await.map_err(|e| self.describe(e))
             }
         }
     }
@@ -402,6 +372,39 @@ where
         delay *= 4;
     }
     Err(last)
+}
+
+/// Runs `sql` on `conn` within `limit` (after `setup`, a statement that makes
+/// the session read-only where the URL cannot say so), streaming the first
+/// column of every row; then closes the connection. One body for every driver.
+async fn first_column_of_rows<C>(
+    mut conn: C,
+    setup: Option<&'static str>,
+    sql: AssertSqlSafe<String>,
+    limit: Duration,
+) -> Result<Vec<Option<Vec<u8>>>, QueryError>
+where
+    C: Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    usize: sqlx::ColumnIndex<<C::Database as sqlx::Database>::Row>,
+    for<'r> Option<String>: sqlx::Decode<'r, C::Database> + sqlx::Type<C::Database>,
+    for<'r> Option<Vec<u8>>: sqlx::Decode<'r, C::Database> + sqlx::Type<C::Database>,
+{
+    let rows = timed(limit, async {
+        if let Some(setup) = setup {
+            sqlx::query(setup).execute(&mut conn).await?;
+        }
+        let mut out = Vec::new();
+        let mut stream = sqlx::query(sql).fetch(&mut conn);
+        while let Some(row) = stream.try_next().await? {
+            out.push(first_column(&row)?);
+        }
+        Ok::<_, sqlx::Error>(out)
+    })
+    .await;
+    let _ = conn.close().await;
+    rows
 }
 
 /// The first column of a row as bytes: text, or binary (MySQL's CONCAT() over

@@ -34,6 +34,12 @@ pub async fn fetch_some(cfg: &Config, incremental: bool, not_due: &[String]) -> 
             (i, r, started.elapsed())
         });
     }
+    collect(set, cfg).await
+}
+
+/// Waits for every fetch, showing progress, and stops them all when memory
+/// passes its limit.
+async fn collect(mut set: JoinSet<(usize, Result<Fetched, SourceError>, Duration)>, cfg: &Config) -> FetchResults {
     let mut fetched: Vec<Option<(Result<Fetched, SourceError>, Duration)>> =
         (0..cfg.sources.len()).map(|_| None).collect();
     let mut progress = Progress::new(cfg.sources.iter().map(|s| s.name.clone()).collect());

@@ -8,8 +8,9 @@ use super::{FetchResults, Run};
 use crate::config::Config;
 use crate::connector::Fetched;
 use crate::report::{Report, SourceReport, SourceStatus};
-use crate::state::{StateDir, hash_bytes, hash_file};
+use crate::state::{OutputRecord, StateDir, hash_bytes, hash_file};
 use crate::writer;
+use crate::writer::config::OutputConfig;
 
 /// The fingerprints the run record keeps.
 pub(super) struct Fingerprints {
@@ -71,6 +72,27 @@ fn config_fingerprint(cfg: &Config) -> String {
     hash_bytes(text.as_bytes())
 }
 
+/// Some when output `o` is on disk exactly as the record says (and its
+/// postmap database is not older than it).
+fn as_recorded(o: &OutputConfig, r: &OutputRecord) -> Option<()> {
+    if o.name != r.name || o.path != r.path {
+        return None;
+    }
+    let meta = std::fs::metadata(&o.path).ok()?;
+    if meta.len() != r.len {
+        return None;
+    }
+    if let Some(map) = writer::target(o).map_path() {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(map).ok()?;
+        if (m.mtime(), m.mtime_nsec()) < (meta.mtime(), meta.mtime_nsec()) {
+            return None;
+        }
+    }
+    let (len, hash) = hash_file(&o.path).ok()?;
+    (len == r.len && hash == r.hash).then_some(())
+}
+
 /// The report of a run with nothing to do, or None when anything differs from
 /// the last successful run (configuration, any source's raw data, the published
 /// list, or any output's bytes on disk).
@@ -92,24 +114,7 @@ fn unchanged(cfg: &Config, state: &StateDir, config_fp: &str, raw_fps: &[Option<
         state.read_header(&state.slice_path(&s.name)).ok()??;
     }
     for (o, r) in cfg.outputs.iter().zip(&rec.outputs) {
-        if o.name != r.name || o.path != r.path {
-            return None;
-        }
-        let meta = std::fs::metadata(&o.path).ok()?;
-        if meta.len() != r.len {
-            return None;
-        }
-        if let Some(map) = writer::target(o).map_path() {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(map).ok()?;
-            if (m.mtime(), m.mtime_nsec()) < (meta.mtime(), meta.mtime_nsec()) {
-                return None;
-            }
-        }
-        let (len, hash) = hash_file(&o.path).ok()?;
-        if len != r.len || hash != r.hash {
-            return None;
-        }
+        as_recorded(o, r)?;
     }
     // A killed run may have left a staged file behind; the outputs themselves are
     // verified above.
