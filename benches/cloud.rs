@@ -9,15 +9,17 @@
 //! Targets (issue #5): both full syncs within 1.2 × their lower bound.
 //! `RCPTSYNC_BENCH_N` changes the number of users.
 
-#[path = "../tests/support/cloud.rs"]
-mod cloud;
+#[path = "../tests/support/mod.rs"]
+mod fixtures;
 #[path = "support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cloud::{FakeGoogle, FakeGraph, google_bulk, graph_bulk, keypair};
+use fixtures::cloud::google::{FakeGoogle, google_bulk};
+use fixtures::cloud::graph::{FakeGraph, graph_bulk};
+use fixtures::cloud::keypair;
 
 /// Added per request (`RCPTSYNC_BENCH_LATENCY_MS` changes it, e.g. 0 to see the
 /// processing cost alone).

@@ -7,12 +7,8 @@
 //! and an incremental sync after 10 changes. Targets (issue #4): full sync within
 //! 1.2 × ldapsearch, incremental under 10 % of the full sync.
 
-#[path = "../tests/support/db.rs"]
-mod db;
-#[path = "../tests/support/samba.rs"]
-mod samba;
-#[path = "../tests/support/ldap.rs"]
-mod slapd;
+#[path = "../tests/support/mod.rs"]
+mod fixtures;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -20,6 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use fixtures::samba;
 use support::median;
 
 fn measure(cmd: &mut Command) -> std::time::Duration {

@@ -8,11 +8,12 @@
 //! the same query into a file and the spine's floor (`LC_ALL=C sort -u | awk`) on
 //! its rows, all measured in this run; peak RSS ≤ 400 MB.
 
-#[path = "../tests/support/db.rs"]
-mod db;
+#[path = "../tests/support/mod.rs"]
+mod fixtures;
 #[path = "support/mod.rs"]
 mod support;
 
+use fixtures::db;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

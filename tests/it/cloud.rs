@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use crate::cloud_fake::{
-    FakeGoogle, FakeGraph, Fault, GOOGLE_SCOPES, google_bulk, google_traps, graph_bulk, graph_traps, keypair,
-};
+use crate::support::cloud::google::{FakeGoogle, GOOGLE_SCOPES, google_bulk, google_traps};
+use crate::support::cloud::graph::{FakeGraph, graph_bulk, graph_traps};
+use crate::support::cloud::{Fault, keypair};
 use crate::util::{Run, TestDir, http_get};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
@@ -171,7 +171,7 @@ fn graph_certificate_credential_is_verified_and_a_foreign_key_is_refused() {
     let foreign = keypair(t.path(), "other");
     g.state().cert = Some((registered.public_der.clone(), registered.x5t.clone(), registered.x5t_s256.clone()));
     let want = graph_traps(&mut g.state());
-    let cfg = |k: &crate::cloud_fake::KeyPair| {
+    let cfg = |k: &crate::support::cloud::KeyPair| {
         format!(
             "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n{}{}",
             graph_source(
@@ -364,7 +364,7 @@ fn a_server_that_never_answers_times_out_and_fails_the_source() {
 fn graph_over_https_trusts_only_what_ca_file_names() {
     let t = TestDir::new();
     std::fs::create_dir_all(t.join("out")).unwrap();
-    let (ca, cert, key) = crate::slapd::test_ca(&t.join("ca"));
+    let (ca, cert, key) = crate::support::slapd::test_ca(&t.join("ca"));
     let g = FakeGraph::start_on(TENANT, APP, Some((cert, key)));
     g.state().client_secret = Some(SECRET.into());
     t.write("graph-secret", SECRET);

@@ -115,7 +115,7 @@ fn metrics(port: u16) -> std::collections::BTreeMap<String, f64> {
 fn schedule_fires_metrics_are_served_and_health_follows_staleness() {
     let t = TestDir::new();
     t.write("recipients.txt", "a@example.com\nb@example.com\n");
-    let port = crate::db::free_port();
+    let port = crate::support::db::free_port();
     config(&t, &format!("listen = \"127.0.0.1:{port}\"\nmax_staleness = \"3s\""), "");
     // systemd's Type=notify: READY=1 on the notify socket.
     let sock_path = t.join("notify.sock");
@@ -301,8 +301,8 @@ fn daemon_feeds_real_postfix_from_openldap_and_a_file() {
         return;
     }
     use crate::postfix::Postfix;
-    use crate::slapd::{SYNC_DN, SYNC_PASSWORD, Slapd, person};
     use crate::smtp::rcpt_replies;
+    use crate::support::slapd::{SYNC_DN, SYNC_PASSWORD, Slapd, person};
     let t = TestDir::new();
     let s = Slapd::start(&t.join("slapd"), &person("alice", &["alice@example.test"], &[]));
     let pw = t.write("ldap-password", SYNC_PASSWORD);

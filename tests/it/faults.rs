@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::cloud_fake::{FakeGraph, Fault, graph_traps};
+use crate::support::cloud::Fault;
+use crate::support::cloud::graph::{FakeGraph, graph_traps};
 use crate::util::{Run, TestDir, run_measured, say};
 
 /// A small tmpfs mounted for one test (root only), unmounted on drop.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::slapd::{LIMITED_DN, SYNC_DN, SYNC_PASSWORD, Slapd, person};
+use crate::support::slapd::{LIMITED_DN, SYNC_DN, SYNC_PASSWORD, Slapd, person};
 use crate::util::{Run, TestDir, say};
 
 /// Whether the LDAP server tests run; says why not when skipping.
@@ -106,7 +106,7 @@ fn failover_credentials_tls_and_plaintext_rules() {
     }
     let t = TestDir::new();
     let s = Slapd::start(&t.join("slapd"), &people(10));
-    let dead = crate::db::free_port();
+    let dead = crate::support::db::free_port();
     // The first DC is down: the second answers.
     config(
         &t,
@@ -260,7 +260,7 @@ fn connection_lost_between_pages_fails_the_source() {
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     let published = t.read("out/relay_recipients");
     // Through a relay that dies after about 60 kB: several pages in, not the end.
-    let port = crate::db::cutting_proxy(s.port, 60_000);
+    let port = crate::support::db::cutting_proxy(s.port, 60_000);
     config(&t, &format!("url = \"ldap://127.0.0.1:{port}\"\n{base}"));
     let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
     r.expect(1);
@@ -272,8 +272,8 @@ fn connection_lost_between_pages_fails_the_source() {
 mod ad {
     use super::*;
     use crate::postfix::Postfix;
-    use crate::samba::{ADMIN, BASE, Samba};
     use crate::smtp::rcpt_replies;
+    use crate::support::samba::{ADMIN, BASE, Samba};
 
     fn samba_enabled(test: &str) -> bool {
         if std::env::var("RCPTSYNC_TEST_REAL_DB").is_ok_and(|v| v == "1")

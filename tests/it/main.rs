@@ -4,12 +4,8 @@
 
 mod cli;
 mod cloud;
-#[path = "../support/cloud.rs"]
-mod cloud_fake;
 mod crash;
 mod daemon;
-#[path = "../support/db.rs"]
-mod db;
 mod exim;
 mod faults;
 mod golden;
@@ -18,11 +14,9 @@ mod ldap;
 mod ops;
 mod outputs;
 mod postfix;
-#[path = "../support/samba.rs"]
-mod samba;
 mod secrets;
-#[path = "../support/ldap.rs"]
-mod slapd;
 mod smtp;
 mod sql;
+#[path = "../support/mod.rs"]
+mod support;
 mod util;

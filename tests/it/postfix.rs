@@ -16,7 +16,7 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-pub use crate::db::free_port;
+pub use crate::support::db::free_port;
 
 /// Whether to run; says why not when skipping.
 pub fn enabled(test: &str) -> bool {

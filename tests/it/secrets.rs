@@ -39,7 +39,7 @@ fn ldap_bind_password_never_shown() {
     if !crate::ldap::enabled("ldap_bind_password_never_shown") {
         return;
     }
-    use crate::slapd::{SYNC_DN, Slapd, person};
+    use crate::support::slapd::{SYNC_DN, Slapd, person};
     let t = TestDir::new();
     std::fs::create_dir_all(t.join("out")).unwrap();
     let s = Slapd::start(&t.join("slapd"), &person("alice", &["alice@example.test"], &[]));
@@ -78,7 +78,7 @@ fn sql_password_never_shown() {
     assert!(r.stderr.contains("password authentication failed"), "the login was refused: {}", r.stderr);
     assert_never_shown(&t, wrong);
     // The right password is never shown either.
-    let right = crate::db::PG_PASSWORD;
+    let right = crate::support::db::PG_PASSWORD;
     t.write("db-password", right);
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     assert_never_shown(&t, right);

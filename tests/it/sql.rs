@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::db::{MY_PASSWORD, Maria, PG_PASSWORD, Pg};
+use crate::support::db::{MY_PASSWORD, Maria, PG_PASSWORD, Pg};
 use crate::util::{Run, TestDir, say};
 
 /// Whether the real-database tests run; says why not when skipping.
@@ -368,7 +368,7 @@ fn postgres_dying_mid_result_fails_the_source() {
     let published = t.read("out/relay_recipients");
     assert!(published.lines().count() > 20_000);
     // Through a relay that dies after 150 kB of the server's answer: mid-result.
-    let port = crate::db::cutting_proxy(pg.port, 150_000);
+    let port = crate::support::db::cutting_proxy(pg.port, 150_000);
     let url = pg.url("postfixadmin").replace(&format!(":{}/", pg.port), &format!(":{port}/"));
     assert_ne!(url, pg.url("postfixadmin"));
     sql_config(&t, &keys(&url), "[guard]\non_source_failure = \"abort\"");

@@ -1,7 +1,6 @@
 //! Private database servers for tests and benchmarks: PostgreSQL and MariaDB
 //! started from their own data directories on free 127.0.0.1 ports, stopped on
 //! drop. Shared by `tests/it` and `benches/` (included with `#[path]`).
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -2,15 +2,14 @@
 //! its own directory, LDAPS with a test CA on 127.0.0.1:636 (Samba cannot move its
 //! LDAP ports, so one DC runs at a time: `Samba::start` holds a process-wide lock),
 //! optionally with the Exchange attributes the AD profile reads added to its schema.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::db::{run_ok, wait_until};
-use crate::slapd::test_ca;
+use super::db::{run_ok, wait_until};
+use super::slapd::test_ca;
 
 pub const ADMIN: &str = "Administrator@EXAMPLE.TEST";
 pub const ADMIN_PASSWORD: &str = "Passw0rd!Test";

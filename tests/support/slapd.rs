@@ -1,13 +1,12 @@
 //! A private OpenLDAP server for tests: slapd from its own slapd.conf and mdb
 //! database, on free 127.0.0.1 ports (ldap:// and ldaps:// with a test CA),
 //! with an AD-like limit of 1000 entries per unpaged search for normal users.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::db::{free_port, run_ok, wait_until};
+use super::db::{free_port, run_ok, wait_until};
 
 pub const SYNC_DN: &str = "cn=sync,ou=services,dc=example,dc=test";
 pub const SYNC_PASSWORD: &str = "sync-Secret-51x";
