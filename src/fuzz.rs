@@ -149,101 +149,22 @@ pub fn check_validated(items: Vec<crate::policy::RawItem>) -> Result<(), String>
     Ok(())
 }
 
+/// Each line a raw value, as the file source would give it (`@d` a catch-all).
+pub fn lines_as_items(input: &[u8]) -> Vec<crate::policy::RawItem> {
+    use crate::policy::{Locator, RawItem, RawKind};
+    String::from_utf8_lossy(input)
+        .split('\n')
+        .enumerate()
+        .map(|(i, v)| RawItem { value: v.to_string(), kind: RawKind::of(v), locator: Locator::Line(i as u32) })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Locator, Policy, RawItem, RawKind};
-    use crate::writer::template::Templates;
-    use std::sync::Arc;
-
-    /// Each line a raw value, as the file source would give it (`@d` a catch-all).
-    fn lines_as_items(input: &[u8]) -> Vec<RawItem> {
-        String::from_utf8_lossy(input)
-            .split('\n')
-            .enumerate()
-            .map(|(i, v)| RawItem { value: v.to_string(), kind: RawKind::of(v), locator: Locator::Line(i as u32) })
-            .collect()
-    }
 
     #[test]
     fn fuzz_address_parser() {
-        run("address", |input| {
-            let items = lines_as_items(input);
-            check_validated(items)
-        });
-    }
-
-    #[test]
-    fn fuzz_config_parser() {
-        run("config", |input| {
-            let text = String::from_utf8_lossy(input);
-            match crate::config::parse(&text, std::path::Path::new("/etc/rcptsync")) {
-                Ok(_) => Ok(()),
-                Err(errors) if errors.is_empty() => Err("refused without an error".into()),
-                Err(errors) => match errors.iter().find(|e| e.to_string().trim().is_empty()) {
-                    Some(_) => Err("an empty error message".into()),
-                    None => Ok(()),
-                },
-            }
-        });
-    }
-
-    /// Every built-in template, fed the fuzzed set, produces output whose
-    /// structure a reader of that format recovers exactly.
-    #[test]
-    fn fuzz_builtin_templates() {
-        let catalog = Templates::embedded();
-        run("template", |input| {
-            let items = lines_as_items(input);
-            let (ok, _) = crate::policy::normalise(items);
-            let list = Arc::new(Policy::default().apply(vec![("fuzz".into(), ok)]).0);
-            let addresses: Vec<String> = list.sorted().map(str::to_string).collect();
-            for name in ["postfix", "postfix-domains", "exim", "json", "plain"] {
-                let t = catalog.get(name).ok_or("missing template")?;
-                let out = String::from_utf8(t.render(&list)?).map_err(|e| format!("{name}: not UTF-8: {e}"))?;
-                let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
-                match name {
-                    "postfix" => {
-                        let keys: Vec<&str> = lines
-                            .iter()
-                            .map(|l| match l.split(' ').collect::<Vec<_>>()[..] {
-                                [k, "OK"] => Ok(k),
-                                _ => Err(format!("postfix line {l:?} is not 'key OK'")),
-                            })
-                            .collect::<Result<_, _>>()?;
-                        let mut keys = keys;
-                        keys.sort();
-                        let mut want: Vec<&str> = addresses.iter().map(String::as_str).collect();
-                        want.sort();
-                        if keys != want {
-                            return Err("postfix keys differ from the list".into());
-                        }
-                    }
-                    "exim" | "plain" => {
-                        if lines.iter().any(|l| l.contains(char::is_whitespace)) {
-                            return Err(format!("{name}: a line holds whitespace"));
-                        }
-                        let n = if name == "plain" { list.len() - list.catchalls().len() } else { list.len() };
-                        if lines.len() != n {
-                            return Err(format!("{name}: {} lines for {n} entries", lines.len()));
-                        }
-                    }
-                    "json" => {
-                        let v: serde_json::Value =
-                            serde_json::from_str(&out).map_err(|e| format!("json output does not parse: {e}"))?;
-                        let n = v["recipients"].as_array().map(Vec::len).unwrap_or(usize::MAX);
-                        if n != list.len() - list.catchalls().len() {
-                            return Err("json recipients differ from the list".into());
-                        }
-                    }
-                    _ => {
-                        if lines.iter().any(|l| l.split(' ').count() != 2) {
-                            return Err("postfix-domains line is not 'domain OK'".into());
-                        }
-                    }
-                }
-            }
-            Ok(())
-        });
+        run("address", |input| check_validated(lines_as_items(input)));
     }
 }

@@ -387,6 +387,21 @@ mod tests {
     "#;
 
     #[test]
+    fn fuzz_config_parser() {
+        crate::fuzz::run("config", |input| {
+            let text = String::from_utf8_lossy(input);
+            match parse(&text, std::path::Path::new("/etc/rcptsync")) {
+                Ok(_) => Ok(()),
+                Err(errors) if errors.is_empty() => Err("refused without an error".into()),
+                Err(errors) => match errors.iter().find(|e| e.to_string().trim().is_empty()) {
+                    Some(_) => Err("an empty error message".into()),
+                    None => Ok(()),
+                },
+            }
+        });
+    }
+
+    #[test]
     fn minimal_config_with_defaults() {
         let c = parse_ok(MINIMAL);
         assert_eq!(c.state_dir, PathBuf::from("/etc/rcptsync/state"));

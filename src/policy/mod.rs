@@ -103,7 +103,7 @@ pub fn normalise(items: Vec<RawItem>) -> (Vec<Located>, Vec<Rejected>) {
 
 /// Validates one raw value into its canonical entry, or says why not. The one
 /// rule every source goes through, whether in [`normalise`] or in a connector
-/// that validates as it reads ([`crate::connector::Fetched::entries`]).
+/// that validates as it reads (the file source).
 pub fn validate_item(item: RawItem) -> Result<Located, Rejected> {
     let RawItem { value, kind, locator } = item;
     let parsed = match kind {
