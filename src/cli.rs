@@ -244,7 +244,7 @@ async fn run_command(cmd: Command) -> u8 {
                 }
                 Err(e) => {
                     eprintln!("rcptsync: {e}");
-                    exit::FAILURE
+                    if e.is_setup() { exit::CONFIG } else { exit::FAILURE }
                 }
             }
         }
@@ -315,6 +315,11 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
         }
     }
     for o in &cfg.outputs {
+        if let Err(e) = crate::writer::preflight(std::slice::from_ref(o)) {
+            failed = true;
+            out.push_str(&format!("  FAILED  {e}\n"));
+            continue;
+        }
         let dir = o.path.parent().unwrap_or(std::path::Path::new("."));
         match probe_dir(dir) {
             Ok(()) => out.push_str(&format!("  ok      output {}: {} is writable\n", o.name, dir.display())),
@@ -344,8 +349,7 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
 }
 
 fn probe_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".rcptsync-check.{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
+    let (_, probe) = crate::secure_fs::create_temp(dir, "rcptsync-check", "probe", 0o600)?;
     std::fs::remove_file(&probe)
 }
 

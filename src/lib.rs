@@ -7,6 +7,7 @@ pub mod connector;
 pub mod daemon;
 #[cfg(test)]
 pub(crate) mod fuzz;
+pub mod limit;
 pub mod mem;
 pub mod policy;
 pub mod report;
@@ -14,6 +15,7 @@ pub mod run;
 pub mod schedule;
 pub mod secret;
 pub mod section;
+pub mod secure_fs;
 pub mod socketmap;
 pub mod state;
 pub mod why;

@@ -150,9 +150,17 @@ async fn serve_until_signal<S, F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<S>>,
 {
+    // Postfix keeps connections open and reconnects a closed one by itself:
+    // at the cap, the idlest is closed, so a new lookup is always answered.
+    let limiter = crate::limit::Limiter::new(crate::limit::MAX_CONNECTIONS, crate::limit::IDLE_TIMEOUT);
     loop {
         tokio::select! {
-            c = accept() => if let Ok(s) = c { tokio::spawn(serve_conn(s, served.clone())); },
+            c = accept() => match c {
+                Ok(s) => { tokio::spawn(serve_conn(limiter.admit(s), served.clone())); }
+                // Out of file descriptors, or a connection reset before it was
+                // accepted: wait a moment rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
             _ = term.recv() => return,
             _ = int.recv() => return,
         }

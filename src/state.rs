@@ -10,9 +10,9 @@
 //! the stored one without reading it. Every file is written atomically (temp file,
 //! fsync, rename, fsync directory), and the directory is created mode 0700.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +30,31 @@ pub enum StateError {
     Locked { path: PathBuf, holder: String, waited: Duration },
     #[error("state file {path} is corrupt: {why}")]
     Corrupt { path: PathBuf, why: String },
+    /// The run would be unsafe or would leave files another user's runs cannot
+    /// use: a configuration problem (exit 78), found before anything is read.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Refuses a state directory that belongs to another user or that others can write.
+fn check_owner(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    let euid = crate::secure_fs::euid();
+    if meta.uid() != euid {
+        let owner = crate::secure_fs::user_name(meta.uid());
+        return Err(StateError::Refused(format!(
+            "state_dir {} belongs to user {owner}, and this run is {} (uid {euid}): run rcptsync as {owner} \
+             (e.g. sudo -u {owner} rcptsync sync), so that every state file keeps one owner and the daemon can \
+             replace it",
+            dir.display(),
+            crate::secure_fs::user_name(euid),
+        )));
+    }
+    match crate::secure_fs::unsafe_dir(dir) {
+        Some(why) => Err(StateError::Refused(format!("state_dir {why}"))),
+        None => Ok(()),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
@@ -74,10 +99,17 @@ pub struct RunLock {
 }
 
 impl StateDir {
-    /// Opens the directory, creating it (0700) when `create` is set.
+    /// Opens the directory, creating it (0700) when `create` is set. A run that
+    /// writes (`create`) must be its owner's: a root run on the daemon's state
+    /// directory would leave root-owned files the daemon cannot replace, so it
+    /// is refused with the user to run as; and no other user may be able to
+    /// write in it.
     pub fn open(root: &Path, create: bool) -> Result<StateDir, StateError> {
         if create {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(root.join("sources")).map_err(io_err(root))?;
+            for dir in [root.to_path_buf(), root.join("sources")] {
+                check_owner(&dir)?;
+            }
         }
         Ok(StateDir { root: root.to_path_buf() })
     }
@@ -97,14 +129,7 @@ impl StateDir {
     /// Takes the run lock, waiting up to `wait` for another run to finish.
     pub fn lock(&self, wait: Duration) -> Result<RunLock, StateError> {
         let path = self.root.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = crate::secure_fs::open_nofollow(&path, 0o600).map_err(io_err(&path))?;
         let start = Instant::now();
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is involved.
@@ -129,7 +154,23 @@ impl StateDir {
         let mut f = &file;
         let _ = file.set_len(0);
         let _ = writeln!(f, "{}", std::process::id());
+        self.remove_temp_leftovers();
         Ok(RunLock { _file: file })
+    }
+
+    /// Removes temp files a killed run left (only while holding the lock, so
+    /// none belongs to a run in progress).
+    fn remove_temp_leftovers(&self) {
+        for dir in [self.root.clone(), self.root.join("sources")] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp.") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// Reads only the header of a list file, or None if it does not exist.
@@ -204,14 +245,11 @@ impl StateDir {
         let fp = fingerprint_hint.map(str::to_string).unwrap_or_else(|| fingerprint(sorted.clone()));
         let header = ListHeader { count, fingerprint: fp };
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        ));
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+        let (mut f, tmp) = crate::secure_fs::create_temp(&dir, name, "tmp", 0o600)
+            .map_err(|err| StateError::Io { path: path.to_path_buf(), err })?;
         let pending = PendingFile { tmp, path: path.to_path_buf(), dir, installed: false };
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&pending.tmp)?;
             // Written in 1 MiB batches: neither a copy of the whole list in memory
             // nor a write call per entry.
             let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -238,12 +276,9 @@ impl StateDir {
     /// no second write): used when a source's slice equals the whole list.
     pub fn stage_link(&self, from: &Path, path: &Path) -> Result<PendingFile, StateError> {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        ));
-        let _ = fs::remove_file(&tmp);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+        // link(2) never follows a link at the new name: it fails if it exists.
+        let tmp = dir.join(format!(".{name}.tmp.{}", crate::secure_fs::random_suffix()));
         fs::hard_link(from, &tmp).map_err(|err| StateError::Io { path: path.to_path_buf(), err })?;
         Ok(PendingFile { tmp, path: path.to_path_buf(), dir, installed: false })
     }
@@ -352,6 +387,34 @@ mod tests {
     }
 
     #[test]
+    fn caches_are_private_and_temp_names_cannot_be_planted() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path(), true).unwrap();
+        // The names a run used to write through: `.NAME.tmp.PID`.
+        let victim = d.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let pid = std::process::id();
+        for name in [".applied.list", ".last-run.json", ".x.ldap.json", ".tombstones.json"] {
+            symlink(&victim, d.path().join(format!("{name}.tmp.{pid}"))).unwrap();
+            symlink(&victim, d.path().join("sources").join(format!("{name}.tmp.{pid}"))).unwrap();
+        }
+        s.write_list(&s.applied_path(), "list", &["a@example.com"]).unwrap();
+        let cache = s.cache("x", "ldap");
+        cache.save(&vec!["a@example.com"], "LDAP");
+        s.write_tombstones(&Tombstones::new());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(cache.load::<Vec<String>>().unwrap(), ["a@example.com"]);
+        // Caches hold every address: owner only, like the rest of the state.
+        for p in [cache.path().to_path_buf(), d.path().join("tombstones.json"), s.applied_path()] {
+            assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600, "{}", p.display());
+        }
+        // Leftovers of a killed run go when the next run takes the lock.
+        let _lock = s.lock(Duration::ZERO).unwrap();
+        assert!(!d.path().join(format!(".applied.list.tmp.{pid}")).exists());
+    }
+
+    #[test]
     fn lock_excludes_a_second_holder() {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::open(d.path(), true).unwrap();
@@ -454,20 +517,9 @@ impl StateDir {
             return Ok(());
         }
         let path = self.record_path();
-        let tmp = self.root.join(format!(".last-run.json.tmp.{}", std::process::id()));
         let text = serde_json::to_vec_pretty(r)
             .map_err(|e| StateError::Io { path: path.clone(), err: io::Error::other(e) })?;
-        let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.root)?.sync_all()
-        })();
-        result.map_err(|err| {
-            let _ = fs::remove_file(&tmp);
-            StateError::Io { path, err }
-        })
+        crate::secure_fs::write_atomic(&path, &text, 0o600, true).map_err(|err| StateError::Io { path, err })
     }
 }
 
@@ -504,21 +556,16 @@ fn save_json<T: serde::Serialize>(path: &Path, value: &T, what: &str) {
         tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
         return;
     }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let started = Instant::now();
-    let written = serde_json::to_vec(value).map_err(io::Error::other).and_then(|b| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&b)?;
-        fs::rename(&tmp, path)?;
-        Ok(b.len())
-    });
+    // Caches hold every address: private, like the rest of the state.
+    let written = serde_json::to_vec(value)
+        .map_err(io::Error::other)
+        .and_then(|b| crate::secure_fs::write_atomic(path, &b, 0o600, false).map(|_| b.len()));
     match written {
         Ok(bytes) => {
             tracing::debug!(file = %path.display(), bytes, took_ms = started.elapsed().as_millis() as u64, "{what} sync state saved")
         }
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
             tracing::warn!(file = %path.display(), error = %e, "cannot save {what} sync state");
         }
     }
@@ -576,7 +623,7 @@ impl StateDir {
     }
 
     pub fn mark_stale(&self, now: u64) {
-        let _ = fs::write(self.stale_marker(), now.to_string());
+        let _ = crate::secure_fs::write_atomic(&self.stale_marker(), now.to_string().as_bytes(), 0o600, false);
     }
 
     pub fn clear_stale(&self) {
@@ -584,7 +631,7 @@ impl StateDir {
     }
 
     pub fn set_last_fresh(&self, now: u64) {
-        let _ = fs::write(self.last_fresh_path(), now.to_string());
+        let _ = crate::secure_fs::write_atomic(&self.last_fresh_path(), now.to_string().as_bytes(), 0o600, false);
     }
 
     /// When the last fresh run was (unix seconds): its marker, else the applied

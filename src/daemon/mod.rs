@@ -321,6 +321,10 @@ async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                 }
             }),
         );
+    // A connection cap (the idlest closed first) and an idle timeout: sockets
+    // left open by a broken scraper cannot lock out the next scrape.
+    let limiter = crate::limit::Limiter::new(crate::limit::MAX_CONNECTIONS, crate::limit::IDLE_TIMEOUT);
+    let listener = crate::limit::LimitedListener { inner: listener, limiter };
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the metrics endpoint stopped");
     }

@@ -58,6 +58,17 @@ pub enum RunError {
     State(#[from] StateError),
     #[error("the run stopped unexpectedly: {0}")]
     Task(String),
+    /// Refused before anything was read: an unsafe output (exit 78).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RunError {
+    /// A problem of the setup (who runs rcptsync, who owns its directories),
+    /// which the operator must fix: exit 78 like a configuration error.
+    pub fn is_setup(&self) -> bool {
+        matches!(self, RunError::Refused(_) | RunError::State(StateError::Refused(_)))
+    }
 }
 
 /// How a stage ends the run early: the report says why (a failed source, a
@@ -106,6 +117,9 @@ pub async fn sync(cfg: &Config, opts: SyncOptions) -> Result<Report, RunError> {
 pub async fn sync_some(cfg: &Config, opts: SyncOptions, not_due: &[String]) -> Result<Report, RunError> {
     let started = Instant::now();
     let state = StateDir::open(&cfg.state_dir, !opts.dry_run)?;
+    if !opts.dry_run {
+        crate::writer::preflight(&cfg.outputs).map_err(RunError::Refused)?;
+    }
     let _lock = if opts.dry_run { None } else { Some(state.lock(cfg.lock_timeout)?) };
     let run = Run { cfg, opts, state };
 

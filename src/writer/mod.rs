@@ -51,22 +51,25 @@ pub struct OutputOutcome {
 }
 
 pub fn target(o: &OutputConfig) -> Target {
-    Target { path: resolve_link(&o.path), postmap: o.postmap, mode: o.mode, hook_timeout: o.hook_timeout }
+    // A symlinked output is replaced atomically where it really is, so the link
+    // keeps working. A link that may not be followed (see `preflight`) is
+    // replaced itself, never followed.
+    let path = crate::secure_fs::resolve_link(&o.path).unwrap_or_else(|_| o.path.clone());
+    Target { path, postmap: o.postmap, mode: o.mode, hook_timeout: o.hook_timeout }
 }
 
-/// Where a symbolic link at `path` finally points (relative links taken from
-/// the link's directory), so that the file is replaced atomically where it
-/// really is and the link keeps working. A non-link is returned as it is.
-fn resolve_link(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf();
-    for _ in 0..16 {
-        match std::fs::read_link(&p) {
-            Ok(to) if to.is_absolute() => p = to,
-            Ok(to) => p = p.parent().unwrap_or(Path::new(".")).join(to),
-            Err(_) => return p,
+/// Before a run reads anything: every output's symbolic links may be followed
+/// (they and their directories belong to the effective user or root), and its
+/// directory is writable by no one else. The error names the output and the fix.
+pub fn preflight(outputs: &[OutputConfig]) -> Result<(), String> {
+    for o in outputs {
+        let path = crate::secure_fs::resolve_link(&o.path).map_err(|e| format!("output {}: {e}", o.name))?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Some(why) = crate::secure_fs::unsafe_dir(dir) {
+            return Err(format!("output {}: directory {why}", o.name));
         }
     }
-    p
+    Ok(())
 }
 
 /// A postmap output must not be a link: postmap builds `path.db` next to the

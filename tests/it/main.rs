@@ -10,6 +10,7 @@ mod exim;
 mod faults;
 mod golden;
 mod guard;
+mod hardening;
 mod ldap;
 mod ops;
 mod outputs;

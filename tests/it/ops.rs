@@ -87,6 +87,21 @@ fn example_command_lines_parse() {
     assert!(seen >= 8, "found only {seen} command lines");
 }
 
+/// A root sync on the daemon's state directory is refused, so every shipped way
+/// of running a sync runs it as the rcptsync user.
+#[test]
+fn example_syncs_run_as_the_rcptsync_user() {
+    let read = |f: &str| std::fs::read_to_string(repo(f)).unwrap();
+    assert!(read("examples/ansible/rcptsync.yml").contains("become_user: rcptsync"));
+    assert!(read("examples/puppet/rcptsync.pp").contains("user    => 'rcptsync'"));
+    let cron = read("examples/cron/rcptsync");
+    let line = cron.lines().find(|l| l.contains("rcptsync sync")).unwrap();
+    assert_eq!(line.split_whitespace().nth(5), Some("rcptsync"), "{line}");
+    for unit in ["dist/systemd/rcptsync.service", "dist/systemd/rcptsync-sync.service"] {
+        assert!(read(unit).lines().any(|l| l.trim() == "User=rcptsync"), "{unit}");
+    }
+}
+
 /// What the Ansible and Puppet examples rely on: exit 2 = changed, 0 = nothing
 /// to do, and a dry run that says so without writing.
 #[test]

@@ -157,7 +157,11 @@ impl TestDir {
 /// A bare HTTP/1.1 GET (no client library): status and body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::Read as _;
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)) else {
+        return (0, String::new());
+    };
+    // Bounded: a server that never answers fails the test instead of hanging it.
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     let mut text = String::new();
