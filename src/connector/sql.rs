@@ -43,15 +43,138 @@ pub struct SqlSourceSpec {
     /// Per-dialect queries (`postgres`, `mysql`, `sqlite`), usually from a profile.
     #[serde(default)]
     pub queries: std::collections::BTreeMap<String, String>,
-    /// CA certificate(s) to verify the server's TLS certificate with.
+    /// CA certificate(s) to verify the server's TLS certificate with (implies
+    /// `tls_mode = "verify-full"`).
     pub ca_file: Option<PathBuf>,
+    /// `verify-full` (default for a server not on this host, and with
+    /// `ca_file`): TLS with the certificate and the host name verified.
+    /// Weaker modes are logged loudly at every connection: `require` (TLS, the
+    /// certificate not checked), `prefer` (TLS if the server offers it, not
+    /// checked: the default on this host), `disable`.
+    pub tls_mode: Option<TlsMode>,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub query_timeout: Option<Duration>,
 }
 
+/// How a SQL connection uses TLS (`tls_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    VerifyFull,
+    Require,
+    Prefer,
+    Disable,
+}
+
+impl TlsMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::VerifyFull => "verify-full",
+            TlsMode::Require => "require",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Disable => "disable",
+        }
+    }
+}
+
+/// The TLS mode a source connects with, and whether it was chosen explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectiveTls {
+    /// `tls_mode`, or the default for where the server is.
+    Mode(TlsMode),
+    /// `sslmode` / `ssl-mode` in the URL, left as the driver reads it.
+    FromUrl,
+    /// SQLite: a file, no network.
+    None,
+}
+
+/// Query parameters that carry a password: refused, so a password never
+/// travels (and is never printed) with the URL.
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "pass"];
+
+/// The query parameters of a URL, keys lowercased.
+fn url_params(url: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = url.split_once('?') else { return Vec::new() };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_ascii_lowercase(), v.to_string())
+        })
+        .collect()
+}
+
+/// The host a URL connects to (`""` for a local socket).
+fn url_host(url: &str) -> String {
+    if url_params(url).iter().any(|(k, v)| (k == "host" && v.starts_with('/')) || k == "socket") {
+        return String::new();
+    }
+    let Some((_, rest)) = url.split_once("://") else { return String::new() };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("").to_string();
+    }
+    hostport.split(':').next().unwrap_or("").to_ascii_lowercase()
+}
+
+/// Whether traffic to `host` stays on this machine.
+fn is_local(host: &str) -> bool {
+    host.is_empty() || host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl SqlSourceSpec {
+    /// The TLS mode this source connects with: `tls_mode`; else the URL's
+    /// `sslmode`; else full verification unless the server is on this host
+    /// (and no `ca_file` asks for it).
+    pub fn effective_tls(&self) -> EffectiveTls {
+        if Dialect::from_url(&self.url) == Some(Dialect::Sqlite) {
+            return EffectiveTls::None;
+        }
+        if let Some(m) = self.tls_mode {
+            return EffectiveTls::Mode(m);
+        }
+        if url_params(&self.url).iter().any(|(k, _)| k == "sslmode" || k == "ssl-mode") {
+            return EffectiveTls::FromUrl;
+        }
+        if self.ca_file.is_some() || !is_local(&url_host(&self.url)) {
+            EffectiveTls::Mode(TlsMode::VerifyFull)
+        } else {
+            EffectiveTls::Mode(TlsMode::Prefer)
+        }
+    }
+
+    /// A warning for a connection whose TLS does not verify the server while
+    /// the server is elsewhere on the network.
+    fn weak_tls(&self) -> Option<String> {
+        let host = url_host(&self.url);
+        if is_local(&host) {
+            return None;
+        }
+        let mode = match self.effective_tls() {
+            EffectiveTls::Mode(TlsMode::VerifyFull) | EffectiveTls::None => return None,
+            EffectiveTls::Mode(m) => m.as_str().to_string(),
+            EffectiveTls::FromUrl => {
+                let v = url_params(&self.url)
+                    .into_iter()
+                    .find(|(k, _)| k == "sslmode" || k == "ssl-mode")
+                    .map(|(_, v)| v.to_ascii_lowercase())
+                    .unwrap_or_default();
+                if matches!(v.as_str(), "verify-full" | "verify_identity" | "verify-identity") {
+                    return None;
+                }
+                format!("sslmode={v}")
+            }
+        };
+        Some(format!(
+            "TLS mode {mode} to {host} does not verify the server: a man-in-the-middle can read the password and \
+             change the rows. Use tls_mode = \"verify-full\" (with ca_file for a private CA)"
+        ))
+    }
+
     /// The query to run against `dialect`: `query`, else `queries[dialect]`.
     pub fn effective_query(&self, dialect: crate::connector::sql::Dialect) -> Option<String> {
         self.query.clone().or_else(|| self.queries.get(dialect.key()).cloned())
@@ -68,6 +191,22 @@ impl SqlSourceSpec {
                 format!("{at}.url"),
                 "contains a password; move it to password_file or password_env so it cannot leak with the URL".into(),
             );
+        }
+        if let Some((k, _)) = url_params(&q.url).into_iter().find(|(k, _)| SECRET_PARAMS.contains(&k.as_str())) {
+            c.push(
+                format!("{at}.url"),
+                format!(
+                    "carries a password in its query string ({k}=…); move it to password_file or password_env \
+                     (a client key must be unencrypted, readable only by rcptsync's user)"
+                ),
+            );
+        }
+        if q.tls_mode.is_some() {
+            if dialect == Dialect::Sqlite {
+                c.push(format!("{at}.tls_mode"), "SQLite reads a local file; remove it".into());
+            } else if url_params(&q.url).iter().any(|(k, _)| k == "sslmode" || k == "ssl-mode") {
+                c.push(format!("{at}.tls_mode"), "the url sets sslmode too; set it in one place, tls_mode".into());
+            }
         }
         q.password = c.secret(at, "password", q.password_literal.take(), q.password_file.take(), q.password_env.take());
         if dialect == Dialect::Sqlite && q.password.is_some() {
@@ -125,6 +264,12 @@ impl Dialect {
 
 /// Hides the password part of a database URL (`scheme://user:***@host/db`).
 pub fn redact_url(url: &str) -> String {
+    // The query string is left out whole: whatever it holds is not printed.
+    let url = match url.split_once('?') {
+        Some((base, q)) if !q.is_empty() => return format!("{}?…", redact_url(base)),
+        Some((base, _)) => base,
+        None => url,
+    };
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let (auth_end, _) = match rest.find(['/', '?']) {
         Some(i) => (i, ()),
@@ -194,6 +339,9 @@ impl SqlSource {
     }
 
     async fn rows_inner(&self, sql: &str, secret: Option<&Secret>) -> Result<Vec<Option<Vec<u8>>>, String> {
+        if let Some(w) = self.spec.weak_tls() {
+            tracing::warn!(source = %self.where_(), "{w}");
+        }
         let connect_timeout = self.spec.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let query_timeout = self.spec.query_timeout.unwrap_or(QUERY_TIMEOUT);
         // The SQL comes from the operator's config or a reviewed profile, never from
@@ -216,6 +364,15 @@ impl SqlSource {
                 if let Some(ca) = &self.spec.ca_file {
                     opts = opts.ssl_root_cert(ca);
                 }
+                if let EffectiveTls::Mode(m) = self.spec.effective_tls() {
+                    use sqlx::postgres::PgSslMode;
+                    opts = opts.ssl_mode(match m {
+                        TlsMode::VerifyFull => PgSslMode::VerifyFull,
+                        TlsMode::Require => PgSslMode::Require,
+                        TlsMode::Prefer => PgSslMode::Prefer,
+                        TlsMode::Disable => PgSslMode::Disable,
+                    });
+                }
                 let conn =
                     connect_with_retry(|| sqlx::PgConnection::connect_with(&opts), connect_timeout, &self.where_())
                         .await?;
@@ -232,6 +389,15 @@ impl SqlSource {
                 }
                 if let Some(ca) = &self.spec.ca_file {
                     opts = opts.ssl_ca(ca);
+                }
+                if let EffectiveTls::Mode(m) = self.spec.effective_tls() {
+                    use sqlx::mysql::MySqlSslMode;
+                    opts = opts.ssl_mode(match m {
+                        TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+                        TlsMode::Require => MySqlSslMode::Required,
+                        TlsMode::Prefer => MySqlSslMode::Preferred,
+                        TlsMode::Disable => MySqlSslMode::Disabled,
+                    });
                 }
                 let conn =
                     connect_with_retry(|| sqlx::MySqlConnection::connect_with(&opts), connect_timeout, &self.where_())
@@ -448,11 +614,54 @@ mod tests {
         assert_eq!(Dialect::from_url("sqlite:///var/lib/x.db"), Some(Dialect::Sqlite));
         assert_eq!(Dialect::from_url("oracle://x"), None);
         assert_eq!(
-            redact_url("postgres://pfa:s3cret@db:5432/pfa?sslmode=require"),
-            "postgres://pfa:***@db:5432/pfa?sslmode=require"
+            redact_url("postgres://pfa:s3cret@db:5432/pfa?sslmode=require&sslpassword=k3y"),
+            "postgres://pfa:***@db:5432/pfa?…"
         );
         assert_eq!(redact_url("mysql://pfa@db/pfa"), "mysql://pfa@db/pfa");
         assert_eq!(redact_url("sqlite:///x.db"), "sqlite:///x.db");
         assert_eq!(url_password("postgres://pfa:s3cret@db/pfa").as_deref(), Some("s3cret"));
+    }
+
+    fn spec(url: &str, extra: &str) -> SqlSourceSpec {
+        toml::from_str(&format!("url = \"{url}\"\nquery = \"SELECT 1\"\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn tls_is_verified_unless_the_server_is_on_this_host() {
+        use EffectiveTls::*;
+        let tls = |url: &str, extra: &str| spec(url, extra).effective_tls();
+        assert_eq!(tls("postgres://u@db.example.com/pfa", ""), Mode(TlsMode::VerifyFull));
+        assert_eq!(tls("mysql://u@10.0.0.5:3306/pfa", ""), Mode(TlsMode::VerifyFull));
+        assert_eq!(tls("postgres://u@[2001:db8::1]:5432/pfa", ""), Mode(TlsMode::VerifyFull));
+        for local in
+            ["postgres://u@127.0.0.1/pfa", "postgres://u@localhost/pfa", "mysql://u@[::1]/pfa", "postgres:///pfa"]
+        {
+            assert_eq!(tls(local, ""), Mode(TlsMode::Prefer), "{local}");
+        }
+        assert_eq!(tls("postgres://u@db.example.com/pfa?host=/run/postgresql", ""), Mode(TlsMode::Prefer));
+        // ca_file asks for verification even on this host.
+        assert_eq!(tls("postgres://u@127.0.0.1/pfa", "ca_file = \"/ca.pem\""), Mode(TlsMode::VerifyFull));
+        assert_eq!(tls("postgres://u@db/pfa", "tls_mode = \"require\""), Mode(TlsMode::Require));
+        assert_eq!(tls("postgres://u@db/pfa?sslmode=verify-full", ""), FromUrl);
+        assert_eq!(tls("sqlite:///x.db", ""), None);
+        // Weak modes to another host are named loudly; on this host, not.
+        let weak = spec("postgres://u@db.example.com/pfa", "tls_mode = \"require\"").weak_tls().unwrap();
+        assert!(weak.contains("TLS mode require to db.example.com does not verify the server"), "{weak}");
+        assert!(spec("postgres://u@db/pfa?sslmode=disable", "").weak_tls().unwrap().contains("sslmode=disable"));
+        assert!(spec("postgres://u@db/pfa", "").weak_tls().is_none());
+        assert!(spec("postgres://u@127.0.0.1/pfa", "tls_mode = \"disable\"").weak_tls().is_none());
+    }
+
+    #[test]
+    fn passwords_in_the_query_string_are_refused_without_printing_them() {
+        for url in ["postgres://u@db/pfa?sslpassword=hunter2", "mysql://u@db/pfa?Password=hunter2&x=1"] {
+            let mut s = spec(url, "");
+            let mut c = Checker::new(std::path::Path::new("/"));
+            s.validate(&mut c, "source[0]");
+            let errors: Vec<String> = c.into_errors().iter().map(|e| e.to_string()).collect();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains("carries a password in its query string"), "{errors:?}");
+            assert!(!errors[0].contains("hunter2"), "{errors:?}");
+        }
     }
 }

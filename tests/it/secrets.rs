@@ -83,3 +83,46 @@ fn sql_password_never_shown() {
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     assert_never_shown(&t, right);
 }
+
+/// A password in a SQL URL's query string is refused before anything
+/// connects, on every channel without the value; other query parameters are
+/// never printed either (URLs are shown with the query left out).
+#[test]
+fn sql_url_query_passwords_are_refused_and_never_shown() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let secret = "Qu3ry-Passw0rd-5521";
+    for key in ["sslpassword", "password"] {
+        t.config(&format!(
+            "state_dir = \"state\"\n[[source]]\nname = \"db\"\nkind = \"sql\"\nprofile = \"postfixadmin\"\n\
+             url = \"postgres://pfa@db.example.test/pfa?sslmode=verify-full&{key}={secret}\"\n\
+             [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
+        ));
+        for args in [
+            &["check", "--offline", "-c", "rcptsync.toml"][..],
+            &["check", "-c", "rcptsync.toml"],
+            &["sync", "-c", "rcptsync.toml", "--format", "json"],
+            &["list", "-c", "rcptsync.toml"],
+        ] {
+            let r = Run::from(t.cmd(args).env("RCPTSYNC_LOG", "trace").output().unwrap());
+            assert_eq!(r.code, 78, "{args:?}: {}", r.stderr);
+            assert!(r.stderr.contains(&format!("carries a password in its query string ({key}=…)")), "{}", r.stderr);
+            assert!(
+                !r.stdout.contains(secret) && !r.stderr.contains(secret),
+                "leaked by {args:?}:\n{}\n{}",
+                r.stdout,
+                r.stderr
+            );
+        }
+    }
+    // A URL with an ordinary query is printed without it.
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"db\"\nkind = \"sql\"\nprofile = \"postfixadmin\"\n\
+         url = \"postgres://pfa@127.0.0.1:1/pfa?application_name=Pr1vate-Label\"\nconnect_timeout = \"1s\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+    );
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("postgres://pfa@127.0.0.1:1/pfa?…"), "{}", r.stderr);
+    assert!(!r.stderr.contains("Pr1vate-Label"), "{}", r.stderr);
+}

@@ -416,20 +416,55 @@ fn postgres_tls_is_verified_against_ca_file() {
     let t = TestDir::new();
     let mut pg = postfixadmin_pg(&t);
     let ca = pg.enable_tls();
+    let other_ca = crate::support::db::test_ca(&t.join("other-ca"), "root");
     let pw = t.write("db-password", PG_PASSWORD);
-    let url = format!("{}?sslmode=verify-full", pg.url("postfixadmin"));
-    let keys = format!("profile = \"postfixadmin\"\nurl = \"{url}\"\npassword_file = \"{}\"", pw.display());
-    // Trusted through ca_file: works.
-    sql_config(&t, &format!("{keys}\nca_file = \"{}\"", ca.display()), "");
-    let r = list(&t, &[]);
+    let keys = format!(
+        "profile = \"postfixadmin\"\nurl = \"{}\"\npassword_file = \"{}\"",
+        pg.url("postfixadmin"),
+        pw.display()
+    );
+    assert_tls_verified(&t, &keys, &ca, &other_ca, &[]);
+}
+
+/// The TLS rules, against a server whose certificate comes from `ca`:
+/// `ca_file` alone asks for full verification (a certificate from another CA
+/// fails, where the driver's default used to accept any certificate);
+/// `tls_mode = "verify-full"` without `ca_file` does not trust a private CA;
+/// the right `ca_file` works, and `require` is a loud, explicit downgrade.
+fn assert_tls_verified(t: &TestDir, keys: &str, ca: &Path, other_ca: &Path, env: &[(&str, &str)]) {
+    sql_config(t, &format!("{keys}\nca_file = \"{}\"", other_ca.display()), "");
+    let r = list(t, env);
+    r.expect(1);
+    assert!(r.stderr.to_lowercase().contains("certificate"), "{}", r.stderr);
+    sql_config(t, &format!("{keys}\ntls_mode = \"verify-full\""), "");
+    let r = list(t, env);
+    r.expect(1);
+    assert!(r.stderr.to_lowercase().contains("certificate"), "{}", r.stderr);
+    sql_config(t, &format!("{keys}\nca_file = \"{}\"", ca.display()), "");
+    let r = list(t, env);
     r.expect(0);
     assert_eq!(sorted_lines(&r.stdout), expected("postfixadmin"));
-    // Without ca_file the test CA is not trusted: the source fails, clearly.
-    sql_config(&t, &keys, "");
-    let r = list(&t, &[]);
-    r.expect(1);
-    assert!(r.stderr.contains("cannot connect to postgres://rcptsync@127.0.0.1"), "{}", r.stderr);
-    assert!(r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("tls"), "{}", r.stderr);
+    sql_config(t, &format!("{keys}\ntls_mode = \"require\""), "");
+    list(t, env).expect(0);
+}
+
+#[test]
+fn mariadb_tls_is_verified_against_ca_file() {
+    if !enabled("mariadb_tls_is_verified_against_ca_file") {
+        return;
+    }
+    let t = TestDir::new();
+    let (m, ca) = Maria::start_tls(&t.join("mdb"));
+    m.database(
+        "postfixadmin",
+        &format!("{}\n{}", fixture("postfixadmin", "schema.mysql.sql"), fixture("postfixadmin", "seed.sql")),
+    );
+    let other_ca = crate::support::db::test_ca(&t.join("other-ca"), "root");
+    let keys = format!(
+        "profile = \"postfixadmin\"\nurl = \"{}\"\npassword_env = \"RCPTSYNC_TEST_DB_PW\"",
+        m.url("postfixadmin")
+    );
+    assert_tls_verified(&t, &keys, &ca, &other_ca, &[("RCPTSYNC_TEST_DB_PW", MY_PASSWORD)]);
 }
 
 #[test]

@@ -109,17 +109,7 @@ impl Pg {
     /// 127.0.0.1 into the server's directory, restarts, and returns the CA file.
     pub fn enable_tls(&mut self) -> PathBuf {
         let d = self.dir.join("tls");
-        std::fs::create_dir_all(&d).unwrap();
-        let sh = format!(
-            "set -e; cd {d}
-             openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rcptsync-test-ca -keyout ca.key -out ca.pem 2>/dev/null
-             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
-             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
-             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem 2>/dev/null
-             chown postgres:postgres server.key server.pem && chmod 600 server.key",
-            d = d.display()
-        );
-        run_ok(Command::new("sh").arg("-c").arg(sh));
+        test_ca(&d, "postgres");
         let conf = self.dir.join("data/postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap();
         text.push_str(&format!(
@@ -174,8 +164,42 @@ pub struct Maria {
     child: Option<Child>,
 }
 
+/// A test CA and a certificate for 127.0.0.1 and localhost signed by it, in
+/// `dir` (ca.pem, server.pem, server.key owned by `owner`); returns the CA file.
+pub fn test_ca(dir: &Path, owner: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let sh = format!(
+        "set -e; cd {d}
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rcptsync-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem 2>/dev/null
+         chown {owner}:{owner} server.key server.pem && chmod 600 server.key",
+        d = dir.display()
+    );
+    run_ok(Command::new("sh").arg("-c").arg(sh));
+    dir.join("ca.pem")
+}
+
 impl Maria {
     pub fn start(dir: &Path) -> Maria {
+        Maria::start_with(dir, &[])
+    }
+
+    /// A server that offers TLS with a certificate from a test CA; returns it
+    /// and the CA file.
+    pub fn start_tls(dir: &Path) -> (Maria, PathBuf) {
+        let tls = dir.join("tls");
+        let ca = test_ca(&tls, "mysql");
+        let args = [
+            format!("--ssl-ca={}", ca.display()),
+            format!("--ssl-cert={}", tls.join("server.pem").display()),
+            format!("--ssl-key={}", tls.join("server.key").display()),
+        ];
+        (Maria::start_with(dir, &args), ca)
+    }
+
+    fn start_with(dir: &Path, extra: &[String]) -> Maria {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         run_ok(Command::new("chown").arg("-R").arg("mysql:mysql").arg(dir));
         run_ok(
@@ -198,6 +222,7 @@ impl Maria {
             .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
             .arg(format!("--log-error={}", dir.join("error.log").display()))
             .arg(format!("--port={port}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
