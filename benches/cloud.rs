@@ -54,7 +54,7 @@ fn main() {
         &dir,
         &format!(
             "state_dir = \"state\"\n[[source]]\nname = \"m365\"\nkind = \"graph\"\ntenant = \"bench.onmicrosoft.com\"\n\
-             client_id = \"bench-app\"\nclient_secret_env = \"BENCH_SECRET\"\nauthority_url = \"{u}\"\ngraph_url = \"{u}\"\n\
+             client_id = \"bench-app\"\nclient_secret_env = \"BENCH_SECRET\"\nauthority_url = \"{u}\"\ngraph_url = \"{u}\"\nallow_insecure_http = true\n\
              [[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
             u = g.url()
         ),
@@ -125,7 +125,7 @@ fn main() {
         &dir,
         &format!(
             "state_dir = \"state\"\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\n\
-             subject = \"admin@example.com\"\napi_url = \"{}\"\n[[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+             subject = \"admin@example.com\"\napi_url = \"{}\"\nallow_insecure_http = true\n[[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
             kf.display(),
             google.url()
         ),

@@ -2,10 +2,25 @@
 //!
 //! A secret is resolved only when a connector needs it, and the resolved value lives
 //! in a [`Secret`] whose `Debug` and `Display` never show it, so it cannot leak into
-//! logs, reports or error messages by accident.
+//! logs, reports or error messages by accident, and whose memory is wiped when
+//! it is dropped. The names of `*_env` variables are remembered so that hooks and
+//! `postmap` do not inherit them; a secret file others can read draws a warning.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use zeroize::Zeroize;
+
+/// Every environment variable a `*_env` key of the loaded config names.
+static SECRET_ENV: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The environment variables that hold secrets: removed from the environment
+/// of every program rcptsync runs (hooks, `postmap`).
+pub fn env_names() -> Vec<String> {
+    SECRET_ENV.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default()
+}
 
 /// Where a secret comes from, as written in the config.
 #[derive(Clone, PartialEq, Eq)]
@@ -53,6 +68,14 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -89,7 +112,12 @@ impl SecretSource {
             (None, None, None) => Ok(None),
             (Some(v), None, None) => Ok(Some(SecretSource::Literal(v))),
             (None, Some(p), None) => Ok(Some(SecretSource::File(p))),
-            (None, None, Some(v)) => Ok(Some(SecretSource::Env(v))),
+            (None, None, Some(v)) => {
+                if let Ok(mut names) = SECRET_ENV.lock() {
+                    names.insert(v.clone());
+                }
+                Ok(Some(SecretSource::Env(v)))
+            }
             _ => Err(format!("set only one of {key}, {key}_file and {key}_env")),
         }
     }
@@ -100,6 +128,7 @@ impl SecretSource {
         let value = match self {
             SecretSource::Literal(v) => v.clone(),
             SecretSource::File(path) => {
+                crate::secure_fs::warn_if_readable_by_others(path, &format!("{key}_file"));
                 let mut v = std::fs::read_to_string(path).map_err(|err| SecretError::File {
                     key: key.to_string(),
                     path: path.clone(),
@@ -124,6 +153,16 @@ impl SecretSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_wiped_and_env_names_remembered() {
+        // The value's memory is zeroed on drop (checked by the type, since
+        // reading freed memory is not something a test may do).
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_on_drop::<Secret>();
+        SecretSource::from_keys("password", None, None, Some("RCPTSYNC_TEST_PW_VAR".into())).unwrap();
+        assert!(env_names().contains(&"RCPTSYNC_TEST_PW_VAR".to_string()));
+    }
 
     #[test]
     fn only_one_form_allowed() {

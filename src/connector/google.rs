@@ -39,6 +39,10 @@ pub struct GoogleSourceSpec {
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub timeout: Option<Duration>,
     pub max_retries: Option<u32>,
+    /// Test labs only: allow plain `http://` token and API endpoints (the key
+    /// file's `token_uri` included).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 impl GoogleSourceSpec {
@@ -65,7 +69,7 @@ impl GoogleSourceSpec {
         if self.customer.trim().is_empty() {
             c.push(format!("{at}.customer"), "must not be empty (the default is my_customer)".into());
         }
-        super::http::check_url(c, at, "api_url", &self.api_url);
+        super::http::check_url(c, at, "api_url", &self.api_url, self.allow_insecure_http);
     }
 }
 
@@ -251,6 +255,7 @@ impl GoogleSource {
 
     fn session(&self) -> Result<Session, SourceError> {
         let what = format!("credentials_file {}", self.spec.credentials_file.display());
+        crate::secure_fs::warn_if_readable_by_others(&self.spec.credentials_file, "credentials_file");
         let text = std::fs::read(&self.spec.credentials_file).map_err(|e| SourceError::new(format!("{what}: {e}")))?;
         let key: KeyFile = serde_json::from_slice(&text).map_err(|e| {
             // serde_json's message names the field, never the value.
@@ -264,6 +269,8 @@ impl GoogleSource {
         }
         let token_uri =
             if key.token_uri.is_empty() { "https://oauth2.googleapis.com/token".to_string() } else { key.token_uri };
+        super::http::endpoint_allowed(&token_uri, self.spec.allow_insecure_http)
+            .map_err(|e| SourceError::new(format!("{what}: token_uri {e}")))?;
         let signing = SigningKey::from_pem(key.private_key.as_bytes(), &format!("{what}: private_key"))
             .map_err(SourceError::new)?;
         let http = Http::new(&self.spec.http())?;

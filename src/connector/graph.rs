@@ -84,6 +84,9 @@ pub struct GraphSourceSpec {
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub timeout: Option<Duration>,
     pub max_retries: Option<u32>,
+    /// Test labs only: allow plain `http://` token and API endpoints.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 impl GraphSourceSpec {
@@ -132,7 +135,7 @@ impl GraphSourceSpec {
         }
         for (key, url) in [("authority_url", g.authority_url.clone()), ("graph_url", g.graph_url.clone())] {
             if let Some(u) = url {
-                super::http::check_url(c, at, key, &u);
+                super::http::check_url(c, at, key, &u, g.allow_insecure_http);
             }
         }
     }
@@ -401,6 +404,7 @@ impl GraphSource {
                 let pem = std::fs::read(c).map_err(|e| format!("{what}: {e}"))?;
                 let thumb = jwt::cert_thumbprint_s256(&pem, &what)?;
                 let what = format!("private_key_file {}", k.display());
+                crate::secure_fs::warn_if_readable_by_others(k, "private_key_file");
                 let pem = std::fs::read(k).map_err(|e| format!("{what}: {e}"))?;
                 Some((SigningKey::from_pem(&pem, &what)?, thumb))
             }

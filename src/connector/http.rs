@@ -49,13 +49,29 @@ impl HttpSettings {
     }
 }
 
-/// Validates an endpoint URL key: `https://`, or `http://` with a warning (tests).
-pub fn check_url(c: &mut Checker, at: &str, key: &str, url: &str) {
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        c.push(format!("{at}.{key}"), format!("{url:?} must start with https://"));
+/// Validates an endpoint URL key: `https://`; `http://` only with the lab
+/// option `allow_insecure_http`, and then with a loud warning.
+pub fn check_url(c: &mut Checker, at: &str, key: &str, url: &str, allow_insecure_http: bool) {
+    if let Err(e) = endpoint_allowed(url, allow_insecure_http) {
+        c.push(format!("{at}.{key}"), e);
     } else if url.starts_with("http://") {
-        tracing::warn!(source = %at, key, url, "plain http:// endpoint: tokens cross the network unencrypted (tests only)");
+        tracing::warn!(source = %at, key, url, "allow_insecure_http: plain http:// endpoint, tokens cross the network unencrypted (test labs only)");
     }
+}
+
+/// Whether a token or API endpoint may be used: HTTPS, or plain HTTP in a lab
+/// that said so.
+pub fn endpoint_allowed(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    if url.starts_with("https://") || (allow_insecure_http && url.starts_with("http://")) {
+        return Ok(());
+    }
+    if url.starts_with("http://") {
+        return Err(format!(
+            "{url:?} is plain http://: credentials and tokens would cross the network unencrypted; use https:// \
+             (a test lab can set allow_insecure_http = true)"
+        ));
+    }
+    Err(format!("{url:?} must start with https://"))
 }
 
 /// Largest response body read. A page of 999 Graph users or 500 Google users
@@ -197,6 +213,9 @@ impl Http {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .user_agent(concat!("rcptsync/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the bearer token (or the token request)
+            // wherever the server points; the APIs never redirect.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SourceError::new(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Http { client, max_retries: settings.max_retries, requests: AtomicU64::new(0) })

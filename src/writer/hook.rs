@@ -45,7 +45,12 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<(), HookError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(HookError::Spawn { cmd, err: std::io::Error::other("empty command") });
     };
-    let mut child = Command::new(prog)
+    let mut command = Command::new(prog);
+    // Hooks and postmap never see the variables that hold rcptsync's secrets.
+    for name in crate::secret::env_names() {
+        command.env_remove(name);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

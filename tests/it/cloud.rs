@@ -29,6 +29,7 @@ tenant = "{TENANT}"
 client_id = "{APP}"
 authority_url = "{url}"
 graph_url = "{url}"
+allow_insecure_http = true
 {extra}
 "#,
         url = g.url()
@@ -280,6 +281,46 @@ fn graph_throttling_outages_and_token_expiry_never_shorten_the_list() {
 }
 
 #[test]
+fn redirects_are_never_followed() {
+    let (t, g) = graph_case();
+    graph_bulk(&mut g.state(), 10, 0, 0);
+    // Another fake stands for the attacker the redirect points at.
+    let attacker = FakeGraph::start(TENANT, APP);
+    let to = format!("{}/v1.0/users?stolen=1", attacker.url());
+    g.state().common.faults.push(Fault::new("/v1.0/users", 0, 302, 100).location(&to));
+    graph_config(&t, &g, ABORT, "client_secret_file = \"graph-secret\"\nincremental = false");
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("302"), "{}", r.stderr);
+    assert!(attacker.state().common.log.is_empty(), "the redirect was followed: {:?}", attacker.state().common.log);
+    assert!(!t.join("out/list").exists());
+}
+
+#[test]
+fn plain_http_endpoints_need_the_lab_option() {
+    let (t, g) = graph_case();
+    graph_config(&t, &g, ABORT, "client_secret_file = \"graph-secret\"");
+    let text = t.read("rcptsync.toml").replace("allow_insecure_http = true\n", "");
+    t.config(&text);
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    r.expect(78);
+    assert!(r.stderr.contains("graph_url: ") && r.stderr.contains("is plain http://"), "{}", r.stderr);
+    // Google: the key file's token_uri is checked too (the fake's is http://).
+    let key = keypair(t.path(), "gw");
+    let gw = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
+    let key_file = gw.key_file(t.path(), &key);
+    t.config(
+        &google_config(&gw, &key_file, "")
+            .replace("allow_insecure_http = true\n", "")
+            .replace(gw.url(), "https://admin.googleapis.invalid"),
+    );
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("token_uri") && r.stderr.contains("is plain http://"), "{}", r.stderr);
+    assert!(gw.state().common.log.is_empty());
+}
+
+#[test]
 fn graph_follows_next_links_only_on_its_own_host() {
     let (t, g) = graph_case();
     graph_bulk(&mut g.state(), 1200, 0, 0);
@@ -349,7 +390,7 @@ fn a_server_that_never_answers_times_out_and_fails_the_source() {
     t.config(&format!(
         "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"m365\"\nkind = \"graph\"\n\
          tenant = \"{TENANT}\"\nclient_id = \"{APP}\"\nclient_secret_file = \"graph-secret\"\nauthority_url = \"{url}\"\n\
-         graph_url = \"{url}\"\ntimeout = \"1s\"\nmax_retries = 1\n{}",
+         graph_url = \"{url}\"\nallow_insecure_http = true\ntimeout = \"1s\"\nmax_retries = 1\n{}",
         plain_output()
     ));
     let start = Instant::now();
@@ -427,7 +468,7 @@ fn trace_logging_never_shows_secrets_or_tokens() {
     google_traps(&mut google.state());
     let kf = google.key_file(t.path(), &key);
     let body = format!(
-        "state_dir = \"state\"\n{}\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\nsubject = \"admin@example.com\"\napi_url = \"{}\"\n{}",
+        "state_dir = \"state\"\n{}\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\nsubject = \"admin@example.com\"\napi_url = \"{}\"\nallow_insecure_http = true\n{}",
         graph_source(&g, "client_secret_file = \"graph-secret\""),
         kf.display(),
         google.url(),
@@ -476,6 +517,7 @@ kind = "google"
 credentials_file = "{}"
 subject = "admin@example.com"
 api_url = "{}"
+allow_insecure_http = true
 {extra}
 {}"#,
         key_file.display(),
@@ -631,6 +673,7 @@ kind = "google"
 credentials_file = "{}"
 subject = "admin@example.com"
 api_url = "{}"
+allow_insecure_http = true
 [[output]]
 name = "postfix"
 template = "postfix"

@@ -280,7 +280,7 @@ fn graph_against(t: &TestDir, g: &FakeGraph, api: &str) {
     t.config(&format!(
         "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"m365\"\nkind = \"graph\"\n\
          tenant = \"t.onmicrosoft.com\"\nclient_id = \"app\"\nclient_secret_file = \"graph-secret\"\n\
-         authority_url = \"{}\"\ngraph_url = \"{api}\"\nincremental = false\nmax_retries = 1\ntimeout = \"5s\"\n\
+         authority_url = \"{}\"\ngraph_url = \"{api}\"\nallow_insecure_http = true\nincremental = false\nmax_retries = 1\ntimeout = \"5s\"\n\
          [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
         g.url()
     ));

@@ -246,3 +246,34 @@ fn a_thousand_idle_metrics_connections_do_not_stop_a_scrape() {
     assert!(body.contains("rcptsync_"), "{body}");
     drop(idle);
 }
+
+/// Hooks and postmap run without the variables that hold rcptsync's secrets,
+/// and a secret file others can read draws a warning that names the fix.
+#[test]
+fn hooks_do_not_inherit_secrets_and_readable_secret_files_are_named() {
+    let t = setup();
+    let hashed = "[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\n\
+                  hash_salt_env = \"RCPTSYNC_TEST_SALT\"\nreload = [\"sh\", \"-c\", \"env > hook-env\"]\n\
+                  [[output]]\nname = \"other\"\ntemplate = \"exim-sha256\"\npath = \"out/other\"\n\
+                  hash_salt_file = \"salt\"\n";
+    t.config(&config_with(hashed, ""));
+    let salt = t.write("salt", "Pepper-77\n");
+    std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = crate::util::Run::from(
+        t.cmd(&["sync", "-c", "rcptsync.toml"]).env("RCPTSYNC_TEST_SALT", "Salt-Value-91").output().unwrap(),
+    );
+    r.expect(0);
+    let env = t.read("hook-env");
+    assert!(env.contains("PATH="), "the hook ran with an environment: {env}");
+    assert!(!env.contains("RCPTSYNC_TEST_SALT") && !env.contains("Salt-Value-91"), "{env}");
+    assert!(
+        r.stderr.contains(&format!("hash_salt_file is readable by group or others: chmod 0600 {}", salt.display())),
+        "{}",
+        r.stderr
+    );
+    std::fs::set_permissions(&salt, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = crate::util::Run::from(
+        t.cmd(&["sync", "-c", "rcptsync.toml"]).env("RCPTSYNC_TEST_SALT", "Salt-Value-91").output().unwrap(),
+    );
+    assert!(!r.stderr.contains("readable by group or others"), "{}", r.stderr);
+}

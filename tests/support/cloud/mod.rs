@@ -138,14 +138,20 @@ pub struct Fault {
     pub body: Option<String>,
     /// How many requests it hits before healing.
     pub times: usize,
+    /// `Location` header (a redirect).
+    pub location: Option<String>,
 }
 
 impl Fault {
     pub fn new(path: &str, page: usize, status: u16, times: usize) -> Fault {
-        Fault { path: path.into(), page, status, retry_after: None, body: None, times }
+        Fault { path: path.into(), page, status, retry_after: None, body: None, times, location: None }
     }
     pub fn retry_after(mut self, v: &str) -> Fault {
         self.retry_after = Some(v.into());
+        self
+    }
+    pub fn location(mut self, url: &str) -> Fault {
+        self.location = Some(url.into());
         self
     }
     pub fn body(mut self, b: &str) -> Fault {
@@ -329,6 +335,11 @@ pub(crate) async fn arrive<S: HasCommon>(st: &Mutex<S>, method: &Method, uri: &U
 }
 
 pub(crate) fn fault_response(f: &Fault, graph: bool) -> Response {
+    if let Some(to) = &f.location {
+        let mut r = StatusCode::from_u16(f.status).unwrap().into_response();
+        r.headers_mut().insert("location", to.parse().unwrap());
+        return r;
+    }
     if let Some(b) = &f.body {
         let mut r = (StatusCode::from_u16(f.status).unwrap(), b.clone()).into_response();
         if let Some(ra) = &f.retry_after {
