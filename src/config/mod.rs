@@ -84,8 +84,15 @@ pub struct SourceConfig {
     /// The daemon fetches this source on its own cron line (other ticks reuse
     /// its last good copy).
     pub schedule: Option<Schedule>,
+    /// The whole fetch must finish within this (every page, every retry):
+    /// past it the source fails, so a server that trickles data, or a pipe
+    /// nobody writes to, never hangs a run.
+    pub fetch_timeout: Duration,
     pub spec: SourceSpec,
 }
+
+/// The default `fetch_timeout` of a source.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 impl SourceConfig {
     pub fn kind(&self) -> &'static str {
@@ -277,6 +284,17 @@ fn source(c: &mut Checker, at: &str, value: toml::Value, profiles: &Profiles) ->
         }
     };
     let schedule = source_schedule(c, at, table.remove("schedule"));
+    let fetch_timeout = match table.remove("fetch_timeout") {
+        None => DEFAULT_FETCH_TIMEOUT,
+        Some(toml::Value::String(s)) => c.duration(&format!("{at}.fetch_timeout"), Some(&s), DEFAULT_FETCH_TIMEOUT),
+        Some(_) => {
+            c.push(format!("{at}.fetch_timeout"), "must be a duration such as \"15m\"".into());
+            DEFAULT_FETCH_TIMEOUT
+        }
+    };
+    if fetch_timeout.is_zero() {
+        c.push(format!("{at}.fetch_timeout"), "must be longer than 0s".into());
+    }
     let profile = match table.remove("profile") {
         Some(toml::Value::String(p)) => {
             if let Err(e) = profiles.apply(&p, &kind, &mut table) {
@@ -298,7 +316,7 @@ fn source(c: &mut Checker, at: &str, value: toml::Value, profiles: &Profiles) ->
         }
     };
     spec.validate(c, at);
-    Some(SourceConfig { name: name?, profile, schedule, spec })
+    Some(SourceConfig { name: name?, profile, schedule, fetch_timeout, spec })
 }
 
 fn source_name(c: &mut Checker, at: &str, value: Option<toml::Value>) -> Option<String> {

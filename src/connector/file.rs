@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::Deserialize;
 
@@ -36,16 +37,20 @@ impl FileSourceSpec {
 #[derive(Debug, Clone)]
 pub struct FileSource {
     spec: FileSourceSpec,
+    /// How long a pipe or device may take to deliver everything (the source's
+    /// `fetch_timeout`).
+    fetch_timeout: std::time::Duration,
 }
 
 impl FileSource {
-    pub fn new(spec: FileSourceSpec) -> FileSource {
-        FileSource { spec }
+    pub fn new(spec: FileSourceSpec, fetch_timeout: std::time::Duration) -> FileSource {
+        FileSource { spec, fetch_timeout }
     }
 
     /// Reads and parses the file. Returns the result and the file's size.
     fn load(&self) -> Result<(Batch, u64), SourceError> {
-        read_and_parse(&self.spec.path, self.spec.catchalls).map_err(|e| self.read_error(e))
+        let deadline = Instant::now() + self.fetch_timeout;
+        read_and_parse(&self.spec.path, self.spec.catchalls, deadline).map_err(|e| self.read_error(e))
     }
 
     fn read_error(&self, e: io::Error) -> SourceError {
@@ -66,7 +71,7 @@ impl FileSource {
         let parse = move || {
             let t = std::time::Instant::now();
             let (f, bytes, hash) =
-                parse_file(&this.spec.path, this.spec.catchalls, scan.lines).map_err(|e| this.read_error(e))?;
+                parse_file(&this.spec.path, this.spec.catchalls, scan.lines, None).map_err(|e| this.read_error(e))?;
             tracing::debug!(path = %this.spec.path.display(), bytes, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "file read and parsed");
             Ok((f, fingerprint(&hash, this.spec.catchalls)))
         };
@@ -121,9 +126,23 @@ fn scan(path: &Path) -> io::Result<Option<Scan>> {
 }
 
 /// Reads `path` in blocks, parsing each as it comes, with `lines` as the size
-/// hint. Returns the result, the number of bytes and their hash.
-fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Batch, u64, String)> {
-    let mut f = File::open(path)?;
+/// hint. Returns the result, the number of bytes and their hash. With a
+/// `deadline` (a pipe or device), every wait for data ends at the deadline.
+fn parse_file(
+    path: &Path,
+    catchalls: bool,
+    lines: usize,
+    deadline: Option<Instant>,
+) -> io::Result<(Batch, u64, String)> {
+    let mut f = match deadline {
+        // A pipe opened for reading would block until a writer comes; opened
+        // non-blocking, the waits are polls that end at the deadline.
+        Some(_) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?
+        }
+        None => File::open(path)?,
+    };
     let mut buf = vec![0u8; BLOCK];
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut size = 0u64;
@@ -136,7 +155,7 @@ fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Batch, 
             // huge line; it is refused later, by length).
             buf.resize(buf.len() * 2, 0);
         }
-        let n = read_some(&mut f, &mut buf[filled..])?;
+        let n = read_within(&mut f, &mut buf[filled..], deadline)?;
         hasher.update(&buf[filled..filled + n]);
         size += n as u64;
         let end = filled + n;
@@ -158,9 +177,46 @@ fn parse_file(path: &Path, catchalls: bool, lines: usize) -> io::Result<(Batch, 
 
 /// Reads and parses `path` now (the size hint from a first read when it is a
 /// regular file). For tests and `check`.
-fn read_and_parse(path: &Path, catchalls: bool) -> io::Result<(Batch, u64)> {
-    let lines = scan(path)?.map_or(0, |s| s.lines);
-    parse_file(path, catchalls, lines).map(|(f, size, _)| (f, size))
+fn read_and_parse(path: &Path, catchalls: bool, deadline: Instant) -> io::Result<(Batch, u64)> {
+    let (lines, deadline) = match scan(path)? {
+        Some(s) => (s.lines, None),
+        None => (0, Some(deadline)),
+    };
+    parse_file(path, catchalls, lines, deadline).map(|(f, size, _)| (f, size))
+}
+
+/// [`read_some`], waiting for data at most until `deadline` (a non-blocking
+/// pipe or device).
+fn read_within(f: &mut File, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+    use std::os::unix::io::AsRawFd;
+    let Some(deadline) = deadline else { return read_some(f, buf) };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "nothing more arrived within fetch_timeout (a pipe nobody writes to, or a writer that stalled)",
+            ));
+        }
+        let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            continue;
+        }
+        match read_some(f, buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
 }
 
 fn read_some(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -371,7 +427,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("list");
         std::fs::write(&path, &text).unwrap();
-        let (read, size) = read_and_parse(&path, true).unwrap();
+        let (read, size) = read_and_parse(&path, true, Instant::now() + std::time::Duration::from_secs(10)).unwrap();
         let whole = parse(text.as_bytes(), true);
         assert_eq!(size, text.len() as u64);
         assert_eq!(read.entries, whole.entries);
@@ -383,7 +439,33 @@ mod tests {
         // The huge line is refused by the address rules, once, with its line.
         assert_eq!(read.rejected.len(), 1);
         assert_eq!(read.rejected[0].locator, Locator::Line(1001));
-        assert!(read_and_parse(&d.path().join("missing"), true).is_err());
+        assert!(read_and_parse(&d.path().join("missing"), true, Instant::now()).is_err());
+    }
+
+    /// A pipe nobody writes to (or whose writer stalls) ends at the deadline,
+    /// instead of blocking the reading thread for ever.
+    #[test]
+    fn a_pipe_nobody_writes_to_ends_at_the_deadline() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let started = Instant::now();
+        let e = read_and_parse(&fifo, true, Instant::now() + std::time::Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A writer that sends a line and then stalls.
+        let stalled = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                let mut w = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+                w.write_all(b"a@example.com\n").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+            })
+        };
+        let e = read_and_parse(&fifo, true, Instant::now() + std::time::Duration::from_millis(500)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        stalled.join().unwrap();
     }
 
     /// A named pipe cannot be read twice: it is read once, with no size hint.
@@ -397,7 +479,7 @@ mod tests {
             let fifo = fifo.clone();
             std::thread::spawn(move || std::fs::write(fifo, "a@example.com\n# c\nB@example.com\n").unwrap())
         };
-        let (f, size) = read_and_parse(&fifo, true).unwrap();
+        let (f, size) = read_and_parse(&fifo, true, Instant::now() + std::time::Duration::from_secs(10)).unwrap();
         writer.join().unwrap();
         assert_eq!(texts(&f), ["a@example.com", "b@example.com"]);
         assert_eq!(f.entries[1].1, Locator::Line(3));

@@ -223,10 +223,12 @@ impl Source {
     /// Builds the connector of a source. With a state directory, a source that can
     /// sync incrementally (LDAP, Graph) keeps its cache there; without, every
     /// fetch is a full read.
-    pub fn build(name: &str, spec: &SourceSpec, state: Option<&StateDir>) -> Source {
+    /// `deadline` bounds the whole fetch; the file source needs it itself (a
+    /// pipe is read on a thread, which a timeout around the fetch cannot stop).
+    pub fn build(name: &str, spec: &SourceSpec, state: Option<&StateDir>, deadline: std::time::Duration) -> Source {
         let cache = |kind: &str| state.map(|d| d.cache(name, kind));
         match spec {
-            SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone())),
+            SourceSpec::File(spec) => Source::File(file::FileSource::new(spec.clone(), deadline)),
             SourceSpec::Sql(spec) => Source::Sql(Box::new(sql::SqlSource::new((**spec).clone()))),
             SourceSpec::Ldap(spec) => Source::Ldap(Box::new(ldap::LdapSource::new((**spec).clone(), cache("ldap")))),
             SourceSpec::Graph(spec) => {

@@ -27,10 +27,18 @@ pub async fn fetch_some(cfg: &Config, incremental: bool, not_due: &[String]) -> 
             set.spawn(async move { (i, Ok(Fetched::NotDue), Duration::ZERO) });
             continue;
         }
-        let source = Source::build(&s.name, &s.spec, incremental.then_some(&state));
+        let source = Source::build(&s.name, &s.spec, incremental.then_some(&state), s.fetch_timeout);
+        let limit = s.fetch_timeout;
         set.spawn(async move {
             let started = Instant::now();
-            let r = source.fetch().await;
+            let r = match tokio::time::timeout(limit, source.fetch()).await {
+                Ok(r) => r,
+                Err(_) => Err(SourceError::new(format!(
+                    "did not finish within fetch_timeout = {}: the server is too slow or never ends its answer \
+                     (raise fetch_timeout if the directory is just large)",
+                    humantime::format_duration(limit)
+                ))),
+            };
             (i, r, started.elapsed())
         });
     }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cloud::Fault;
-use crate::support::cloud::graph::{FakeGraph, graph_traps};
+use crate::support::cloud::graph::{FakeGraph, graph_bulk, graph_traps};
 use crate::util::{Run, TestDir, run_measured, say};
 
 /// A small tmpfs mounted for one test (root only), unmounted on drop.
@@ -527,4 +527,95 @@ fn an_enormous_ldap_message_is_stopped_at_the_memory_limit() {
     assert!(rss_kb < 320 * 1024, "peak RSS {} MB", rss_kb / 1024);
     assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
     assert_eq!(t.read("out/list"), "kept@example.com\n");
+}
+
+/// Runs `cmd` but gives up after `limit`: a run that hangs fails the test
+/// instead of hanging it.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<i32>, String, Duration) {
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, reader.join().unwrap_or_default(), started.elapsed())
+}
+
+/// The whole-fetch deadline: a pipe nobody writes to, an LDAP server that
+/// trickles one entry every half second for ever, and a Graph chain of
+/// endless distinct nextLinks each end as a failed source with the previous
+/// list kept, never a run that hangs.
+#[test]
+fn slow_or_endless_sources_end_at_fetch_timeout() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("out/list", "kept@example.com\n");
+    let output = "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n";
+    let head = "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n";
+    let check = |what: &str, limit_s: u64| {
+        let (code, stderr, took) = run_bounded(&mut t.cmd(&["sync", "-c", "rcptsync.toml"]), Duration::from_secs(60));
+        assert_eq!(code, Some(1), "{what}: the run did not end ({took:?}): {stderr}");
+        assert!(stderr.contains("fetch_timeout"), "{what}: {stderr}");
+        assert!(took < Duration::from_secs(limit_s + 10), "{what}: took {took:?}");
+        assert_eq!(t.read("out/list"), "kept@example.com\n", "{what}");
+    };
+
+    let fifo = t.join("pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    t.config(&format!(
+        "{head}[[source]]\nname = \"pipe\"\nkind = \"file\"\npath = \"pipe\"\nfetch_timeout = \"1s\"\n{output}"
+    ));
+    check("a pipe nobody writes to", 1);
+
+    let addr = raw_server(|mut s| {
+        let mut req = [0u8; 1024];
+        let n = s.read(&mut req).unwrap_or(0);
+        // The request's message id: 30 LEN 02 01 ID (short forms, as ldap3 sends).
+        let id = if n > 4 && req[2] == 0x02 && req[3] == 0x01 { req[4] } else { 1 };
+        for i in 0.. {
+            let dn = format!("cn=u{i}");
+            let mail = format!("u{i}@example.com");
+            let values = ber(0x31, &ber(0x04, mail.as_bytes()));
+            let attr = ber(0x30, &[ber(0x04, b"mail"), values].concat());
+            let entry = ber(0x64, &[ber(0x04, dn.as_bytes()), ber(0x30, &attr)].concat());
+            let msg = ber(0x30, &[vec![0x02, 0x01, id], entry].concat());
+            if s.write_all(&msg).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    t.config(&format!(
+        "{head}[[source]]\nname = \"dir\"\nkind = \"ldap\"\nurl = \"ldap://{addr}\"\nbase_dn = \"dc=x\"\nfilter = \"(mail=*)\"\n\
+         address_attributes = [\"mail\"]\nop_timeout = \"60s\"\nfetch_timeout = \"2s\"\n{output}"
+    ));
+    check("an LDAP server that trickles", 2);
+
+    let g = token_fake();
+    graph_bulk(&mut g.state(), 5, 0, 0);
+    g.state().endless = true;
+    graph_against(&t, &g, g.url());
+    let cfg = t.read("rcptsync.toml").replace("[[source]]\n", "[[source]]\nfetch_timeout = \"2s\"\n");
+    t.config(&cfg);
+    check("an endless Graph chain", 2);
+    assert!(g.state().common.log.len() > 10, "the chain was followed for a while");
+}
+
+/// BER: tag, short-form length, content.
+fn ber(tag: u8, content: &[u8]) -> Vec<u8> {
+    assert!(content.len() < 128);
+    [vec![tag, content.len() as u8], content.to_vec()].concat()
 }

@@ -29,6 +29,8 @@ pub struct GraphState {
     /// Base of the links the fake returns (default: from the Host header).
     pub link_base: Option<String>,
     pub scheme: &'static str,
+    /// A broken server: every users page links to yet another (distinct) page.
+    pub endless: bool,
 }
 
 impl GraphState {
@@ -83,6 +85,7 @@ impl FakeGraph {
             assertions: Vec::new(),
             link_base: None,
             scheme: if tls.is_some() { "https" } else { "http" },
+            endless: false,
         }));
         let router = Router::new().fallback(graph_handle).with_state(state.clone());
         FakeGraph { server: serve_on(router, tls), state }
@@ -358,8 +361,8 @@ fn graph_list(s: &mut GraphState, collection: &str, q: &[(String, String)], base
         .filter_map(|(id, (_, o))| o.as_ref().map(|o| (id, o)))
         .filter(|(_, o)| filter.is_none() || o.get("mailEnabled").and_then(Value::as_bool) == Some(true));
     let page: Vec<(String, Arc<Value>)> = live.by_ref().take(top).map(|(id, o)| (id.clone(), o.clone())).collect();
-    let more = live.next().is_some();
-    let last = page.last().map(|(id, _)| id.clone());
+    let more = live.next().is_some() || (s.endless && collection == "users");
+    let last = page.last().map(|(id, _)| id.clone()).or_else(|| after.clone()).or(Some(String::new()));
     let mut head = serde_json::Map::new();
     head.insert("@odata.context".into(), json!(format!("{base}/v1.0/$metadata#{collection}")));
     if let (true, Some(last)) = (more, last) {
