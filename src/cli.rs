@@ -307,9 +307,9 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
     let mut failed = false;
     for s in &cfg.sources {
         let probe = Source::build(&s.name, &s.spec, None, s.fetch_timeout);
-        let checked = tokio::time::timeout(s.fetch_timeout, probe.check()).await.unwrap_or_else(|_| {
-            Err(crate::connector::SourceError::new("did not answer within fetch_timeout"))
-        });
+        let checked = tokio::time::timeout(s.fetch_timeout, probe.check())
+            .await
+            .unwrap_or_else(|_| Err(crate::connector::SourceError::new("did not answer within fetch_timeout")));
         match checked {
             Ok(desc) => out.push_str(&format!("  ok      source {}: {desc}\n", s.name)),
             Err(e) => {

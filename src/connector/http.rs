@@ -553,6 +553,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chain_of_endless_distinct_links_stops_at_the_page_cap() {
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let e = follow(
+            "users",
+            None,
+            page(&[], Some("0")),
+            |r| Ok(r.json::<serde_json::Value>()?["next"].as_str().map(str::to_string)),
+            |_| {
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                async move { Ok(page(&[], Some(&i.to_string()))) }
+            },
+            |_| Ok(()),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains(&format!("more than {MAX_PAGES} pages")), "{e}");
+    }
+
+    #[tokio::test]
     async fn a_failed_page_fails_the_chain() {
         let e = walk(vec![], page(&["0"], Some("gone"))).await.unwrap_err();
         assert_eq!(e, "no page gone");

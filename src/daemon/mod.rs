@@ -27,6 +27,8 @@ use metrics::Metrics;
 
 /// Default quiet time after a file event before reloading.
 const DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often the daemon checks the list's age besides after each run.
+const STALE_CHECK: Duration = Duration::from_secs(1);
 
 type RunFuture = Pin<Box<dyn Future<Output = Result<Report, RunError>>>>;
 
@@ -72,8 +74,16 @@ pub async fn run(path: PathBuf) -> u8 {
     let mut next = next_tick(&plan, &cfg);
     let mut reload_at: Option<tokio::time::Instant> = None;
     let mut stopping: Option<&'static str> = None;
+    // The stale-list defence runs on its own timer too, so it fires even while
+    // a run hangs or keeps failing without ending.
+    let mut stale_check = tokio::time::interval(STALE_CHECK);
+    stale_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = stale_check.tick(), if cfg.guard.max_staleness.is_some() => {
+                let c = cfg.clone();
+                let _ = tokio::task::spawn_blocking(move || run::check_staleness(&c)).await;
+            }
             result = async { running.as_mut().expect("guarded by the branch condition").await }, if running.is_some() => {
                 running = None;
                 finished(result, &metrics);

@@ -27,6 +27,7 @@ use crate::state::{StateDir, StateError};
 pub use fetch::{FetchResults, fetch_all, fetch_some};
 pub use gather::{shorten, validate};
 pub use merge::{keep_in_grace, merge};
+pub use stale::check_staleness;
 
 /// Flags of one `sync`.
 #[derive(Debug, Clone, Copy, Default)]

@@ -9,8 +9,12 @@ use crate::report::Report;
 use crate::state::StateDir;
 use crate::writer::{self, config::DEFAULT_HOOK_TIMEOUT};
 
+/// One defence at a time: the daemon's timer and a run ending may meet.
+static DEFENCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub(super) fn defence(cfg: &Config, state: &StateDir, report: &Report) {
     let Some(max) = cfg.guard.max_staleness else { return };
+    let _one = DEFENCE.lock();
     let now = crate::state::unix_now();
     if fresh(report) {
         state.set_last_fresh(now);
@@ -22,6 +26,18 @@ pub(super) fn defence(cfg: &Config, state: &StateDir, report: &Report) {
         }
         return;
     }
+    when_not_fresh(cfg, state, max, now);
+}
+
+/// The daemon's own check, on a timer: a run that hangs (or keeps failing
+/// without ending) must not keep a stale list answering 550.
+pub fn check_staleness(cfg: &Config) {
+    let Some(max) = cfg.guard.max_staleness else { return };
+    let _one = DEFENCE.lock();
+    when_not_fresh(cfg, &StateDir::at(&cfg.state_dir), max, crate::state::unix_now());
+}
+
+fn when_not_fresh(cfg: &Config, state: &StateDir, max: std::time::Duration, now: u64) {
     let Some(since) = state.last_fresh() else { return };
     let age = now.saturating_sub(since);
     if age <= max.as_secs() {

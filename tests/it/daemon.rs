@@ -340,3 +340,31 @@ fn daemon_feeds_real_postfix_from_openldap_and_a_file() {
     assert!(ok.is_some(), "abuse never accepted\n{}", d.log());
     assert!(d.log().contains("run complete"), "{}", d.log());
 }
+
+/// A run that hangs (a source that never answers, within a long
+/// fetch_timeout) must not keep a stale list answering 550: the daemon checks
+/// the list's age on its own timer and runs on_stale while the run hangs.
+#[test]
+fn the_stale_defence_fires_while_a_run_hangs() {
+    let t = TestDir::new();
+    t.write("recipients.txt", "a@example.com\n");
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let guard = "[guard]\nmax_staleness = \"2s\"\non_stale = [\"sh\", \"-c\", \"touch on-stale-ran\"]";
+    t.config(&crate::util::config_with(
+        "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+        guard,
+    ));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    // Now the source is a pipe nobody writes to: the daemon's first run hangs.
+    std::fs::remove_file(t.join("recipients.txt")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(t.join("recipients.txt")).status().unwrap().success());
+    let text = t
+        .read("rcptsync.toml")
+        .replace("path = \"recipients.txt\"", "path = \"recipients.txt\"\nfetch_timeout = \"1h\"");
+    t.config(&format!("{text}\n[daemon]\nschedule = \"0 0 1 1 *\"\n"));
+    let d = Daemon::start(&t);
+    let ran = wait_for(Duration::from_secs(15), || t.join("on-stale-ran").exists().then_some(()));
+    assert!(ran.is_some(), "on_stale did not run while the run hung:\n{}", d.log());
+    assert!(d.log().contains("the published list is stale"), "{}", d.log());
+    assert_eq!(t.read("out/list"), "a@example.com\n");
+}

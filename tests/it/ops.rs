@@ -100,6 +100,8 @@ fn example_syncs_run_as_the_rcptsync_user() {
     for unit in ["dist/systemd/rcptsync.service", "dist/systemd/rcptsync-sync.service"] {
         assert!(read(unit).lines().any(|l| l.trim() == "User=rcptsync"), "{unit}");
     }
+    // The oneshot has a last-resort limit besides every source's fetch_timeout.
+    assert!(read("dist/systemd/rcptsync-sync.service").lines().any(|l| l.starts_with("TimeoutStartSec=")));
 }
 
 /// What the Ansible and Puppet examples rely on: exit 2 = changed, 0 = nothing
