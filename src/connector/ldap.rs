@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
 use serde::Deserialize;
@@ -281,7 +280,10 @@ impl LdapSource {
         }
     }
 
-    /// One paged subtree search that must end with success.
+    /// One paged subtree search that must end with success. The pages are
+    /// requested here, not by a library adapter, so that every page's result
+    /// code is checked (a page that fails with a cookie must not be skipped)
+    /// and every continuation reference is seen.
     #[allow(clippy::too_many_arguments)]
     async fn paged(
         &self,
@@ -293,42 +295,47 @@ impl LdapSource {
         page_size: i32,
         control: Option<ldap3::controls::RawControl>,
     ) -> Result<Vec<SearchEntry>, String> {
+        use ldap3::controls::{Control, ControlType, PagedResults};
         let op_timeout = self.spec.op_timeout.unwrap_or(OP_TIMEOUT);
-        let adapters: Vec<Box<dyn Adapter<'_, &str, Vec<&str>>>> =
-            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size))];
         let attr_refs: Vec<&str> = attrs.iter().map(String::as_str).collect();
-        let result = async {
-            let handle = ldap.with_timeout(op_timeout);
-            if let Some(c) = control {
-                handle.with_controls(c);
+        let mut entries = Vec::new();
+        let mut refs = Vec::new();
+        let mut cookie = Vec::new();
+        for page in 1.. {
+            let mut controls: Vec<ldap3::controls::RawControl> =
+                vec![PagedResults { size: page_size, cookie: std::mem::take(&mut cookie) }.into()];
+            controls.extend(control.clone());
+            let result = async {
+                let handle = ldap.with_timeout(op_timeout);
+                handle.with_controls(controls);
+                let mut stream = handle.streaming_search(base, Scope::Subtree, filter, &attr_refs).await?;
+                while let Some(entry) = stream.next().await? {
+                    if entry.is_ref() {
+                        refs.extend(ldap3::parse_refs(entry.0));
+                    } else if !entry.is_intermediate() {
+                        entries.push(SearchEntry::construct(entry));
+                    }
+                }
+                Ok::<_, ldap3::LdapError>(stream.finish().await)
             }
-            let mut stream = handle.streaming_search_with(adapters, base, Scope::Subtree, filter, attr_refs).await?;
-            let mut entries = Vec::new();
-            while let Some(entry) = stream.next().await? {
-                entries.push(SearchEntry::construct(entry));
+            .await;
+            let res = result.map_err(|e| format!("search on {url} failed on page {page}: {e}"))?;
+            page_result(url, page, entries.len(), &res)?;
+            cookie = res
+                .ctrls
+                .iter()
+                .find_map(|c| match c {
+                    Control(Some(ControlType::PagedResults), raw) => Some(raw.parse::<PagedResults>().cookie),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if cookie.is_empty() {
+                break;
             }
-            let res = stream.finish().await;
-            Ok::<_, ldap3::LdapError>((entries, res))
         }
-        .await;
-        let (mut entries, res) = result.map_err(|e| format!("search on {url} failed: {e}"))?;
-        match res.rc {
-            0 => {
-                self.complete_ranges(ldap, url, &mut entries).await?;
-                Ok(entries)
-            }
-            4 => Err(format!(
-                "search on {url} hit the server's size limit after {} entries (result 4, sizeLimitExceeded); \
-                 the list would be incomplete, so the source fails. Raise the limit for the bind DN or lower page_size",
-                entries.len()
-            )),
-            11 => Err(format!(
-                "search on {url} hit an administrative limit (result 11, adminLimitExceeded{}); lower page_size (AD and \
-                 OpenLDAP cap pages, typically at 1000)",
-                if res.text.is_empty() { String::new() } else { format!(": {}", res.text) }
-            )),
-            rc => Err(format!("search on {url} ended with result {rc}: {}", res.text)),
-        }
+        check_references(url, base, &refs)?;
+        self.complete_ranges(ldap, url, &mut entries).await?;
+        Ok(entries)
     }
 
     /// Full or incremental (uSNChanged) fetch, keeping the object map in state.
@@ -844,6 +851,64 @@ fn describe_bind(e: &ldap3::LdapError, dn: &str) -> String {
     }
 }
 
+/// A page's result: anything but success fails the source, whichever page it is.
+fn page_result(url: &str, page: usize, so_far: usize, res: &ldap3::LdapResult) -> Result<(), String> {
+    let text = if res.text.is_empty() { String::new() } else { format!(": {}", res.text) };
+    match res.rc {
+        0 => Ok(()),
+        4 => Err(format!(
+            "search on {url} hit the server's size limit after {so_far} entries (result 4, sizeLimitExceeded); \
+             the list would be incomplete, so the source fails. Raise the limit for the bind DN or lower page_size"
+        )),
+        11 => Err(format!(
+            "search on {url} hit an administrative limit (result 11, adminLimitExceeded{text}); lower page_size (AD and \
+             OpenLDAP cap pages, typically at 1000)"
+        )),
+        // A referral as the result: the base itself lives on another server.
+        10 => Err(format!(
+            "search on {url} was referred elsewhere (result 10, referral{text}): the base DN is not on this server. \
+             {GC_HINT}"
+        )),
+        rc => Err(format!("search on {url} ended with result {rc} on page {page}{text}")),
+    }
+}
+
+/// What to do about continuation references.
+const GC_HINT: &str = "To read a forest with several domains, point url at a Global Catalog (port 3268, or 3269 \
+     for TLS) and base_dn at the forest root; or add a source per domain controller.";
+
+/// Continuation references are never dropped silently. Active Directory names
+/// its DNS and configuration partitions below a domain's root (they hold no
+/// recipients), so those are skipped with a note; any other reference means
+/// part of the tree is on another server, and the source fails rather than
+/// publish a list without it.
+fn check_references(url: &str, base: &str, refs: &[String]) -> Result<(), String> {
+    let (skipped, elsewhere): (Vec<&String>, Vec<&String>) = refs.iter().partition(|r| ad_partition(r));
+    if !skipped.is_empty() {
+        tracing::debug!(server = %url, base, references = ?skipped, "skipped references to Active Directory's DNS and configuration partitions (no recipients there)");
+    }
+    if elsewhere.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = elsewhere.iter().take(3).map(|s| s.as_str()).collect();
+    Err(format!(
+        "search on {url} under {base} returned {} continuation reference(s) to other servers ({}{}): part of the \
+         directory is not on this server, and the list would be incomplete. {GC_HINT}",
+        elsewhere.len(),
+        shown.join(", "),
+        if elsewhere.len() > 3 { ", …" } else { "" }
+    ))
+}
+
+/// Whether a reference URL names one of AD's application partitions that
+/// hold no recipients (DomainDnsZones, ForestDnsZones, Configuration).
+fn ad_partition(reference: &str) -> bool {
+    let dn = reference.split_once("://").map_or(reference, |(_, rest)| rest.split_once('/').map_or("", |(_, dn)| dn));
+    let dn = dn.split('?').next().unwrap_or("");
+    let first = dn.split(',').next().unwrap_or("").trim().to_ascii_lowercase();
+    matches!(first.as_str(), "dc=domaindnszones" | "dc=forestdnszones" | "cn=configuration")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -876,6 +941,35 @@ mod tests {
     /// LDIF-like input (`dn: …`, `attr: value` lines, blank line between entries)
     /// through the AD profile's mapping: never a panic, and what survives
     /// validation is a plain address.
+    #[test]
+    fn references_to_other_servers_fail_the_source_but_ad_partitions_do_not() {
+        let ad = [
+            "ldap://example.com/DC=DomainDnsZones,DC=example,DC=com",
+            "ldap://example.com/DC=ForestDnsZones,DC=example,DC=com",
+            "ldap://example.com/CN=Configuration,DC=example,DC=com",
+        ]
+        .map(String::from);
+        assert!(check_references("ldaps://dc1", "DC=example,DC=com", &ad).is_ok());
+        let child = "ldap://emea.example.com/DC=emea,DC=example,DC=com".to_string();
+        let e = check_references("ldaps://dc1", "DC=example,DC=com", &[ad[0].clone(), child]).unwrap_err();
+        assert!(e.contains("1 continuation reference(s) to other servers (ldap://emea.example.com/DC=emea"), "{e}");
+        assert!(e.contains("Global Catalog (port 3268"), "{e}");
+    }
+
+    #[test]
+    fn any_page_that_fails_fails_the_source() {
+        let res = |rc: u32| ldap3::LdapResult {
+            rc,
+            matched: String::new(),
+            text: "limit".into(),
+            refs: Vec::new(),
+            ctrls: Vec::new(),
+        };
+        assert!(page_result("ldap://x", 2, 10, &res(0)).is_ok());
+        assert!(page_result("ldap://x", 2, 10, &res(3)).unwrap_err().contains("result 3 on page 2: limit"));
+        assert!(page_result("ldap://x", 1, 0, &res(10)).unwrap_err().contains("Global Catalog"));
+    }
+
     #[test]
     fn fuzz_ldap_entries() {
         let spec = spec("");

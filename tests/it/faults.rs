@@ -619,3 +619,66 @@ fn ber(tag: u8, content: &[u8]) -> Vec<u8> {
     assert!(content.len() < 128);
     [vec![tag, content.len() as u8], content.to_vec()].concat()
 }
+
+/// Reads one LDAP message; returns (message id, operation tag).
+fn read_ldap_message(s: &mut TcpStream) -> Option<(u8, u8)> {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).ok()?;
+    let len = if head[1] & 0x80 == 0 {
+        usize::from(head[1])
+    } else {
+        let mut n = vec![0u8; usize::from(head[1] & 0x7f)];
+        s.read_exact(&mut n).ok()?;
+        n.iter().fold(0usize, |a, b| (a << 8) | usize::from(*b))
+    };
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    // 02 01 ID, then the operation's tag.
+    (body.len() > 3 && body[0] == 0x02 && body[1] == 0x01).then(|| (body[2], body[3]))
+}
+
+/// A paged search whose middle page fails (result 3, timeLimitExceeded) but
+/// still carries a cookie: the library's adapter followed the cookie and the
+/// run succeeded with a list missing what that page did not return. Every
+/// page's result is checked now.
+#[test]
+fn an_ldap_page_that_fails_in_the_middle_fails_the_source() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("out/list", "kept@example.com\n");
+    let addr = raw_server(|mut s| {
+        let mut page = 0u8;
+        while let Some((id, op)) = read_ldap_message(&mut s) {
+            if op != 0x63 {
+                return; // unbind
+            }
+            page += 1;
+            let mail = format!("p{page}@example.com");
+            let values = ber(0x31, &ber(0x04, mail.as_bytes()));
+            let attr = ber(0x30, &[ber(0x04, b"mail"), values].concat());
+            let entry = ber(0x64, &[ber(0x04, format!("cn=p{page}").as_bytes()), ber(0x30, &attr)].concat());
+            let (rc, cookie): (u8, &[u8]) = match page {
+                1 => (0, b"c2"),
+                2 => (3, b"c3"),
+                _ => (0, b""),
+            };
+            let done = ber(0x65, &[vec![0x0a, 0x01, rc], ber(0x04, b""), ber(0x04, b"time limit exceeded")].concat());
+            let value = ber(0x30, &[vec![0x02, 0x01, 0x00], ber(0x04, cookie)].concat());
+            let control = ber(0x30, &[ber(0x04, b"1.2.840.113556.1.4.319"), ber(0x04, &value)].concat());
+            let id = vec![0x02, 0x01, id];
+            let msgs = [ber(0x30, &[id.clone(), entry].concat()), ber(0x30, &[id, done, ber(0xa0, &control)].concat())];
+            if s.write_all(&msgs.concat()).is_err() {
+                return;
+            }
+        }
+    });
+    t.config(&format!(
+        "state_dir = \"state\"\n[guard]\non_source_failure = \"abort\"\n[[source]]\nname = \"dir\"\nkind = \"ldap\"\n\
+         url = \"ldap://{addr}\"\nbase_dn = \"dc=x\"\nfilter = \"(mail=*)\"\naddress_attributes = [\"mail\"]\npage_size = 1\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n"
+    ));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(1);
+    assert!(r.stderr.contains("ended with result 3 on page 2: time limit exceeded"), "{}", r.stderr);
+    assert_eq!(t.read("out/list"), "kept@example.com\n");
+}

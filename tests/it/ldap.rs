@@ -584,3 +584,30 @@ mod ad {
         }
     }
 }
+
+/// A subtree that lives on another server comes back as a continuation
+/// reference, which the library's entries-only adapter used to drop: the list
+/// silently lost those recipients. Now the source fails and says to use the
+/// Global Catalog.
+#[test]
+fn a_continuation_reference_fails_the_source_instead_of_being_dropped() {
+    if !enabled("a_continuation_reference_fails_the_source_instead_of_being_dropped") {
+        return;
+    }
+    let t = TestDir::new();
+    let mut ldif = people(10);
+    ldif.push_str(
+        "dn: ou=branch,ou=people,dc=example,dc=test\nobjectClass: referral\nobjectClass: extensibleObject\nou: branch\n\
+         ref: ldap://branch.example.test/ou=branch,dc=example,dc=test\n\n",
+    );
+    let s = Slapd::start(&t.join("slapd"), &ldif);
+    config(&t, &format!("url = \"{}\"\nbind_dn = \"{SYNC_DN}\"\nca_file = \"{}\"", s.ldaps_url(), s.ca.display()));
+    let r = list(&t);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("1 continuation reference(s) to other servers (ldap://branch.example.test/ou=branch")
+            && r.stderr.contains("Global Catalog (port 3268"),
+        "{}",
+        r.stderr
+    );
+}
