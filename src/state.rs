@@ -647,3 +647,40 @@ impl StateDir {
         m.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
     }
 }
+
+/// One applied list in the guard's shrink window: when, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub at: u64,
+    pub count: usize,
+}
+
+/// Most applied lists remembered for the shrink window.
+const HISTORY_MAX: usize = 4096;
+
+impl StateDir {
+    fn history_path(&self) -> PathBuf {
+        self.root.join("history.json")
+    }
+
+    /// The sizes of the lists applied lately (for the guard's slow baseline);
+    /// none when missing or unreadable.
+    pub fn read_history(&self) -> Vec<Applied> {
+        match fs::read(self.history_path()) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "guard history unreadable; the slow baseline starts again from this run");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Keeps the entries younger than `window` (at most the newest few thousand).
+    pub fn write_history(&self, mut h: Vec<Applied>, window: Duration, now: u64) {
+        h.retain(|a| now.saturating_sub(a.at) <= window.as_secs());
+        if h.len() > HISTORY_MAX {
+            h.drain(..h.len() - HISTORY_MAX);
+        }
+        save_json(&self.history_path(), &h, "guard history")
+    }
+}

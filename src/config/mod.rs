@@ -423,7 +423,8 @@ mod tests {
     fn minimal_config_with_defaults() {
         let c = parse_ok(MINIMAL);
         assert_eq!(c.state_dir, PathBuf::from("/etc/rcptsync/state"));
-        assert_eq!(c.guard.min_recipients, 1);
+        assert_eq!(c.guard.min_recipients, None);
+        assert_eq!(c.guard.shrink_window, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.guard.max_removed_percent, 10.0);
         assert_eq!(c.guard.on_source_failure, OnSourceFailure::KeepLastGood);
         let SourceSpec::File(f) = &c.sources[0].spec else { panic!("not a file source") };

@@ -41,9 +41,9 @@ pub enum OnSourceFailure {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardConfig {
-    /// Refuse a list with fewer entries than this.
-    #[serde(default = "default_min_recipients")]
-    pub min_recipients: u64,
+    /// Refuse a list with fewer entries than this. Unset: 1 for a first list,
+    /// afterwards half the largest list applied within `shrink_window`.
+    pub min_recipients: Option<u64>,
     /// Refuse a list that removes more than this percentage of the last applied list.
     #[serde(default = "default_max_removed_percent")]
     pub max_removed_percent: f64,
@@ -54,6 +54,15 @@ pub struct GuardConfig {
     /// without one is refused like any guard trip. Normalised by validation.
     #[serde(default)]
     pub canaries: Vec<String>,
+    /// Also compare with the largest list applied within this window, so that
+    /// a staircase of small cuts trips the guard once they add up to more
+    /// than `max_removed_percent` (default 7 days; `"0s"` turns it off).
+    #[serde(default = "default_shrink_window", deserialize_with = "de_window")]
+    pub shrink_window: Duration,
+    /// Refuse when one source's share of the list shrinks by more than this
+    /// against its own last good copy (default: `max_removed_percent`), so a
+    /// small source emptied "successfully" is caught too.
+    pub max_removed_percent_per_source: Option<f64>,
     /// Refuse when one domain loses more than this share of its entries (or all
     /// of them), even if the global share is small.
     pub max_removed_percent_per_domain: Option<f64>,
@@ -73,8 +82,13 @@ pub struct GuardConfig {
     pub on_fresh: Vec<String>,
 }
 
-fn default_min_recipients() -> u64 {
-    1
+fn default_shrink_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn de_window<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::section::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 fn default_max_removed_percent() -> f64 {
     10.0
@@ -83,7 +97,9 @@ fn default_max_removed_percent() -> f64 {
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
-            min_recipients: default_min_recipients(),
+            min_recipients: None,
+            shrink_window: default_shrink_window(),
+            max_removed_percent_per_source: None,
             max_removed_percent: default_max_removed_percent(),
             on_source_failure: OnSourceFailure::default(),
             canaries: Vec::new(),
@@ -154,6 +170,9 @@ impl GuardConfig {
         }
         if (!self.on_stale.is_empty() || !self.on_fresh.is_empty()) && self.max_staleness.is_none() {
             c.push("guard.on_stale", "needs guard.max_staleness (how old the list may get)".into());
+        }
+        if self.max_removed_percent_per_source.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+            c.push("guard.max_removed_percent_per_source", "must be between 0 and 100".into());
         }
         if self.max_removed_percent_per_domain.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
             c.push("guard.max_removed_percent_per_domain", "must be between 0 and 100".into());

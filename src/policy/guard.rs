@@ -106,8 +106,9 @@ pub fn domain_shrinks<'a>(
 pub enum Baseline {
     /// No list was ever applied (first run).
     None,
-    /// The last applied list had this many entries.
-    Applied { count: usize },
+    /// The last applied list had this many entries; the largest applied within
+    /// the shrink window, `largest` (at least `count`).
+    Applied { count: usize, largest: usize },
     /// The state file exists but cannot be trusted.
     Unreadable(String),
 }
@@ -125,6 +126,51 @@ pub struct Verdict {
 /// `delta`, may be published.
 pub fn evaluate(cfg: &GuardConfig, count: usize, baseline: &Baseline, delta: Delta, force: bool) -> Verdict {
     evaluate_with(cfg, count, baseline, delta, Vec::new(), force)
+}
+
+/// The list size the guard insists on: `min_recipients`, else 1 for a first
+/// list and half the largest recent list (`largest`) after that.
+pub fn min_recipients(cfg: &GuardConfig, largest: Option<usize>) -> u64 {
+    cfg.min_recipients.unwrap_or_else(|| largest.map_or(1, |l| (l as u64 / 2).max(1)))
+}
+
+/// The slow baseline: a list more than `max_removed_percent` smaller than the
+/// largest list applied within the window is refused, however small each
+/// step towards it was.
+pub fn slow_shrink(cfg: &GuardConfig, count: usize, largest: Option<(u64, usize)>) -> Option<String> {
+    let (at, big) = largest?;
+    if big == 0 || count >= big {
+        return None;
+    }
+    let pct = (big - count) as f64 * 100.0 / big as f64;
+    (pct > cfg.max_removed_percent).then(|| {
+        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at));
+        format!(
+            "the new list has {count} entries, {pct:.1}% fewer than the {big} applied at {when}, more than \
+             guard.max_removed_percent = {} within guard.shrink_window = {} (small cuts add up)",
+            cfg.max_removed_percent,
+            humantime::format_duration(cfg.shrink_window)
+        )
+    })
+}
+
+/// Sources whose share of the list shrinks by more than the per-source limit
+/// against their own last good copy: (name, old count, new count).
+pub fn source_shrinks(cfg: &GuardConfig, sources: &[(String, usize, usize)]) -> Vec<String> {
+    let max = cfg.max_removed_percent_per_source.unwrap_or(cfg.max_removed_percent);
+    sources
+        .iter()
+        .filter(|(_, old, new)| *old > 0 && new < old)
+        .filter_map(|(name, old, new)| {
+            let pct = (old - new) as f64 * 100.0 / *old as f64;
+            (pct > max).then(|| {
+                format!(
+                    "source {name} would shrink from {old} to {new} entries ({pct:.1}%), more than \
+                     guard.max_removed_percent_per_source = {max}"
+                )
+            })
+        })
+        .collect()
 }
 
 /// [`evaluate`] with further refusals found by the caller (missing canaries,
@@ -147,15 +193,21 @@ pub fn evaluate_with(
     }
 }
 
+fn baseline_count(baseline: &Baseline) -> Option<usize> {
+    match baseline {
+        Baseline::Applied { count, largest } => Some((*count).max(*largest)),
+        _ => None,
+    }
+}
+
 fn refusal(cfg: &GuardConfig, count: usize, baseline: &Baseline, delta: Delta) -> Option<String> {
     if count == 0 {
         return Some("the new list is empty".into());
     }
-    if (count as u64) < cfg.min_recipients {
-        return Some(format!(
-            "the new list has {count} entries, fewer than guard.min_recipients = {}",
-            cfg.min_recipients
-        ));
+    let min = min_recipients(cfg, baseline_count(baseline));
+    if (count as u64) < min {
+        let how = if cfg.min_recipients.is_some() { "" } else { " (by default half the largest recent list)" };
+        return Some(format!("the new list has {count} entries, fewer than guard.min_recipients = {min}{how}"));
     }
     match baseline {
         Baseline::None => None,
@@ -163,7 +215,7 @@ fn refusal(cfg: &GuardConfig, count: usize, baseline: &Baseline, delta: Delta) -
             "the last applied list cannot be read ({why}), so a shrink cannot be measured; \
              check the new list with `rcptsync list`, then run `rcptsync sync --force` to make it the new baseline"
         )),
-        Baseline::Applied { count: old } if *old > 0 => {
+        Baseline::Applied { count: old, .. } if *old > 0 => {
             let pct = delta.removed as f64 * 100.0 / *old as f64;
             (pct > cfg.max_removed_percent).then(|| {
                 format!(
@@ -181,7 +233,7 @@ mod tests {
     use super::*;
 
     fn cfg(min: u64, pct: f64) -> GuardConfig {
-        GuardConfig { min_recipients: min, max_removed_percent: pct, ..GuardConfig::default() }
+        GuardConfig { min_recipients: Some(min), max_removed_percent: pct, ..GuardConfig::default() }
     }
 
     #[test]
@@ -230,8 +282,14 @@ mod tests {
             ]
         );
         assert!(domain_shrinks(old.iter().copied(), new.iter().copied(), 60.0).len() == 1, "only the emptied domain");
-        let v =
-            evaluate_with(&cfg(1, 10.0), 6, &Baseline::Applied { count: 7 }, Delta { added: 1, removed: 2 }, s, false);
+        let v = evaluate_with(
+            &cfg(1, 10.0),
+            6,
+            &Baseline::Applied { count: 7, largest: 7 },
+            Delta { added: 1, removed: 2 },
+            s,
+            false,
+        );
         assert!(!v.ok);
         let r = v.reason.unwrap();
         assert!(r.contains("28.6%") && r.contains("gone.example"), "{r}");
@@ -261,7 +319,7 @@ mod tests {
 
     #[test]
     fn shrink_over_limit_is_refused_at_the_boundary() {
-        let base = Baseline::Applied { count: 100 };
+        let base = Baseline::Applied { count: 100, largest: 100 };
         assert!(evaluate(&cfg(1, 10.0), 90, &base, Delta { added: 0, removed: 10 }, false).ok);
         let v = evaluate(&cfg(1, 10.0), 89, &base, Delta { added: 0, removed: 11 }, false);
         assert!(!v.ok);
@@ -275,7 +333,7 @@ mod tests {
 
     #[test]
     fn force_overrides_but_says_why() {
-        let base = Baseline::Applied { count: 100 };
+        let base = Baseline::Applied { count: 100, largest: 100 };
         let v = evaluate(&cfg(1, 10.0), 50, &base, Delta { added: 0, removed: 50 }, true);
         assert!(v.ok && v.forced);
         assert!(v.reason.unwrap().starts_with("overridden by --force: 50 of 100"));

@@ -155,10 +155,11 @@ impl Run<'_> {
         let refused = gather::usable(self, &gathered, report)?;
         let (list, tombstones) = timed("merged", || merge::merge_owned(self, gathered));
         report.recipients = list.len();
-        let fingerprint = timed("guard evaluated", || guard::check(self, &list, report))?;
-        let staged = timed("rendered and compared", || publish::render(self, &list, &fingerprint, report))?;
+        let guarded = timed("guard evaluated", || guard::check(self, &list, report))?;
+        let staged = timed("rendered and compared", || publish::render(self, &list, &guarded, report))?;
         let Some((ready, state_files)) = staged else { return Ok(()) };
         let ready = timed("committed", || publish::commit(self, ready, report))?;
+        let fingerprint = guarded.fingerprint;
         let recorded = record::Recorded { state_files, tombstones, fps, refused, fingerprint, ready: &ready };
         timed("state recorded", || record::record(self, recorded, report))?;
         crate::mem::dispose((list, ready));

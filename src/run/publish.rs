@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::guard::Guarded;
 use super::{Halt, Run, Step};
 use crate::policy::RecipientList;
 use crate::report::{Outcome, OutputReport, Report};
@@ -14,12 +15,18 @@ use crate::writer::{self, Rendered};
 /// (which ends successfully here, having written nothing).
 pub(super) type Staged = Option<(Vec<Rendered>, Result<Vec<PendingFile>, StateError>)>;
 
-pub(super) fn render(run: &Run, list: &Arc<RecipientList>, new_fp: &str, report: &mut Report) -> Step<Staged> {
+pub(super) fn render(run: &Run, list: &Arc<RecipientList>, guarded: &Guarded, report: &mut Report) -> Step<Staged> {
     let (cfg, opts) = (run.cfg, run.opts);
     // Both are complete on disk before anything is renamed.
     let (rendered, staged_state) = rayon::join(
         || writer::render_all(&cfg.outputs, list, opts.diff, !opts.dry_run),
-        || if opts.dry_run { Ok(Vec::new()) } else { stage_state(&run.state, list, new_fp) },
+        || {
+            if opts.dry_run {
+                Ok(Vec::new())
+            } else {
+                stage_state(&run.state, list, &guarded.fingerprint, &guarded.per_source)
+            }
+        },
     );
     let (ready, errors): (Vec<_>, Vec<_>) = rendered.into_iter().partition(Result::is_ok);
     let errors: Vec<String> = errors.into_iter().filter_map(Result::err).collect();
@@ -75,7 +82,12 @@ pub(super) fn commit(run: &Run, mut ready: Vec<Rendered>, report: &mut Report) -
 /// Writes, to fsynced temp files, the state files that differ from what is on
 /// disk: the new baseline and each source's last-known-good slice. Done while
 /// the outputs are rendered; installed only if every output is committed.
-fn stage_state(state: &StateDir, list: &RecipientList, new_fp: &str) -> Result<Vec<PendingFile>, StateError> {
+fn stage_state(
+    state: &StateDir,
+    list: &RecipientList,
+    new_fp: &str,
+    counts: &[usize],
+) -> Result<Vec<PendingFile>, StateError> {
     let mut pending = Vec::new();
     let applied = state.applied_path();
     let applied_changed = state.read_header(&applied).ok().flatten().is_none_or(|h| h.fingerprint != new_fp);
@@ -83,7 +95,7 @@ fn stage_state(state: &StateDir, list: &RecipientList, new_fp: &str) -> Result<V
         pending.push(state.stage_list(&applied, "list", list.len(), list.sorted(), Some(new_fp))?.1);
     }
     let linked = if applied_changed { pending[0].staged().to_path_buf() } else { applied };
-    pending.extend(stage_slices(state, list, new_fp, &linked)?);
+    pending.extend(stage_slices(state, list, new_fp, counts, &linked)?);
     Ok(pending)
 }
 
@@ -94,20 +106,13 @@ fn stage_slices(
     state: &StateDir,
     list: &RecipientList,
     new_fp: &str,
+    counts: &[usize],
     whole_list: &std::path::Path,
 ) -> Result<Vec<PendingFile>, StateError> {
     let mut pending = Vec::new();
     let names = list.source_names();
     // A source that produced the whole list (the usual single-source case) has
-    // the list itself as its slice: counted first, so that it is not copied.
-    let mut counts = vec![0usize; names.len()];
-    for (_, sources) in list.sorted_with_sources() {
-        for_each_unique(sources, |s| {
-            if let Some(c) = counts.get_mut(s) {
-                *c += 1;
-            }
-        });
-    }
+    // the list itself as its slice (counted by the guard), so it is not copied.
     let whole: Vec<bool> = counts.iter().map(|&c| c == list.len()).collect();
     let mut slices: Vec<Vec<&str>> = vec![Vec::new(); names.len()];
     for (entry, sources) in list.sorted_with_sources() {
@@ -138,7 +143,7 @@ fn stage_slices(
 
 /// Calls `f` once per distinct source index (an entry's sources are sorted, so
 /// repeats are adjacent).
-fn for_each_unique(sources: &[u16], mut f: impl FnMut(usize)) {
+pub(super) fn for_each_unique(sources: &[u16], mut f: impl FnMut(usize)) {
     let mut last = None;
     for &s in sources {
         if last != Some(s) {

@@ -20,6 +20,22 @@ pub(super) struct Recorded<'a> {
     pub ready: &'a [Rendered],
 }
 
+/// The guard's slow baseline: the sizes of the lists applied lately. `--force`
+/// makes this list the new baseline (the old, larger ones are forgotten).
+fn remember_size(run: &Run, report: &Report) {
+    let window = run.cfg.guard.shrink_window;
+    if window.is_zero() {
+        return;
+    }
+    let now = crate::state::unix_now();
+    let mut history = if run.opts.force { Vec::new() } else { run.state.read_history() };
+    let changed = report.added > 0 || report.removed > 0;
+    if changed || history.last().is_none_or(|a| a.count != report.recipients) {
+        history.push(crate::state::Applied { at: now, count: report.recipients });
+        run.state.write_history(history, window, now);
+    }
+}
+
 pub(super) fn record(run: &Run, r: Recorded, report: &Report) -> Step<()> {
     let (cfg, state) = (run.cfg, &run.state);
     for f in r.state_files? {
@@ -28,6 +44,7 @@ pub(super) fn record(run: &Run, r: Recorded, report: &Report) -> Step<()> {
     if cfg.guard.removal_grace.is_some() || state.has_tombstones() {
         state.write_tombstones(&r.tombstones);
     }
+    remember_size(run, report);
     // A source that was not read (not due) has no fingerprint to compare with
     // next time: no record, so the next run does the whole work.
     if !r.fps.raw.iter().all(Option::is_some) {

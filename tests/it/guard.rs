@@ -32,9 +32,10 @@ fn shrink_over_the_limit_is_refused_and_outputs_stay() {
     r.expect(3);
     let v = r.json();
     assert_eq!(v["guard"]["ok"], false);
-    assert_eq!(
-        v["guard"]["reason"],
-        "11 of 90 entries (12.2%) would be removed, more than guard.max_removed_percent = 10"
+    let reason = v["guard"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("11 of 90 entries (12.2%) would be removed, more than guard.max_removed_percent = 10; "),
+        "{reason}"
     );
     assert_eq!(v["removed"], 11);
     assert_eq!(v["changed"], false);
@@ -268,4 +269,76 @@ fn removal_grace_keeps_a_vanished_entry_until_it_expires() {
     t.run(&["sync", "-c", "rcptsync.toml", "--no-grace"]).expect(0);
     assert!(!t.read("out/relay_recipients").contains("back@"), "--no-grace drops at once");
     assert_eq!(t.read("state/tombstones.json"), "{}");
+}
+
+/// A source that shrinks a little at every run used to pass for ever (100
+/// entries became 54 in 7 accepted runs of 9 %): the largest list applied
+/// within guard.shrink_window is a second baseline, so the staircase trips
+/// the guard once the cuts add up. --force makes the new list the baseline.
+#[test]
+fn a_staircase_of_small_cuts_trips_the_guard() {
+    let t = setup("[guard]\nmax_removed_percent = 10\n", &addrs(100));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    t.write("recipients.txt", &addrs(91));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let published = t.read("out/relay_recipients");
+    // 9 of 91 is under 10 % of the last list, but 17 % fewer than the 100.
+    t.write("recipients.txt", &addrs(83));
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(3);
+    let reason = r.json()["guard"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("the new list has 83 entries, 17.0% fewer than the 100 applied at"), "{reason}");
+    assert!(!reason.contains("of 91 entries"), "the step itself is small: {reason}");
+    assert_eq!(t.read("out/relay_recipients"), published);
+    // Forced, the 83 are the new baseline; later small steps pass again.
+    t.run(&["sync", "-c", "rcptsync.toml", "--force"]).expect(0);
+    t.write("recipients.txt", &addrs(80));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    // With the window off, the old rule alone applies.
+    let t = setup("[guard]\nmax_removed_percent = 10\nshrink_window = \"0s\"\n", &addrs(100));
+    for n in [91, 83, 76] {
+        t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+        t.write("recipients.txt", &addrs(n));
+    }
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+}
+
+/// One small source emptied "successfully" stays under the global share; it is
+/// now checked against its own last good copy.
+#[test]
+fn a_small_source_that_empties_is_refused() {
+    let t = setup("[guard]\nmax_removed_percent = 10\n", &addrs(100));
+    t.write("small.txt", "ceo@example.org\ncfo@example.org\n");
+    let cfg = t
+        .read("rcptsync.toml")
+        .replace("[[output]]", "[[source]]\nname = \"small\"\nkind = \"file\"\npath = \"small.txt\"\n\n[[output]]");
+    t.config(&cfg);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    t.write("small.txt", "# emptied by a broken export\n");
+    let r = t.run(&["sync", "-c", "rcptsync.toml", "--format", "json"]);
+    r.expect(3);
+    let reason = r.json()["guard"]["reason"].as_str().unwrap().to_string();
+    assert_eq!(
+        reason,
+        "source small would shrink from 2 to 0 entries (100.0%), more than guard.max_removed_percent_per_source = 10"
+    );
+    assert!(t.read("out/relay_recipients").contains("ceo@example.org"));
+}
+
+/// Without min_recipients, a list under half the largest recent one is
+/// refused even when max_removed_percent allows any shrink.
+#[test]
+fn min_recipients_defaults_to_half_the_largest_recent_list() {
+    let t = setup("[guard]\nmax_removed_percent = 100\nmax_removed_percent_per_source = 100\n", &addrs(10));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    t.write("recipients.txt", &addrs(4));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(3);
+    assert!(
+        r.stdout.contains("fewer than guard.min_recipients = 5 (by default half the largest recent list)"),
+        "{}",
+        r.stdout
+    );
+    t.write("recipients.txt", &addrs(5));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
 }
