@@ -116,11 +116,13 @@ impl Target {
             return Err(CommitError::NoDir(dir.to_path_buf()));
         }
         self.clean_leftovers();
-        let path = self.temp("new");
+        // New (O_EXCL), never through a link, under a name nobody can guess.
+        let path = self.temp(&format!("new.{}", crate::secure_fs::random_suffix()));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(io_at(&path, "cannot write temp file"))?;
         Ok(TempFile { target: self.clone(), path: Some(path), file })
