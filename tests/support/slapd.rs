@@ -13,20 +13,12 @@ pub const SYNC_PASSWORD: &str = "sync-Secret-51x";
 /// A bind DN whose paged searches stop after 1500 entries (sizeLimitExceeded).
 pub const LIMITED_DN: &str = "cn=limited,ou=services,dc=example,dc=test";
 
-/// Test CA and a server certificate for 127.0.0.1/localhost, in `dir`.
+/// Test CA and a server certificate for 127.0.0.1/localhost, in `dir`; the
+/// key readable by slapd's user.
 pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let sh = format!(
-        "set -e; cd {d}
-         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=rcptsync-test-ca -keyout ca.key -out ca.pem 2>/dev/null
-         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
-         printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
-         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out server.pem 2>/dev/null
-         chmod 644 server.key",
-        d = dir.display()
-    );
-    run_ok(Command::new("sh").arg("-c").arg(sh));
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+    let ca = super::db::test_ca(dir, "root");
+    run_ok(Command::new("chmod").arg("644").arg(dir.join("server.key")));
+    (ca, dir.join("server.pem"), dir.join("server.key"))
 }
 
 pub struct Slapd {
