@@ -116,6 +116,12 @@ pub fn validate_item(item: RawItem) -> Result<Located, Rejected> {
     }
 }
 
+/// The distinct source indexes of an entry's origins (they are sorted, so
+/// repeats are adjacent), as indexes into [`RecipientList::source_names`].
+pub fn unique_sources(sources: &[u16]) -> impl Iterator<Item = usize> + '_ {
+    sources.iter().enumerate().filter(|&(i, s)| i == 0 || sources[i - 1] != *s).map(|(_, &s)| usize::from(s))
+}
+
 /// Where an entry of the final list came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {

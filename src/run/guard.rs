@@ -5,7 +5,7 @@
 //! output as it was.
 
 use super::{Halt, Run, Step};
-use crate::policy::RecipientList;
+use crate::policy::{RecipientList, unique_sources};
 use crate::policy::address::Entry;
 use crate::policy::guard::{self, Baseline, Delta};
 use crate::report::{GuardReport, Outcome, Report};
@@ -70,11 +70,11 @@ fn largest_recent(run: &Run) -> Option<(u64, usize)> {
 fn entries_per_source(list: &RecipientList) -> Vec<usize> {
     let mut counts = vec![0usize; list.source_names().len()];
     for (_, sources) in list.sorted_with_sources() {
-        super::publish::for_each_unique(sources, |s| {
+        for s in unique_sources(sources) {
             if let Some(c) = counts.get_mut(s) {
                 *c += 1;
             }
-        });
+        }
     }
     counts
 }

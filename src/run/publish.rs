@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::guard::Guarded;
 use super::{Halt, Run, Step};
-use crate::policy::RecipientList;
+use crate::policy::{RecipientList, unique_sources};
 use crate::report::{Outcome, OutputReport, Report};
 use crate::state::{PendingFile, StateDir, StateError, fingerprint};
 use crate::writer::{self, Rendered};
@@ -116,11 +116,11 @@ fn stage_slices(
     let whole: Vec<bool> = counts.iter().map(|&c| c == list.len()).collect();
     let mut slices: Vec<Vec<&str>> = vec![Vec::new(); names.len()];
     for (entry, sources) in list.sorted_with_sources() {
-        for_each_unique(sources, |s| {
+        for s in unique_sources(sources) {
             if let (Some(false), Some(v)) = (whole.get(s).copied(), slices.get_mut(s)) {
                 v.push(entry);
             }
-        });
+        }
     }
     for (i, (name, slice)) in names.iter().zip(slices).enumerate() {
         if name == crate::policy::INCLUDE_SOURCE || name == crate::policy::GRACE_SOURCE {
@@ -139,16 +139,4 @@ fn stage_slices(
         }
     }
     Ok(pending)
-}
-
-/// Calls `f` once per distinct source index (an entry's sources are sorted, so
-/// repeats are adjacent).
-pub(super) fn for_each_unique(sources: &[u16], mut f: impl FnMut(usize)) {
-    let mut last = None;
-    for &s in sources {
-        if last != Some(s) {
-            f(usize::from(s));
-            last = Some(s);
-        }
-    }
 }
