@@ -508,6 +508,20 @@ enum DeltaError {
     Failed(String),
 }
 
+impl From<String> for DeltaError {
+    fn from(e: String) -> DeltaError {
+        DeltaError::Failed(e)
+    }
+}
+
+impl DeltaError {
+    fn message(self) -> String {
+        match self {
+            DeltaError::Rejected(m) | DeltaError::Failed(m) => m,
+        }
+    }
+}
+
 impl Session {
     async fn get(&self, url: &str) -> Result<Response, String> {
         // Follow links only on the Graph host: a link elsewhere would carry the
@@ -585,7 +599,9 @@ impl Session {
     /// Returns the delta link of the last page, if any. The next page is
     /// requested as soon as this page's link is known, and this page's objects
     /// are decoded while that request travels.
-    async fn chain(&self, kind: Kind, url: String, mut each: impl FnMut(Obj)) -> Result<Option<String>, String> {
+    /// A 410 Gone on any page of a delta chain rejects the stored delta link
+    /// (the caller starts a full pass); every other failure fails the source.
+    async fn chain(&self, kind: Kind, url: String, mut each: impl FnMut(Obj)) -> Result<Option<String>, DeltaError> {
         /// Only the links; serde skips `value` without building it.
         #[derive(Deserialize)]
         struct Links {
@@ -594,21 +610,22 @@ impl Session {
             #[serde(default, rename = "@odata.deltaLink")]
             delta: Option<String>,
         }
-        let mut decode = |r: &Response| -> Result<(), String> {
+        let mut decode = |r: &Response| -> Result<(), DeltaError> {
             let page: Page<Obj> = r.json()?;
             page.value.into_iter().for_each(&mut each);
             Ok(())
         };
         let page = |url: String| async move {
             let r = self.get(&url).await?;
-            if !r.ok() {
-                return Err(self.api_error(&r, kind.path(), kind.permission()));
+            match r.status.as_u16() {
+                410 => Err(DeltaError::Rejected(self.api_error(&r, kind.path(), kind.permission()))),
+                _ if !r.ok() => Err(DeltaError::Failed(self.api_error(&r, kind.path(), kind.permission()))),
+                _ => Ok(r),
             }
-            Ok(r)
         };
         let first = page(url.clone()).await?;
         let mut delta = None;
-        let next = |r: &Response| {
+        let next = |r: &Response| -> Result<Option<String>, DeltaError> {
             let links: Links = r.json()?;
             if links.next.is_none() {
                 delta = links.delta;
@@ -627,7 +644,7 @@ impl Session {
             let link = if links {
                 let url =
                     format!("{}/v1.0/{}/delta?$select={}&$deltatoken=latest", self.root, kind.path(), kind.select());
-                let link = self.chain(kind, url, |_| {}).await?;
+                let link = self.chain(kind, url, |_| {}).await.map_err(DeltaError::message)?;
                 Some(link.ok_or_else(|| format!("{}/delta returned no @odata.deltaLink", kind.path()))?)
             } else {
                 None
@@ -643,7 +660,8 @@ impl Session {
                     objects.insert(kind.key(&o.id), r);
                 }
             })
-            .await?;
+            .await
+            .map_err(DeltaError::message)?;
             tracing::debug!(collection = kind.path(), objects = count, "listed");
             Ok::<_, String>((objects, link))
         };
@@ -683,7 +701,7 @@ impl Session {
                 take(o);
             }
             let link = match (page.next, page.delta) {
-                (Some(next), _) => self.chain(kind, next, take).await.map_err(DeltaError::Failed)?,
+                (Some(next), _) => self.chain(kind, next, take).await?,
                 (None, delta) => delta,
             };
             let link =

@@ -462,16 +462,16 @@ pub const MAX_PAGES: usize = 20_000;
 /// The one loop protection: every continuation seen in the chain (and `start`,
 /// the first page's own link) is remembered, and a repeat fails the chain, as
 /// does a chain of more than [`MAX_PAGES`] pages. Returns the last page.
-pub async fn follow<Fut>(
+pub async fn follow<Fut, E: From<String>>(
     what: &str,
     start: Option<String>,
     first: Response,
-    mut next: impl FnMut(&Response) -> Result<Option<String>, String>,
+    mut next: impl FnMut(&Response) -> Result<Option<String>, E>,
     request: impl Fn(String) -> Fut,
-    mut decode: impl FnMut(&Response) -> Result<(), String>,
-) -> Result<Response, String>
+    mut decode: impl FnMut(&Response) -> Result<(), E>,
+) -> Result<Response, E>
 where
-    Fut: std::future::Future<Output = Result<Response, String>>,
+    Fut: std::future::Future<Output = Result<Response, E>>,
 {
     let mut seen: std::collections::HashSet<String> = start.into_iter().collect();
     let mut resp = first;
@@ -481,10 +481,12 @@ where
             return Ok(resp);
         };
         if seen.len() >= MAX_PAGES {
-            return Err(format!("{what}: more than {MAX_PAGES} pages; the server never says which page is the last"));
+            return Err(
+                format!("{what}: more than {MAX_PAGES} pages; the server never says which page is the last").into()
+            );
         }
         if !seen.insert(continuation.clone()) {
-            return Err(format!("{what}: the server returned the same page link or token twice"));
+            return Err(format!("{what}: the server returned the same page link or token twice").into());
         }
         // The yield lets the connection task write the request before the
         // decoding occupies this worker.

@@ -5,9 +5,9 @@
 //! output as it was.
 
 use super::{Halt, Run, Step};
-use crate::policy::{RecipientList, unique_sources};
 use crate::policy::address::Entry;
 use crate::policy::guard::{self, Baseline, Delta};
+use crate::policy::{RecipientList, unique_sources};
 use crate::report::{GuardReport, Outcome, Report};
 use crate::state::fingerprint;
 

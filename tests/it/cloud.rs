@@ -714,3 +714,33 @@ postmap = "lmdb"
     let r = rcpt_replies(pf.port, &["hire@contoso.com", "newbie@example.com"]);
     assert!(r.iter().all(|l| l.starts_with("250")), "{r:?}\n{}", pf.log_tail());
 }
+
+/// A 410 Gone in the middle of a delta chain (not only on its first page)
+/// means the delta session is lost: the same run starts a full pass instead
+/// of failing the source.
+#[test]
+fn graph_410_in_the_middle_of_a_delta_chain_starts_a_full_pass() {
+    let (t, g) = graph_case();
+    graph_bulk(&mut g.state(), 50, 0, 0);
+    graph_config(&t, &g, "[guard]\nmax_removed_percent = 50\n", "client_secret_file = \"graph-secret\"");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    {
+        let mut s = g.state();
+        s.delta_page = 2;
+        for i in 0..5 {
+            let id = format!("late{i}");
+            s.put("users", serde_json::json!({"id": id, "userPrincipalName": format!("late{i}@bulk.example"), "mail": format!("late{i}@bulk.example"), "proxyAddresses": [format!("SMTP:late{i}@bulk.example")]}));
+        }
+        // The second page of the users delta chain is gone.
+        s.common.faults.push(Fault::new("/v1.0/users/delta", 1, 410, 1));
+        s.common.log.clear();
+    }
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stderr.contains("delta link rejected; falling back to a full sync"), "{}", r.stderr);
+    assert!(g.state().common.log.iter().any(|l| l.starts_with("GET /v1.0/users?")), "a full listing ran");
+    let list = t.read("out/list");
+    for i in 0..5 {
+        assert!(list.contains(&format!("late{i}@bulk.example")), "{list}");
+    }
+}
