@@ -557,7 +557,7 @@ mod tests {
     #[tokio::test]
     async fn a_chain_of_endless_distinct_links_stops_at_the_page_cap() {
         let n = std::sync::atomic::AtomicUsize::new(0);
-        let e = follow(
+        let e: String = follow(
             "users",
             None,
             page(&[], Some("0")),
