@@ -83,6 +83,10 @@ pub struct GraphSourceSpec {
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub timeout: Option<Duration>,
+    /// Publish `*.onmicrosoft.com` addresses too (their MX is Microsoft's, so
+    /// by default they are left out).
+    #[serde(default)]
+    pub keep_onmicrosoft: bool,
     pub max_retries: Option<u32>,
     /// Test labs only: allow plain `http://` token and API endpoints.
     #[serde(default)]
@@ -296,23 +300,58 @@ fn record(kind: Kind, o: &Obj) -> Option<Record> {
     Some(Record { label, proxies, mail: mail.map(str::to_string) })
 }
 
-/// Turns the object map into the fetch result, keeping only verified Email domains.
-fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &HashSet<String>) -> Batch {
+/// The tenant's verified domains, by what Exchange Online does with them.
+#[derive(Debug, Default, Clone)]
+pub struct Domains {
+    /// `supportedServices` has `Email`: Exchange Online knows every recipient.
+    pub email: HashSet<String>,
+    /// `EmailInternalRelayOnly` (a shared address space): recipients Exchange
+    /// Online does not know are relayed on, so it accepts any recipient.
+    pub relay: HashSet<String>,
+}
+
+/// Why an address in `*.onmicrosoft.com` is left out by default.
+const ONMICROSOFT: &str = "is a *.onmicrosoft.com address, whose MX is Microsoft's own: mail to it never comes \
+     through this backup MX (keep_onmicrosoft = true publishes it)";
+
+/// Turns the object map into the fetch result: addresses in verified Email
+/// domains (not `*.onmicrosoft.com` unless kept), and each internal-relay
+/// domain as a catch-all, since the primary accepts any recipient there.
+fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &Domains, keep_onmicrosoft: bool) -> Batch {
     let mut out = Batch::default();
     for r in objects {
         for (value, from) in r.values() {
             let locator = Locator::Object(format!("{} {from}", r.label).into());
             // An invalid value goes on to validation, which refuses and reports
             // it; a valid one counts only in a verified domain.
-            match crate::policy::address::parse_address(value) {
-                Ok(e) if !domains.contains(e.domain()) => out.left_out.push(Rejected {
-                    value: value.to_string(),
-                    locator,
-                    reason: format!("domain {} is not a verified Email domain of the tenant", e.domain()),
-                }),
-                _ => out.items.push(RawItem { value: value.to_string(), kind: RawKind::Address, locator }),
+            let reason = match crate::policy::address::parse_address(value) {
+                Ok(e) if domains.relay.contains(e.domain()) => None,
+                Ok(e) if !domains.email.contains(e.domain()) => {
+                    Some(format!("domain {} is not a verified Email domain of the tenant", e.domain()))
+                }
+                Ok(e) if !keep_onmicrosoft && e.domain().ends_with(".onmicrosoft.com") => Some(ONMICROSOFT.into()),
+                _ => None,
+            };
+            match reason {
+                Some(reason) => out.left_out.push(Rejected { value: value.to_string(), locator, reason }),
+                None => out.items.push(RawItem { value: value.to_string(), kind: RawKind::Address, locator }),
             }
         }
+    }
+    let mut relay: Vec<&String> = domains.relay.iter().collect();
+    relay.sort();
+    for d in relay {
+        out.items.push(RawItem {
+            value: format!("@{d}"),
+            kind: RawKind::CatchAll,
+            locator: Locator::Object(
+                format!(
+                    "domain {d}: supportedServices EmailInternalRelayOnly (a shared address space; Exchange Online \
+                     accepts any recipient there and relays the unknown ones)"
+                )
+                .into(),
+            ),
+        });
     }
     out
 }
@@ -476,16 +515,19 @@ impl GraphSource {
             })
         };
         let (domains, state) = tokio::try_join!(s.domains(), work)?;
+        for d in &domains.relay {
+            tracing::warn!(graph = %s.root, domain = %d, "internal relay domain (EmailInternalRelayOnly): published as a catch-all, since Exchange Online accepts any recipient there");
+        }
         Ok(self.save_and_finalize(state, &domains))
     }
 
     /// Saves the state (in incremental mode) while building the result.
-    fn save_and_finalize(&self, state: SyncState, domains: &HashSet<String>) -> Batch {
+    fn save_and_finalize(&self, state: SyncState, domains: &Domains) -> Batch {
         std::thread::scope(|scope| {
             if let (Some(cache), true) = (&self.cache, self.spec.incremental && !state.links.is_empty()) {
                 scope.spawn(|| cache.save(&state, "Graph"));
             }
-            finalize(state.objects.values(), domains)
+            finalize(state.objects.values(), domains, self.spec.keep_onmicrosoft)
         })
     }
 }
@@ -561,8 +603,9 @@ impl Session {
         format!("reading {what} from {}: {status} {detail}{remedy}", r.what)
     }
 
-    /// The tenant's verified domains that have the Email service, lowercased.
-    async fn domains(&self) -> Result<HashSet<String>, String> {
+    /// The tenant's verified domains with the Email service (or internal relay
+    /// only), lowercased.
+    async fn domains(&self) -> Result<Domains, String> {
         let url = format!("{}/v1.0/domains?$select=id,isVerified,supportedServices", self.root);
         let page = |url: String| async move {
             let r = self.get(&url).await?;
@@ -571,14 +614,16 @@ impl Session {
             }
             Ok(r)
         };
-        let mut set = HashSet::new();
+        let mut set = Domains::default();
         let decode = |r: &Response| {
-            for d in r.json::<Page<Domain>>()?.value {
-                if d.is_verified && d.supported_services.iter().any(|s| s.eq_ignore_ascii_case("email")) {
-                    // Compared with addresses' normalised (IDNA, lowercase) domains.
-                    set.insert(
-                        crate::policy::address::parse_domain(&d.id).unwrap_or_else(|_| d.id.to_ascii_lowercase()),
-                    );
+            for d in r.json::<Page<Domain>>()?.value.into_iter().filter(|d| d.is_verified) {
+                let has = |svc: &str| d.supported_services.iter().any(|s| s.eq_ignore_ascii_case(svc));
+                // Compared with addresses' normalised (IDNA, lowercase) domains.
+                let name = crate::policy::address::parse_domain(&d.id).unwrap_or_else(|_| d.id.to_ascii_lowercase());
+                if has("EmailInternalRelayOnly") {
+                    set.relay.insert(name);
+                } else if has("Email") {
+                    set.email.insert(name);
                 }
             }
             Ok(())
@@ -586,7 +631,7 @@ impl Session {
         let next = |r: &Response| Ok(r.json::<Page<Domain>>()?.next);
         let first = page(url.clone()).await?;
         super::http::follow("domains", Some(url), first, next, page, decode).await?;
-        if set.is_empty() {
+        if set.email.is_empty() && set.relay.is_empty() {
             return Err(format!(
                 "{}/v1.0/domains lists no verified domain with the Email service; every address would be dropped",
                 self.root
@@ -741,7 +786,7 @@ impl Connector for GraphSource {
     async fn check(&self) -> Result<String, SourceError> {
         let s = self.session()?;
         let domains = s.domains().await.map_err(SourceError::new)?;
-        let mut names: Vec<_> = domains.into_iter().collect();
+        let mut names: Vec<_> = domains.email.into_iter().chain(domains.relay).collect();
         names.sort();
         Ok(format!("tenant {}: token OK, verified Email domains: {}", self.spec.tenant, names.join(", ")))
     }
@@ -790,8 +835,8 @@ mod tests {
             proxies: vec!["John@Contoso.com".into()],
             mail: Some("john@fabrikam.com".into()),
         }];
-        let domains: HashSet<String> = ["contoso.com".to_string()].into();
-        let f = finalize(recs.iter(), &domains);
+        let domains = Domains { email: ["contoso.com".to_string()].into(), relay: HashSet::new() };
+        let f = finalize(recs.iter(), &domains, false);
         assert_eq!(f.items.len(), 1);
         assert_eq!(f.items[0].value, "John@Contoso.com");
         assert_eq!(
@@ -827,7 +872,10 @@ mod tests {
     /// whose validated addresses are plain ones.
     #[test]
     fn fuzz_graph_pages() {
-        let domains: HashSet<String> = ["contoso.com".to_string(), "contoso.onmicrosoft.com".to_string()].into();
+        let domains = Domains {
+            email: ["contoso.com".to_string(), "contoso.onmicrosoft.com".to_string()].into(),
+            relay: ["shared.contoso.com".to_string()].into(),
+        };
         crate::fuzz::run("graph", |input| {
             let Ok(page) = serde_json::from_slice::<Page<Obj>>(input) else { return Ok(()) };
             let mut recs = Vec::new();
@@ -836,7 +884,7 @@ mod tests {
                     recs.extend(record(kind, o));
                 }
             }
-            let f = finalize(recs.iter(), &domains);
+            let f = finalize(recs.iter(), &domains, true);
             crate::fuzz::check_validated(f.items)
         });
     }

@@ -744,3 +744,42 @@ fn graph_410_in_the_middle_of_a_delta_chain_starts_a_full_pass() {
         assert!(list.contains(&format!("late{i}@bulk.example")), "{list}");
     }
 }
+
+/// Domain rules of Exchange Online: `*.onmicrosoft.com` addresses are left out
+/// by default (their MX is Microsoft's), and a verified domain whose
+/// supportedServices is EmailInternalRelayOnly (a shared address space) is
+/// published as a catch-all, since the primary accepts any recipient there.
+#[test]
+fn graph_onmicrosoft_addresses_and_internal_relay_domains() {
+    let (t, g) = graph_case();
+    {
+        let mut s = g.state();
+        s.domains = vec![
+            serde_json::json!({"id": "contoso.com", "isVerified": true, "supportedServices": ["Email"]}),
+            serde_json::json!({"id": "contoso.onmicrosoft.com", "isVerified": true, "supportedServices": ["Email"]}),
+            serde_json::json!({"id": "shared.contoso.com", "isVerified": true, "supportedServices": ["EmailInternalRelayOnly"]}),
+        ];
+        s.put(
+            "users",
+            serde_json::json!({"id": "u1", "userPrincipalName": "a@contoso.com", "mail": "a@contoso.com",
+            "proxyAddresses": ["SMTP:a@contoso.com", "smtp:a@contoso.onmicrosoft.com", "smtp:a@shared.contoso.com"]}),
+        );
+    }
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"");
+    let r = t.run(&["list", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(lines(&r.stdout), ["a@contoso.com", "a@shared.contoso.com", "@shared.contoso.com"], "{}", r.stderr);
+    assert!(
+        r.stderr.contains("internal relay domain (EmailInternalRelayOnly): published as a catch-all"),
+        "{}",
+        r.stderr
+    );
+    let why = t.run(&["why", "-c", "rcptsync.toml", "a@contoso.onmicrosoft.com"]);
+    assert!(why.stdout.contains("*.onmicrosoft.com address, whose MX is Microsoft's own"), "{}", why.stdout);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "unknown@shared.contoso.com"]);
+    why.expect(0);
+    assert!(why.stdout.contains("supportedServices EmailInternalRelayOnly"), "{}", why.stdout);
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"\nkeep_onmicrosoft = true");
+    let r = t.run(&["list", "-c", "rcptsync.toml"]);
+    assert!(lines(&r.stdout).contains(&"a@contoso.onmicrosoft.com".to_string()), "{}", r.stdout);
+}
