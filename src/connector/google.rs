@@ -38,6 +38,10 @@ pub struct GoogleSourceSpec {
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub timeout: Option<Duration>,
+    /// Keep suspended users: Google rejects their mail unless the admin routes
+    /// it elsewhere (a routing rule for suspended users); then say so here.
+    #[serde(default)]
+    pub keep_suspended: bool,
     pub max_retries: Option<u32>,
     /// Test labs only: allow plain `http://` token and API endpoints (the key
     /// file's `token_uri` included).
@@ -211,12 +215,12 @@ struct DomainAlias {
 }
 
 /// Adds one member's addresses to `out`, or to `left_out` with the reason.
-fn take(out: &mut Batch, noun: &str, m: &Member, domains: &HashSet<String>) {
+fn take(out: &mut Batch, noun: &str, m: &Member, domains: &HashSet<String>, keep_suspended: bool) {
     let Some(primary) = m.primary_email.as_deref().or(m.email.as_deref()) else { return };
     let primary_key = if noun == "user" { "primaryEmail" } else { "email" };
     let label = format!("{noun} {}", primary.escape_debug());
-    let whole = if m.suspended {
-        Some("user is suspended: Google rejects mail to suspended users".to_string())
+    let whole = if m.suspended && !keep_suspended {
+        Some("user is suspended: Google rejects mail to suspended users (keep_suspended = true if you route it elsewhere)".to_string())
     } else if m.archived {
         Some("user is archived: archived users receive no mail".to_string())
     } else {
@@ -408,10 +412,10 @@ impl Connector for GoogleSource {
             tokio::try_join!(s.domains(), s.list("users"), s.list("groups")).map_err(SourceError::new)?;
         let mut out = Batch::default();
         for u in &users {
-            take(&mut out, "user", u, &domains);
+            take(&mut out, "user", u, &domains, self.spec.keep_suspended);
         }
         for g in &groups {
-            take(&mut out, "group", g, &domains);
+            take(&mut out, "group", g, &domains, self.spec.keep_suspended);
         }
         tracing::info!(
             api = %s.api,
@@ -453,6 +457,7 @@ mod tests {
                 "emails": [{"address": "liz.personal@gmail.com"}]
             })),
             &domains,
+            false,
         );
         let kept: Vec<&str> = out.items.iter().map(|i| i.value.as_str()).collect();
         assert_eq!(kept, ["Liz@Example.com", "sales@example.com", "liz@example-alias.com"]);
@@ -468,10 +473,10 @@ mod tests {
         crate::fuzz::run("google", |input| {
             let mut out = Batch::default();
             if let Ok(p) = serde_json::from_slice::<UsersPage>(input) {
-                p.users.iter().for_each(|m| take(&mut out, "user", m, &domains));
+                p.users.iter().for_each(|m| take(&mut out, "user", m, &domains, false));
             }
             if let Ok(p) = serde_json::from_slice::<GroupsPage>(input) {
-                p.groups.iter().for_each(|m| take(&mut out, "group", m, &domains));
+                p.groups.iter().for_each(|m| take(&mut out, "group", m, &domains, false));
             }
             let (ok, _) = crate::policy::normalise(out.items.clone());
             for (e, _) in &ok {
@@ -494,16 +499,34 @@ mod tests {
                 serde_json::json!({"primaryEmail": "a@example.com", "suspended": true, "aliases": ["b@example.com"]}),
             ),
             &domains,
+            false,
         );
         take(
             &mut out,
             "user",
             &member(serde_json::json!({"primaryEmail": "c@example.com", "archived": true})),
             &domains,
+            false,
         );
         assert!(out.items.is_empty());
         assert_eq!(out.left_out.len(), 3);
         assert!(out.left_out[0].reason.contains("suspended") && out.left_out[2].reason.contains("archived"));
+        // An admin who routes suspended users' mail elsewhere keeps them;
+        // archived users receive nothing either way.
+        let mut out = Batch::default();
+        let suspended =
+            serde_json::json!({"primaryEmail": "a@example.com", "suspended": true, "aliases": ["b@example.com"]});
+        take(&mut out, "user", &member(suspended), &domains, true);
+        take(
+            &mut out,
+            "user",
+            &member(serde_json::json!({"primaryEmail": "c@example.com", "archived": true})),
+            &domains,
+            true,
+        );
+        let kept: Vec<&str> = out.items.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(kept, ["a@example.com", "b@example.com"]);
+        assert_eq!(out.left_out.len(), 1);
     }
 
     #[test]
