@@ -368,7 +368,7 @@ impl LdapSource {
         let invocation = match first(&root, "dsServiceName") {
             Some(dn) => {
                 let e = self.read_entry(ldap, url, &dn, &["invocationId"]).await?;
-                e.bin_attrs.get("invocationId").and_then(|v| v.first()).map(|b| hex(b)).unwrap_or_default()
+                binary(&e, "invocationId").unwrap_or_default()
             }
             None => String::new(),
         };
@@ -694,7 +694,18 @@ fn first(e: &SearchEntry, attr: &str) -> Option<String> {
 }
 
 fn guid(e: &SearchEntry) -> Option<String> {
-    e.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case("objectGUID")).and_then(|(_, v)| v.first()).map(|b| hex(b))
+    binary(e, "objectGUID")
+}
+
+/// A binary attribute (objectGUID, invocationId) as hex. ldap3 files a value
+/// under `attrs` when its bytes happen to be valid UTF-8 (about one GUID in
+/// 10,000) and under `bin_attrs` otherwise: both are read.
+fn binary(e: &SearchEntry, attr: &str) -> Option<String> {
+    let bin = e.bin_attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attr)).and_then(|(_, v)| v.first());
+    match bin {
+        Some(b) => Some(hex(b)),
+        None => first(e, attr).map(|s| hex(s.as_bytes())),
+    }
 }
 
 fn count_skip(spec: &LdapSourceSpec, e: &SearchEntry, counts: &mut BTreeMap<String, usize>) {
@@ -941,6 +952,27 @@ mod tests {
     /// LDIF-like input (`dn: …`, `attr: value` lines, blank line between entries)
     /// through the AD profile's mapping: never a panic, and what survives
     /// validation is a plain address.
+    /// A GUID whose 16 bytes are valid UTF-8 arrives among the text values;
+    /// it is the same GUID (it used to be missed, and the object skipped by
+    /// incremental runs).
+    #[test]
+    fn a_guid_that_is_valid_utf8_is_read_like_any_other() {
+        let bytes: [u8; 16] = *b"0123456789abcdef";
+        let text = SearchEntry {
+            dn: "CN=x".into(),
+            attrs: [("objectGUID".to_string(), vec![String::from_utf8(bytes.to_vec()).unwrap()])].into(),
+            bin_attrs: HashMap::new(),
+        };
+        let bin = SearchEntry {
+            dn: "CN=x".into(),
+            attrs: HashMap::new(),
+            bin_attrs: [("objectGUID".to_string(), vec![bytes.to_vec()])].into(),
+        };
+        assert_eq!(guid(&text), Some(hex(&bytes)));
+        assert_eq!(guid(&text), guid(&bin));
+        assert_eq!(binary(&text, "invocationid"), None);
+    }
+
     #[test]
     fn references_to_other_servers_fail_the_source_but_ad_partitions_do_not() {
         let ad = [
