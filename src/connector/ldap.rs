@@ -105,6 +105,9 @@ pub struct Condition {
     pub any_of: Vec<String>,
     /// Matches when any value, read as an integer, has all these bits set.
     pub bits: Option<u64>,
+    /// Matches when the attribute has any value at all.
+    #[serde(default)]
+    pub present: bool,
 }
 
 /// A reason to leave out entries the filter matched.
@@ -116,8 +119,22 @@ pub struct SkipRule {
     /// What it means, in words (shown by `why` and in logs).
     pub why: String,
     pub when: Condition,
-    /// ... except when this matches.
-    pub unless: Option<Condition>,
+    /// ... except when any of these matches (one condition or a list).
+    #[serde(default, deserialize_with = "one_or_many_conditions")]
+    pub unless: Vec<Condition>,
+}
+
+fn one_or_many_conditions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Condition>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Condition),
+        Many(Vec<Condition>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(c) => vec![c],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl LdapSourceSpec {
@@ -178,11 +195,11 @@ impl LdapSourceSpec {
         let conditions = l
             .skip
             .iter()
-            .flat_map(|r| std::iter::once(&r.when).chain(r.unless.as_ref()))
+            .flat_map(|r| std::iter::once(&r.when).chain(&r.unless))
             .chain(l.restrict_to_own_domains.as_ref());
         for cond in conditions {
-            if cond.any_of.is_empty() && cond.bits.is_none() {
-                c.push(format!("{at}.skip"), format!("condition on {} needs any_of or bits", cond.attribute));
+            if cond.any_of.is_empty() && cond.bits.is_none() && !cond.present {
+                c.push(format!("{at}.skip"), format!("condition on {} needs any_of, bits or present", cond.attribute));
             }
         }
         for k in &l.keep_skipped {
@@ -562,7 +579,7 @@ impl LdapSource {
         };
         let mut attrs: Vec<String> =
             spec.address_attributes.iter().chain(&spec.prefixed_attributes).map(ranged).collect();
-        let conditions = spec.skip.iter().flat_map(|r| std::iter::once(&r.when).chain(r.unless.as_ref()));
+        let conditions = spec.skip.iter().flat_map(|r| std::iter::once(&r.when).chain(&r.unless));
         for c in conditions.chain(spec.restrict_to_own_domains.as_ref()) {
             if !attrs.iter().any(|a| a.split(';').next().unwrap_or(a).eq_ignore_ascii_case(&c.attribute)) {
                 attrs.push(c.attribute.clone());
@@ -630,7 +647,8 @@ fn matches(e: &SearchEntry, c: &Condition) -> bool {
         return false;
     };
     values.iter().any(|v| {
-        c.any_of.iter().any(|x| x.eq_ignore_ascii_case(v.trim()))
+        (c.present && !v.trim().is_empty())
+            || c.any_of.iter().any(|x| x.eq_ignore_ascii_case(v.trim()))
             || c.bits.is_some_and(|bits| v.trim().parse::<i128>().is_ok_and(|n| (n as u64) & bits == bits))
     })
 }
@@ -724,7 +742,7 @@ fn skip_rule<'a>(spec: &'a LdapSourceSpec, e: &SearchEntry) -> Option<&'a SkipRu
     spec.skip
         .iter()
         .filter(|r| !spec.keep_skipped.contains(&r.name))
-        .find(|r| matches(e, &r.when) && !r.unless.as_ref().is_some_and(|u| matches(e, u)))
+        .find(|r| matches(e, &r.when) && !r.unless.iter().any(|u| matches(e, u)))
 }
 
 /// What one entry contributes, or None when a skip rule leaves it out.
@@ -1078,6 +1096,36 @@ mod tests {
                     ("proxyAddresses", &["SMTP:room1@example.com"]),
                 ],
             ),
+            // Disabled accounts that still receive mail: a leaver's mailbox, a
+            // linked mailbox (no type set by older tools, but homeMDB), a mail
+            // user routed elsewhere (targetAddress).
+            entry(
+                "CN=leaver,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["user"]),
+                    ("userAccountControl", &["514"]),
+                    ("msExchRecipientTypeDetails", &["1"]),
+                    ("mail", &["leaver@example.com"]),
+                ],
+            ),
+            entry(
+                "CN=linked,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["user"]),
+                    ("userAccountControl", &["514"]),
+                    ("homeMDB", &["CN=DB01,CN=Databases,CN=Exchange Administrative Group,CN=Configuration,DC=example,DC=com"]),
+                    ("mail", &["linked@example.com"]),
+                ],
+            ),
+            entry(
+                "CN=mailuser,CN=Users,DC=example,DC=com",
+                &[
+                    ("objectClass", &["user"]),
+                    ("userAccountControl", &["66050"]),
+                    ("targetAddress", &["SMTP:mu@cloud.example.net"]),
+                    ("mail", &["mailuser@example.com"]),
+                ],
+            ),
             entry(
                 "CN=ceo-only,CN=Users,DC=example,DC=com",
                 &[
@@ -1113,6 +1161,9 @@ mod tests {
                 "alice@example.com",
                 "alice@example.com",
                 "alice@legacy.example.com",
+                "leaver@example.com",
+                "linked@example.com",
+                "mailuser@example.com",
                 "partner@example.com",
                 "room1@example.com",
                 "sales@example.com",

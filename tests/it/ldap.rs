@@ -321,6 +321,9 @@ mod ad {
                 &[("proxyAddresses", "SMTP:room1@example.test"), ("msExchRecipientTypeDetails", "16")],
             ));
             s.push_str(&user("ceo", 512, &[("mail", "ceo-only@example.test"), ("msExchRequireAuthToSendTo", "TRUE")]));
+            // A leaver: the account is disabled, the mailbox (UserMailbox) still
+            // receives mail, as Exchange delivers regardless of the account.
+            s.push_str(&user("leaver", 514, &[("mail", "leaver@example.test"), ("msExchRecipientTypeDetails", "1")]));
         }
         s.push_str(&format!("dn: CN=sales,CN=Users,{BASE}\nobjectClass: group\nsAMAccountName: sales\ngroupType: 8\nmail: sales@example.test\n\n"));
         s.push_str(&format!(
@@ -373,6 +376,7 @@ mod ad {
         let mut want: Vec<String> = vec![
             "a.smith@example.test",
             "alice@example.test",
+            "leaver@example.test",
             "partner@example.test",
             "room1@example.test",
             "sales@example.test",
