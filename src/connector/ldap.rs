@@ -1113,7 +1113,10 @@ mod tests {
                 &[
                     ("objectClass", &["user"]),
                     ("userAccountControl", &["514"]),
-                    ("homeMDB", &["CN=DB01,CN=Databases,CN=Exchange Administrative Group,CN=Configuration,DC=example,DC=com"]),
+                    (
+                        "homeMDB",
+                        &["CN=DB01,CN=Databases,CN=Exchange Administrative Group,CN=Configuration,DC=example,DC=com"],
+                    ),
                     ("mail", &["linked@example.com"]),
                 ],
             ),
