@@ -164,13 +164,13 @@ pub fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Dura
     s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
 }
 
-/// serde: one string or a list of strings.
-pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// serde: one value or a list of them (`url = "…"` or `url = ["…", "…"]`).
+pub fn one_or_many<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => vec![s],

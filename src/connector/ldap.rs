@@ -120,21 +120,8 @@ pub struct SkipRule {
     pub why: String,
     pub when: Condition,
     /// ... except when any of these matches (one condition or a list).
-    #[serde(default, deserialize_with = "one_or_many_conditions")]
+    #[serde(default, deserialize_with = "crate::section::one_or_many")]
     pub unless: Vec<Condition>,
-}
-
-fn one_or_many_conditions<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Condition>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(Condition),
-        Many(Vec<Condition>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(c) => vec![c],
-        OneOrMany::Many(v) => v,
-    })
 }
 
 impl LdapSourceSpec {
