@@ -121,9 +121,9 @@ impl GraphSourceSpec {
             g.client_secret_file.take(),
             g.client_secret_env.take(),
         );
-        g.certificate_file = g.certificate_file.take().map(|p| c.abs(p));
-        g.private_key_file = g.private_key_file.take().map(|p| c.abs(p));
-        g.ca_file = g.ca_file.take().map(|p| c.abs(p));
+        c.abs_opt(&mut g.certificate_file);
+        c.abs_opt(&mut g.private_key_file);
+        c.abs_opt(&mut g.ca_file);
         match (&g.client_secret, &g.certificate_file, &g.private_key_file) {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}
             (None, None, None) => c.push(

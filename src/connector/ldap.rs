@@ -178,7 +178,7 @@ impl LdapSourceSpec {
         if !(1..=100_000).contains(&l.page_size) {
             c.push(format!("{at}.page_size"), "must be between 1 and 100000".into());
         }
-        l.ca_file = l.ca_file.take().map(|p| c.abs(p));
+        c.abs_opt(&mut l.ca_file);
         let conditions = l
             .skip
             .iter()

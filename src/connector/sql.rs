@@ -229,7 +229,7 @@ impl SqlSourceSpec {
                 format!("the profile has no query for {}; set query yourself", dialect.key()),
             ),
         }
-        q.ca_file = q.ca_file.take().map(|p| c.abs(p));
+        c.abs_opt(&mut q.ca_file);
     }
 }
 
