@@ -9,7 +9,7 @@ use crate::policy::address::Entry;
 use crate::policy::guard::{self, Baseline, Delta};
 use crate::policy::{RecipientList, unique_sources};
 use crate::report::{GuardReport, Outcome, Report};
-use crate::state::fingerprint;
+use crate::state::{Applied, fingerprint};
 
 /// What the guard measured, for the stages after it.
 pub(super) struct Guarded {
@@ -17,13 +17,17 @@ pub(super) struct Guarded {
     pub fingerprint: String,
     /// Entries per source (indexes of the list's source names).
     pub per_source: Vec<usize>,
+    /// The sizes of the lists applied lately (read once; the record stage
+    /// adds this one).
+    pub history: Vec<Applied>,
 }
 
 /// Returns what it measured when the guard lets the list through.
 pub(super) fn check(run: &Run, list: &RecipientList, report: &mut Report) -> Step<Guarded> {
     let cfg = &run.cfg.guard;
     let new_fp = fingerprint(list.sorted());
-    let largest = largest_recent(run);
+    let history = if run.cfg.guard.shrink_window.is_zero() { Vec::new() } else { run.state.read_history() };
+    let largest = largest_recent(run, &history);
     // Refusals beyond the global ones: per-domain shrinks and missing canaries.
     let (baseline, delta, mut more) = compare(run, list, &new_fp, largest.map(|l| l.1));
     report.added = delta.added;
@@ -48,19 +52,15 @@ pub(super) fn check(run: &Run, list: &RecipientList, report: &mut Report) -> Ste
         report.outcome = Outcome::GuardRefused;
         return Err(Halt::Done);
     }
-    Ok(Guarded { fingerprint: new_fp, per_source })
+    Ok(Guarded { fingerprint: new_fp, per_source, history })
 }
 
 /// The largest list applied within the shrink window: (when, size).
-fn largest_recent(run: &Run) -> Option<(u64, usize)> {
+fn largest_recent(run: &Run, history: &[Applied]) -> Option<(u64, usize)> {
     let window = run.cfg.guard.shrink_window.as_secs();
-    if window == 0 {
-        return None;
-    }
     let now = crate::state::unix_now();
-    run.state
-        .read_history()
-        .into_iter()
+    history
+        .iter()
         .filter(|a| now.saturating_sub(a.at) <= window)
         .max_by_key(|a| (a.count, a.at))
         .map(|a| (a.at, a.count))

@@ -159,8 +159,8 @@ impl Run<'_> {
         let staged = timed("rendered and compared", || publish::render(self, &list, &guarded, report))?;
         let Some((ready, state_files)) = staged else { return Ok(()) };
         let ready = timed("committed", || publish::commit(self, ready, report))?;
-        let fingerprint = guarded.fingerprint;
-        let recorded = record::Recorded { state_files, tombstones, fps, refused, fingerprint, ready: &ready };
+        let guard::Guarded { fingerprint, history, .. } = guarded;
+        let recorded = record::Recorded { state_files, tombstones, fps, refused, fingerprint, history, ready: &ready };
         timed("state recorded", || record::record(self, recorded, report))?;
         crate::mem::dispose((list, ready));
         report.outcome = Outcome::Success;

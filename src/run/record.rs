@@ -5,7 +5,9 @@
 use super::unchanged::Fingerprints;
 use super::{Run, Step};
 use crate::report::Report;
-use crate::state::{OutputRecord, PendingFile, RUN_RECORD_VERSION, RunRecord, SourceRecord, StateError, Tombstones};
+use crate::state::{
+    Applied, OutputRecord, PendingFile, RUN_RECORD_VERSION, RunRecord, SourceRecord, StateError, Tombstones,
+};
 use crate::writer::Rendered;
 
 /// What the earlier stages leave for the record.
@@ -17,21 +19,25 @@ pub(super) struct Recorded<'a> {
     pub refused: Vec<usize>,
     /// The published list's fingerprint.
     pub fingerprint: String,
+    /// The sizes of the lists applied lately, as the guard read them.
+    pub history: Vec<Applied>,
     pub ready: &'a [Rendered],
 }
 
 /// The guard's slow baseline: the sizes of the lists applied lately. `--force`
 /// makes this list the new baseline (the old, larger ones are forgotten).
-fn remember_size(run: &Run, report: &Report) {
+fn remember_size(run: &Run, mut history: Vec<Applied>, report: &Report) {
     let window = run.cfg.guard.shrink_window;
     if window.is_zero() {
         return;
     }
     let now = crate::state::unix_now();
-    let mut history = if run.opts.force { Vec::new() } else { run.state.read_history() };
+    if run.opts.force {
+        history.clear();
+    }
     let changed = report.added > 0 || report.removed > 0;
     if changed || history.last().is_none_or(|a| a.count != report.recipients) {
-        history.push(crate::state::Applied { at: now, count: report.recipients });
+        history.push(Applied { at: now, count: report.recipients });
         run.state.write_history(history, window, now);
     }
 }
@@ -44,7 +50,7 @@ pub(super) fn record(run: &Run, r: Recorded, report: &Report) -> Step<()> {
     if cfg.guard.removal_grace.is_some() || state.has_tombstones() {
         state.write_tombstones(&r.tombstones);
     }
-    remember_size(run, report);
+    remember_size(run, r.history, report);
     // A source that was not read (not due) has no fingerprint to compare with
     // next time: no record, so the next run does the whole work.
     if !r.fps.raw.iter().all(Option::is_some) {
