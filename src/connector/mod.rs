@@ -109,12 +109,13 @@ impl Fetched {
         }
     }
 
-    /// Runs a put-off parse, if any. Returns the result, and the fingerprint of
-    /// the data parsed when that was put off.
-    pub fn complete(self) -> Result<(Fetched, Option<String>), SourceError> {
+    /// Runs a put-off parse, if any. Returns the batch (None when not due),
+    /// and the fingerprint of the data parsed when that was put off.
+    pub fn complete(self) -> Result<(Option<Batch>, Option<String>), SourceError> {
         match self {
-            Fetched::Deferred { parse: Deferred(parse), .. } => parse().map(|(b, fp)| (Fetched::Ready(b), Some(fp))),
-            other => Ok((other, None)),
+            Fetched::Ready(b) => Ok((Some(b), None)),
+            Fetched::Deferred { parse: Deferred(parse), .. } => parse().map(|(b, fp)| (Some(b), Some(fp))),
+            Fetched::NotDue => Ok((None, None)),
         }
     }
 }

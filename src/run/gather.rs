@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{FetchResults, Gathered, Halt, Run, Step};
 use crate::config::{Config, SourceConfig};
-use crate::connector::{Fetched, SourceError, Valid};
+use crate::connector::{SourceError, Valid};
 use crate::policy::{Locator, OnSourceFailure};
 use crate::report::{Outcome, Report, SourceReport, SourceStatus};
 use crate::state::StateDir;
@@ -20,15 +20,14 @@ pub fn validate(cfg: &Config, state: &StateDir, fetched: FetchResults) -> Vec<Ga
         .zip(fetched)
         .map(|(s, (result, took))| {
             // A put-off parse runs here unless the caller ran it already.
-            match result.and_then(|f| f.complete().map(|(f, _)| f)) {
-                Ok(Fetched::NotDue) => not_due(s, state),
-                Ok(Fetched::Ready(batch)) => {
+            match result.and_then(|f| f.complete().map(|(b, _)| b)) {
+                Ok(None) => not_due(s, state),
+                Ok(Some(batch)) => {
                     let t = Instant::now();
                     let valid = batch.validate();
                     tracing::debug!(source = %s.name, took_ms = t.elapsed().as_millis() as u64, peak_rss_mib = crate::mem::peak_rss_mib(), "validated");
                     fetched_ok(s, valid, took)
                 }
-                Ok(Fetched::Deferred { .. }) => failed(cfg, s, state, SourceError::new("parse was not run")),
                 Err(e) => failed(cfg, s, state, e),
             }
         })

@@ -50,11 +50,11 @@ pub(super) fn check(run: &Run, fetched: FetchResults) -> Check {
         .map(|((r, took), fp)| {
             let t = Instant::now();
             match r.and_then(Fetched::complete) {
-                Ok((f, parsed)) => {
+                Ok((batch, parsed)) => {
                     if parsed.is_some() {
                         *fp = parsed;
                     }
-                    (Ok(f), took + t.elapsed())
+                    (Ok(batch.map_or(Fetched::NotDue, Fetched::Ready)), took + t.elapsed())
                 }
                 Err(e) => {
                     *fp = None;
