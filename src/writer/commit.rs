@@ -8,9 +8,9 @@
 //! byte for byte. A crash at any instant leaves the old or the new complete file;
 //! leftovers (`.NAME.rcptsync-*`) are removed by the next run.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,10 +60,6 @@ impl Target {
     /// Path of the postmap database.
     pub fn map_path(&self) -> Option<PathBuf> {
         self.postmap.map(|m| with_suffix(&self.path, m.suffix()))
-    }
-
-    fn temp(&self, tag: &str) -> PathBuf {
-        self.dir().join(format!(".{}.rcptsync-{tag}", self.file_name()))
     }
 
     /// Whether the postmap database (if any) is at least as new as the text file
@@ -116,15 +112,10 @@ impl Target {
             return Err(CommitError::NoDir(dir.to_path_buf()));
         }
         self.clean_leftovers();
-        // New (O_EXCL), never through a link, under a name nobody can guess.
-        let path = self.temp(&format!("new.{}", crate::secure_fs::random_suffix()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io_at(&path, "cannot write temp file"))?;
+        // New (O_EXCL), never through a link, under a name nobody can guess:
+        // `.NAME.rcptsync-new.RANDOM`, which clean_leftovers knows.
+        let (file, path) = crate::secure_fs::create_temp(dir, &self.file_name(), "rcptsync-new", 0o600)
+            .map_err(io_at(dir, "cannot write temp file"))?;
         Ok(TempFile { target: self.clone(), path: Some(path), file })
     }
 }
