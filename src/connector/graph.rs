@@ -11,6 +11,8 @@
 //! runs replay only the changes from there; a delta link the service rejects,
 //! or `full_sync_every` elapsing, brings back a full pass.
 
+mod senders;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -87,6 +89,19 @@ pub struct GraphSourceSpec {
     /// by default they are left out).
     #[serde(default)]
     pub keep_onmicrosoft: bool,
+    /// Read each Microsoft 365 group's `allowExternalSenders` and leave out
+    /// the groups that refuse outside mail (default true).
+    #[serde(default = "crate::section::yes")]
+    pub check_external_senders: bool,
+    /// Group addresses published even though the group refuses outside mail
+    /// (or its setting cannot be read).
+    #[serde(default)]
+    pub external_senders_allowed: Vec<String>,
+    /// Group addresses left out: groups that take mail only from inside the
+    /// organisation where Graph cannot tell (distribution lists with
+    /// RequireSenderAuthenticationEnabled, or an unreadable setting).
+    #[serde(default)]
+    pub external_senders_refused: Vec<String>,
     pub max_retries: Option<u32>,
     /// Test labs only: allow plain `http://` token and API endpoints.
     #[serde(default)]
@@ -137,6 +152,20 @@ impl GraphSourceSpec {
                 c.push(format!("{at}.certificate_file"), "certificate_file and private_key_file go together".into())
             }
         }
+        for (key, list) in [
+            ("external_senders_allowed", &mut g.external_senders_allowed),
+            ("external_senders_refused", &mut g.external_senders_refused),
+        ] {
+            for entry in list.iter_mut() {
+                match crate::policy::address::parse_address(entry) {
+                    Ok(e) => *entry = e.to_string().to_ascii_lowercase(),
+                    Err(e) => c.push(format!("{at}.{key}"), format!("{entry:?} is not a group address: {e}")),
+                }
+            }
+        }
+        if let Some(both) = g.external_senders_allowed.iter().find(|a| g.external_senders_refused.contains(a)) {
+            c.push(format!("{at}.external_senders_refused"), format!("{both} is also in external_senders_allowed"));
+        }
         for (key, url) in [("authority_url", g.authority_url.clone()), ("graph_url", g.graph_url.clone())] {
             if let Some(u) = url {
                 super::http::check_url(c, at, key, &u, g.allow_insecure_http);
@@ -147,7 +176,8 @@ impl GraphSourceSpec {
 
 /// Default interval between forced full passes of an incremental source.
 pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(24 * 3600);
-const STATE_VERSION: u32 = 1;
+/// 2: records carry the group type and `allowExternalSenders`.
+const STATE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct GraphSource {
@@ -176,7 +206,7 @@ impl Kind {
     fn select(self) -> &'static str {
         match self {
             Kind::Users => "id,userPrincipalName,mail,proxyAddresses",
-            Kind::Groups => "id,displayName,mail,mailEnabled,proxyAddresses",
+            Kind::Groups => "id,displayName,mail,mailEnabled,groupTypes,proxyAddresses",
             Kind::Contacts => "id,displayName,mail,proxyAddresses",
         }
     }
@@ -207,6 +237,8 @@ struct Obj {
     display_name: Option<String>,
     #[serde(default, rename = "mailEnabled")]
     mail_enabled: Option<bool>,
+    #[serde(default, rename = "groupTypes")]
+    group_types: Option<Vec<Option<String>>>,
     #[serde(default, rename = "@removed")]
     removed: Option<serde_json::Value>,
 }
@@ -239,6 +271,12 @@ struct Record {
     proxies: Vec<String>,
     #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
     mail: Option<String>,
+    /// A Microsoft 365 group (`groupTypes` has `Unified`).
+    #[serde(rename = "u", default, skip_serializing_if = "std::ops::Not::not")]
+    unified: bool,
+    /// Its `allowExternalSenders`, once read.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    external: Option<bool>,
 }
 
 impl Record {
@@ -297,7 +335,9 @@ fn record(kind: Kind, o: &Obj) -> Option<Record> {
         Some(n) => format!("{noun} {}", n.escape_debug()),
         None => format!("{noun} id {}", o.id.escape_debug()),
     };
-    Some(Record { label, proxies, mail: mail.map(str::to_string) })
+    let unified =
+        kind == Kind::Groups && o.group_types.iter().flatten().flatten().any(|t| t.eq_ignore_ascii_case("Unified"));
+    Some(Record { label, proxies, mail: mail.map(str::to_string), unified, external: None })
 }
 
 /// The tenant's verified domains, by what Exchange Online does with them.
@@ -314,17 +354,75 @@ pub struct Domains {
 const ONMICROSOFT: &str = "is a *.onmicrosoft.com address, whose MX is Microsoft's own: mail to it never comes \
      through this backup MX (keep_onmicrosoft = true publishes it)";
 
+/// Who may send to groups from outside: the lookups' result and the admin's
+/// per-group lists (lowercased addresses).
+#[derive(Debug, Default)]
+pub struct GroupRules {
+    pub allowed: HashSet<String>,
+    pub refused: HashSet<String>,
+    /// Whether `allowExternalSenders` was asked for.
+    pub checked: bool,
+    /// Why some groups' setting is unknown (Graph refused it, or the lookup failed).
+    pub unread: Option<String>,
+}
+
+impl GroupRules {
+    /// For a group's record: Err(reason) to leave it out, or Ok(note) to keep it
+    /// with the note `why` shows.
+    fn verdict(&self, r: &Record) -> Result<String, String> {
+        let listed = |set: &HashSet<String>| r.values().any(|(v, _)| set.contains(&v.to_ascii_lowercase()));
+        if listed(&self.refused) {
+            return Err("is an address of a group listed in external_senders_refused: it takes mail only from \
+                        inside the organisation"
+                .into());
+        }
+        if listed(&self.allowed) {
+            return Ok(" (external_senders_allowed)".into());
+        }
+        match (r.unified, r.external) {
+            (false, _) => Ok(String::new()),
+            (true, Some(true)) => Ok(" (Microsoft 365 group, allowExternalSenders = true)".into()),
+            (true, Some(false)) => Err("is an address of a Microsoft 365 group with allowExternalSenders = false: \
+                 Exchange Online refuses mail to it from outside the organisation (external_senders_allowed \
+                 publishes it)"
+                .into()),
+            (true, None) if !self.checked => Ok(" (Microsoft 365 group; check_external_senders = false)".into()),
+            (true, None) => Ok(format!(
+                " (Microsoft 365 group kept: its allowExternalSenders could not be read: {})",
+                self.unread.as_deref().unwrap_or("not read yet")
+            )),
+        }
+    }
+}
+
 /// Turns the object map into the fetch result: addresses in verified Email
-/// domains (not `*.onmicrosoft.com` unless kept), and each internal-relay
-/// domain as a catch-all, since the primary accepts any recipient there.
-fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &Domains, keep_onmicrosoft: bool) -> Batch {
+/// domains (not `*.onmicrosoft.com` unless kept) of objects that take outside
+/// mail, and each internal-relay domain as a catch-all, since the primary
+/// accepts any recipient there.
+fn finalize<'a>(
+    objects: impl Iterator<Item = (&'a String, &'a Record)>,
+    domains: &Domains,
+    keep_onmicrosoft: bool,
+    groups: &GroupRules,
+) -> Batch {
     let mut out = Batch::default();
-    for r in objects {
+    let mut matched: HashSet<String> = HashSet::new();
+    for (key, r) in objects {
+        let verdict = if key.starts_with("g:") {
+            for (v, _) in r.values() {
+                matched.insert(v.to_ascii_lowercase());
+            }
+            groups.verdict(r)
+        } else {
+            Ok(String::new())
+        };
         for (value, from) in r.values() {
-            let locator = Locator::Object(format!("{} {from}", r.label).into());
+            let note = verdict.as_deref().unwrap_or("");
+            let locator = Locator::Object(format!("{} {from}{note}", r.label).into());
             // An invalid value goes on to validation, which refuses and reports
             // it; a valid one counts only in a verified domain.
             let reason = match crate::policy::address::parse_address(value) {
+                _ if verdict.is_err() => verdict.clone().err(),
                 Ok(e) if domains.relay.contains(e.domain()) => None,
                 Ok(e) if !domains.email.contains(e.domain()) => {
                     Some(format!("domain {} is not a verified Email domain of the tenant", e.domain()))
@@ -336,6 +434,13 @@ fn finalize<'a>(objects: impl Iterator<Item = &'a Record>, domains: &Domains, ke
                 Some(reason) => out.left_out.push(Rejected { value: value.to_string(), locator, reason }),
                 None => out.items.push(RawItem { value: value.to_string(), kind: RawKind::Address, locator }),
             }
+        }
+    }
+    for (key, list) in [("external_senders_allowed", &groups.allowed), ("external_senders_refused", &groups.refused)] {
+        let mut stray: Vec<&String> = list.iter().filter(|a| !matched.contains(*a)).collect();
+        stray.sort();
+        for a in stray {
+            tracing::warn!(key, address = %a, "matches no mail-enabled group of the tenant; check the address");
         }
     }
     let mut relay: Vec<&String> = domains.relay.iter().collect();
@@ -462,7 +567,14 @@ impl GraphSource {
     fn session(&self) -> Result<Session, SourceError> {
         let http = Http::new(&self.spec.http())?;
         let auth = self.auth().map_err(SourceError::new)?;
-        Ok(Session { http, auth, root: self.spec.graph_root(), client_id: self.spec.client_id.clone() })
+        Ok(Session {
+            http,
+            auth,
+            root: self.spec.graph_root(),
+            client_id: self.spec.client_id.clone(),
+            check_external: self.spec.check_external_senders,
+            unread: std::sync::Mutex::new(None),
+        })
     }
 
     async fn fetch_inner(&self, s: &Session) -> Result<Batch, String> {
@@ -493,6 +605,8 @@ impl GraphSource {
                                 None => prev.objects.remove(&key),
                             };
                         }
+                        // Changed groups came without their setting.
+                        s.fill_external(&mut prev.objects).await;
                         return Ok(SyncState { links, ..prev });
                     }
                     Err(DeltaError::Rejected(why)) => {
@@ -518,16 +632,22 @@ impl GraphSource {
         for d in &domains.relay {
             tracing::warn!(graph = %s.root, domain = %d, "internal relay domain (EmailInternalRelayOnly): published as a catch-all, since Exchange Online accepts any recipient there");
         }
-        Ok(self.save_and_finalize(state, &domains))
+        let groups = GroupRules {
+            allowed: self.spec.external_senders_allowed.iter().cloned().collect(),
+            refused: self.spec.external_senders_refused.iter().cloned().collect(),
+            checked: s.check_external,
+            unread: s.unread.lock().map(|u| u.clone()).unwrap_or_default(),
+        };
+        Ok(self.save_and_finalize(state, &domains, &groups))
     }
 
     /// Saves the state (in incremental mode) while building the result.
-    fn save_and_finalize(&self, state: SyncState, domains: &Domains) -> Batch {
+    fn save_and_finalize(&self, state: SyncState, domains: &Domains, groups: &GroupRules) -> Batch {
         std::thread::scope(|scope| {
             if let (Some(cache), true) = (&self.cache, self.spec.incremental && !state.links.is_empty()) {
                 scope.spawn(|| cache.save(&state, "Graph"));
             }
-            finalize(state.objects.values(), domains, self.spec.keep_onmicrosoft)
+            finalize(state.objects.iter(), domains, self.spec.keep_onmicrosoft, groups)
         })
     }
 }
@@ -538,6 +658,10 @@ struct Session {
     auth: Auth<GraphCredentials>,
     root: String,
     client_id: String,
+    /// Read Microsoft 365 groups' `allowExternalSenders`.
+    check_external: bool,
+    /// Why some groups' setting is unknown this run (for `why`).
+    unread: std::sync::Mutex<Option<String>>,
 }
 
 /// Object key and its new record; None = the object no longer holds recipients.
@@ -565,6 +689,45 @@ impl DeltaError {
 }
 
 impl Session {
+    /// Reads `allowExternalSenders` of the Microsoft 365 groups in `objects`
+    /// that do not have it yet, warning once when Graph refuses it.
+    async fn fill_external(&self, objects: &mut BTreeMap<String, Record>) {
+        if !self.check_external {
+            return;
+        }
+        let ids: Vec<String> = objects
+            .iter()
+            .filter(|(_, r)| r.unified && r.external.is_none())
+            .filter_map(|(k, _)| k.strip_prefix("g:").map(str::to_string))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let asked = ids.len();
+        let lookup = self.external_senders(ids).await;
+        let read = lookup.values.len();
+        for (id, v) in lookup.values {
+            if let Some(r) = objects.get_mut(&Kind::Groups.key(&id)) {
+                r.external = Some(v);
+            }
+        }
+        tracing::debug!(graph = %self.root, asked, read, "allowExternalSenders of Microsoft 365 groups");
+        let unread = match (lookup.refused, lookup.failed) {
+            (Some(why), _) => {
+                tracing::warn!(graph = %self.root, reason = %why, unread = asked - read, "Graph refuses to tell whether Microsoft 365 groups take outside mail (allowExternalSenders); those groups are kept (list the closed ones in external_senders_refused)");
+                format!("Graph refused it: {why}")
+            }
+            (None, Some((n, why))) => {
+                tracing::warn!(graph = %self.root, groups = n, reason = %why, "allowExternalSenders could not be read; those Microsoft 365 groups are kept and asked again next run");
+                format!("the lookup failed: {why}")
+            }
+            (None, None) => return,
+        };
+        if let Ok(mut u) = self.unread.lock() {
+            *u = Some(unread);
+        }
+    }
+
     async fn get(&self, url: &str) -> Result<Response, String> {
         // Follow links only on the Graph host: a link elsewhere would carry the
         // bearer token to a stranger.
@@ -708,6 +871,9 @@ impl Session {
             .await
             .map_err(DeltaError::message)?;
             tracing::debug!(collection = kind.path(), objects = count, "listed");
+            if kind == Kind::Groups {
+                self.fill_external(&mut objects).await;
+            }
             Ok::<_, String>((objects, link))
         };
         let (u, g, c) = tokio::try_join!(one(Kind::Users), one(Kind::Groups), one(Kind::Contacts))?;
@@ -830,13 +996,19 @@ mod tests {
 
     #[test]
     fn unverified_domains_are_left_out_with_the_reason() {
-        let recs = [Record {
-            label: "user john_fabrikam.com#EXT#@contoso.onmicrosoft.com".into(),
-            proxies: vec!["John@Contoso.com".into()],
-            mail: Some("john@fabrikam.com".into()),
-        }];
+        let recs: BTreeMap<String, Record> = [(
+            "u:1".to_string(),
+            Record {
+                label: "user john_fabrikam.com#EXT#@contoso.onmicrosoft.com".into(),
+                proxies: vec!["John@Contoso.com".into()],
+                mail: Some("john@fabrikam.com".into()),
+                unified: false,
+                external: None,
+            },
+        )]
+        .into();
         let domains = Domains { email: ["contoso.com".to_string()].into(), relay: HashSet::new() };
-        let f = finalize(recs.iter(), &domains, false);
+        let f = finalize(recs.iter(), &domains, false, &GroupRules::default());
         assert_eq!(f.items.len(), 1);
         assert_eq!(f.items[0].value, "John@Contoso.com");
         assert_eq!(
@@ -845,6 +1017,59 @@ mod tests {
         );
         assert_eq!(f.left_out.len(), 1);
         assert!(f.left_out[0].reason.contains("fabrikam.com is not a verified Email domain"));
+    }
+
+    /// Microsoft 365 groups that refuse outside mail are left out; the admin's
+    /// lists decide for any group; unread settings keep the group and say why.
+    #[test]
+    fn group_sender_rules() {
+        let group = |addr: &str, unified: bool, external: Option<bool>| Record {
+            label: format!("group {addr}"),
+            proxies: vec![addr.into()],
+            mail: None,
+            unified,
+            external,
+        };
+        let recs: BTreeMap<String, Record> = [
+            ("g:open", group("open@contoso.com", true, Some(true))),
+            ("g:closed", group("closed@contoso.com", true, Some(false))),
+            ("g:unread", group("unread@contoso.com", true, None)),
+            ("g:dl", group("dl@contoso.com", false, None)),
+            ("g:internal-dl", group("internal-dl@contoso.com", false, None)),
+            ("g:exception", group("exception@contoso.com", true, Some(false))),
+            ("u:user", Record { label: "user u".into(), ..group("internal-dl-owner@contoso.com", false, None) }),
+        ]
+        .into_iter()
+        .map(|(k, r)| (k.to_string(), r))
+        .collect();
+        let domains = Domains { email: ["contoso.com".to_string()].into(), relay: HashSet::new() };
+        let rules = GroupRules {
+            allowed: ["exception@contoso.com".to_string()].into(),
+            refused: ["internal-dl@contoso.com".to_string()].into(),
+            checked: true,
+            unread: Some("Graph refused it: 403 ErrorAccessDenied".into()),
+        };
+        let f = finalize(recs.iter(), &domains, false, &rules);
+        let mut kept: Vec<(&str, String)> = f.items.iter().map(|i| (i.value.as_str(), i.locator.to_string())).collect();
+        kept.sort();
+        let kept_values: Vec<&str> = kept.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            kept_values,
+            [
+                "dl@contoso.com",
+                "exception@contoso.com",
+                "internal-dl-owner@contoso.com",
+                "open@contoso.com",
+                "unread@contoso.com"
+            ]
+        );
+        assert!(kept[1].1.ends_with("(external_senders_allowed)"), "{kept:?}");
+        assert!(kept[3].1.ends_with("allowExternalSenders = true)"), "{kept:?}");
+        assert!(kept[4].1.contains("could not be read: Graph refused it: 403 ErrorAccessDenied"), "{kept:?}");
+        let left: BTreeMap<&str, &str> = f.left_out.iter().map(|r| (r.value.as_str(), r.reason.as_str())).collect();
+        assert!(left["closed@contoso.com"].contains("allowExternalSenders = false"), "{left:?}");
+        assert!(left["internal-dl@contoso.com"].contains("external_senders_refused"), "{left:?}");
+        assert_eq!(left.len(), 2);
     }
 
     #[test]
@@ -878,13 +1103,16 @@ mod tests {
         };
         crate::fuzz::run("graph", |input| {
             let Ok(page) = serde_json::from_slice::<Page<Obj>>(input) else { return Ok(()) };
-            let mut recs = Vec::new();
+            let mut recs = BTreeMap::new();
             for o in &page.value {
                 for kind in KINDS {
-                    recs.extend(record(kind, o));
+                    if let Some(r) = record(kind, o) {
+                        recs.insert(kind.key(&o.id), r);
+                    }
                 }
             }
-            let f = finalize(recs.iter(), &domains, true);
+            let rules = GroupRules { checked: true, ..GroupRules::default() };
+            let f = finalize(recs.iter(), &domains, true, &rules);
             crate::fuzz::check_validated(f.items)
         });
     }

@@ -100,6 +100,8 @@ pub struct Response {
     pub body: Bytes,
     /// Scheme, host and path of the request (no query): safe to print.
     pub what: String,
+    /// The `Content-Type` header (a multipart answer names its boundary there).
+    pub content_type: Option<String>,
 }
 
 impl Response {
@@ -246,6 +248,29 @@ impl Http {
         .await
     }
 
+    /// POST `body` (of `content_type`) to `url` with a bearer token from
+    /// `auth`, retrying as the module says: the batch endpoints (Graph's
+    /// `$batch`, Google's multipart batches) answer the whole batch's throttling
+    /// on the outer request.
+    pub async fn post<T: TokenSource>(
+        &self,
+        url: &str,
+        auth: &Auth<T>,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Response, String> {
+        self.send(
+            |c| {
+                c.post(url)
+                    .header("Accept", "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, content_type)
+                    .body(body.clone())
+            },
+            Some(auth),
+        )
+        .await
+    }
+
     /// Sends the request `build` makes, retrying throttling (429, Google's 403
     /// rate-limit reasons), 5xx and broken connections up to `max_retries` times.
     /// With `auth`, adds a bearer token and renews it once after a 401.
@@ -274,16 +299,21 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
+                    let content_type = resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     match read_body(resp).await {
-                        Ok(body) => Ok((status, retry_after, body)),
+                        Ok(body) => Ok((status, retry_after, body, content_type)),
                         Err(e) => Err(e),
                     }
                 }
                 Err(e) => Err(describe_transport(&e)),
             };
             let (why, wait) = match outcome {
-                Ok((status, retry_after, body)) => {
-                    let resp = Response { status, body, what: what.clone() };
+                Ok((status, retry_after, body, content_type)) => {
+                    let resp = Response { status, body, what: what.clone(), content_type };
                     if status == StatusCode::UNAUTHORIZED && auth.is_some() && !renewed {
                         // Expired or revoked mid-run: one new token, then the same request.
                         tracing::info!(url = %what, "access token refused (401); renewing it once");
@@ -399,6 +429,16 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(1e6)))
 }
 
+/// How long to wait before asking again for the members of a batch the
+/// service throttled: their largest `Retry-After` in seconds (capped at the
+/// longest honoured), else the backoff for `attempt`.
+pub fn member_wait(retry_after: Option<f64>, attempt: u32) -> Duration {
+    match retry_after {
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s).min(MAX_RETRY_AFTER),
+        _ => backoff(attempt),
+    }
+}
+
 /// Exponential backoff with jitter: a random point in the upper half of
 /// `base · 2^attempt`, capped.
 fn backoff(attempt: u32) -> Duration {
@@ -505,7 +545,12 @@ mod tests {
     /// A page as a fake server would send it: `{"items": [...], "next": ...}`.
     fn page(items: &[&str], next: Option<&str>) -> Response {
         let body = serde_json::json!({ "items": items, "next": next });
-        Response { status: StatusCode::OK, body: Bytes::from(body.to_string()), what: "test".into() }
+        Response {
+            status: StatusCode::OK,
+            body: Bytes::from(body.to_string()),
+            what: "test".into(),
+            content_type: None,
+        }
     }
 
     async fn walk(pages: Vec<(&'static str, Response)>, first: Response) -> Result<Vec<String>, String> {
@@ -585,6 +630,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             body: Bytes::from(body.to_string()),
             what: "x".into(),
+            content_type: None,
         }
     }
 

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod http;
 pub mod jwt;
 pub mod ldap;
+pub mod lookup;
 pub mod profile;
 pub mod sql;
 pub mod tls;

@@ -261,7 +261,8 @@ fn graph_throttling_outages_and_token_expiry_never_shorten_the_list() {
     r.expect(0);
     assert!(start.elapsed().as_secs_f64() >= 1.0, "two Retry-After: 0.5 waits were honoured");
     let list = t.read("out/list");
-    assert_eq!(list.lines().count(), 2500 * 2 + 30 + 5);
+    // 4 of the 30 groups are Microsoft 365 groups closed to outside senders.
+    assert_eq!(list.lines().count(), 2500 * 2 + 30 - 4 + 5);
     assert!(list.contains("user2499@bulk.example\n") && list.contains("u.1000@bulk.example\n"));
     assert!(r.stderr.contains("request failed; retrying"), "{}", r.stderr);
     assert!(r.stderr.contains("renewing it once"), "{}", r.stderr);
@@ -782,4 +783,101 @@ fn graph_onmicrosoft_addresses_and_internal_relay_domains() {
     graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"\nkeep_onmicrosoft = true");
     let r = t.run(&["list", "-c", "rcptsync.toml"]);
     assert!(lines(&r.stdout).contains(&"a@contoso.onmicrosoft.com".to_string()), "{}", r.stdout);
+}
+
+/// Microsoft 365 groups with allowExternalSenders = false (Graph's default)
+/// refuse outside mail, so they are left out; the setting is read through
+/// `$batch` and kept by the delta state; a refusal of the property keeps the
+/// groups and says why; the admin's lists decide where Graph cannot.
+#[test]
+fn graph_groups_closed_to_outside_senders() {
+    let (t, g) = graph_case();
+    let want = graph_traps(&mut g.state());
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"");
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(lines(&t.read("out/list")), want);
+    {
+        let s = g.state();
+        let batches = s.common.log.iter().filter(|l| l.starts_with("POST /v1.0/$batch")).count();
+        assert_eq!(batches, 1, "{:#?}", s.common.log);
+        assert_eq!(s.lookups, 2, "both Microsoft 365 groups were asked about, nothing else");
+    }
+    let why = t.run(&["why", "-c", "rcptsync.toml", "project@contoso.com"]);
+    assert!(why.stdout.contains("allowExternalSenders = false"), "{}", why.stdout);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "golfassist@contoso.com"]);
+    assert!(why.stdout.contains("allowExternalSenders = true"), "{}", why.stdout);
+
+    // A delta run: unchanged groups keep their cached setting (no lookup);
+    // a group that changed is asked again, and opening it publishes it.
+    {
+        let mut s = g.state();
+        s.common.log.clear();
+        s.put("users", serde_json::json!({"id": "u9", "userPrincipalName": "n@contoso.com", "mail": "n@contoso.com", "proxyAddresses": []}));
+    }
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(!g.state().common.log.iter().any(|l| l.contains("$batch")), "{:#?}", g.state().common.log);
+    {
+        let mut s = g.state();
+        s.common.log.clear();
+        s.put("groups", serde_json::json!({"id": "g6", "displayName": "Project Team", "groupTypes": ["Unified"], "mail": "project@contoso.com",
+            "mailEnabled": true, "proxyAddresses": ["SMTP:project@contoso.com"], "allowExternalSenders": true}));
+        s.batch_throttle = 1;
+    }
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(t.read("out/list").contains("project@contoso.com\n"), "{}", r.stderr);
+    let batches = g.state().common.log.iter().filter(|l| l.starts_with("POST /v1.0/$batch")).count();
+    assert_eq!(batches, 2, "a throttled member is asked again after its Retry-After");
+
+    // Graph refuses the property (app-only token): groups are kept, one warning, `why` tells.
+    std::fs::remove_dir_all(t.join("state/sources")).unwrap();
+    {
+        let mut s = g.state();
+        s.put("groups", serde_json::json!({"id": "g6", "displayName": "Project Team", "groupTypes": ["Unified"], "mail": "project@contoso.com",
+            "mailEnabled": true, "proxyAddresses": ["SMTP:project@contoso.com"], "allowExternalSenders": false}));
+        s.external_refusal = Some((403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."));
+        s.common.log.clear();
+    }
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(t.read("out/list").contains("project@contoso.com\n"));
+    assert_eq!(
+        r.stderr.matches("Graph refuses to tell whether Microsoft 365 groups take outside mail").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("ErrorAccessDenied"), "{}", r.stderr);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "project@contoso.com"]);
+    assert!(why.stdout.contains("could not be read: Graph refused it"), "{}", why.stdout);
+
+    // The admin's lists: a distribution list closed by hand, a group opened by hand.
+    graph_config(
+        &t,
+        &g,
+        "",
+        "client_secret_file = \"graph-secret\"\nexternal_senders_refused = [\"GolfTalk@contoso.com\"]\n\
+         external_senders_allowed = [\"project@contoso.com\", \"nobody@contoso.com\"]",
+    );
+    g.state().external_refusal = None;
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    let list = t.read("out/list");
+    assert!(list.contains("project@contoso.com\n") && !list.contains("golftalk@"), "{list}");
+    assert!(
+        r.stderr.contains("matches no mail-enabled group") && r.stderr.contains("nobody@contoso.com"),
+        "{}",
+        r.stderr
+    );
+    let why = t.run(&["why", "-c", "rcptsync.toml", "golftalk@contoso.com"]);
+    assert!(why.stdout.contains("external_senders_refused"), "{}", why.stdout);
+
+    // Turned off: no lookups, Microsoft 365 groups kept.
+    std::fs::remove_dir_all(t.join("state/sources")).unwrap();
+    graph_config(&t, &g, "", "client_secret_file = \"graph-secret\"\ncheck_external_senders = false");
+    g.state().common.log.clear();
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(!g.state().common.log.iter().any(|l| l.contains("$batch")));
+    assert!(t.read("out/list").contains("project@contoso.com\n"));
 }

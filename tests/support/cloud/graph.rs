@@ -31,6 +31,13 @@ pub struct GraphState {
     pub scheme: &'static str,
     /// A broken server: every users page links to yet another (distinct) page.
     pub endless: bool,
+    /// What `$batch` members reading `allowExternalSenders` answer instead of
+    /// the value (an app-only token refused it): status, code, message.
+    pub external_refusal: Option<(u16, &'static str, &'static str)>,
+    /// This many `$batch` members are answered 429 (Retry-After 1) first.
+    pub batch_throttle: usize,
+    /// Group lookups answered (members with a value).
+    pub lookups: usize,
 }
 
 impl GraphState {
@@ -86,6 +93,9 @@ impl FakeGraph {
             link_base: None,
             scheme: if tls.is_some() { "https" } else { "http" },
             endless: false,
+            external_refusal: None,
+            batch_throttle: 0,
+            lookups: 0,
         }));
         let router = Router::new().fallback(graph_handle).with_state(state.clone());
         FakeGraph { server: serve_on(router, tls), state }
@@ -274,6 +284,9 @@ fn graph_route(s: &mut GraphState, method: Method, uri: Uri, headers: HeaderMap,
     let Some(rest) = path.strip_prefix("/v1.0/") else {
         return graph_error(404, "Request_ResourceNotFound", "Resource not found", None).into();
     };
+    if rest == "$batch" && method == Method::POST {
+        return graph_batch(s, &body).into();
+    }
     if rest == "domains" {
         if let Some(f) = s.common.fault(&path, 0) {
             return fault_response(&f, true).into();
@@ -377,6 +390,58 @@ fn graph_list(s: &mut GraphState, collection: &str, q: &[(String, String)], base
         select: select.map(str::to_string),
         collection: collection.to_string(),
     })
+}
+
+/// JSON batching: members `GET /groups/{id}?$select=...` only (what rcptsync
+/// sends), answered in reverse order as Graph may; more than 20 is refused.
+fn graph_batch(s: &mut GraphState, body: &[u8]) -> Response {
+    if let Some(f) = s.common.fault("/v1.0/$batch", 0) {
+        return fault_response(&f, true);
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return graph_error(400, "BadRequest", "Invalid batch payload format.", None);
+    };
+    let members = req["requests"].as_array().cloned().unwrap_or_default();
+    if members.len() > 20 {
+        return graph_error(400, "BadRequest", "The number of batch requests exceeds the limit of 20.", None);
+    }
+    let mut responses = Vec::new();
+    for m in members.iter().rev() {
+        let id = m["id"].clone();
+        let url = m["url"].as_str().unwrap_or("");
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let group = path.strip_prefix("/groups/").unwrap_or("");
+        let answer = if m["method"] != "GET" || group.is_empty() || group.contains('/') {
+            json!({"id": id, "status": 400, "body": {"error": {"code": "BadRequest", "message": "Unsupported member."}}})
+        } else if s.batch_throttle > 0 {
+            s.batch_throttle -= 1;
+            json!({"id": id, "status": 429, "headers": {"Retry-After": "1"},
+                "body": {"error": {"code": "TooManyRequests", "message": "Too many requests."}}})
+        } else if let Some((status, code, message)) = s.external_refusal {
+            json!({"id": id, "status": status, "body": {"error": {"code": code, "message": message}}})
+        } else {
+            match s.coll("groups").objects.get(group).and_then(|(_, o)| o.clone()) {
+                None => json!({"id": id, "status": 404, "body": {"error": {"code": "Request_ResourceNotFound",
+                    "message": format!("Resource '{group}' does not exist or one of its queried reference-property objects are not present.")}}}),
+                Some(o) => {
+                    s.lookups += 1;
+                    let select = query.strip_prefix("$select=").unwrap_or("");
+                    let mut b = serde_json::Map::new();
+                    for p in select.split(',') {
+                        let v = match p {
+                            // Graph's default for a new Microsoft 365 group.
+                            "allowExternalSenders" => o.get(p).cloned().unwrap_or(json!(false)),
+                            _ => o.get(p).cloned().unwrap_or(Value::Null),
+                        };
+                        b.insert(p.to_string(), v);
+                    }
+                    json!({"id": id, "status": 200, "headers": {"Content-Type": "application/json"}, "body": b})
+                }
+            }
+        };
+        responses.push(answer);
+    }
+    json_response(200, json!({ "responses": responses }), None)
 }
 
 fn graph_delta(s: &mut GraphState, collection: &str, q: &[(String, String)], base: &str, path: &str) -> Response {
@@ -569,7 +634,11 @@ pub fn graph_traps(s: &mut GraphState) -> Vec<&'static str> {
     s.put("users", json!({"id": "u6", "displayName": "Lync Only", "userPrincipalName": "lync@intranet.contoso.com", "mail": "lync@intranet.contoso.com",
         "proxyAddresses": ["SIP:lync@contoso.com"], "accountEnabled": true, "userType": "Member"}));
     s.put("groups", json!({"id": "g1", "displayName": "Golf Assist", "groupTypes": ["Unified"], "mail": "golfassist@contoso.com", "mailEnabled": true,
-        "proxyAddresses": ["smtp:golfassist@contoso.onmicrosoft.com", "SMTP:golfassist@contoso.com"], "securityEnabled": false}));
+        "proxyAddresses": ["smtp:golfassist@contoso.onmicrosoft.com", "SMTP:golfassist@contoso.com"], "securityEnabled": false, "allowExternalSenders": true}));
+    // A Microsoft 365 group with Graph's default allowExternalSenders = false:
+    // Exchange Online refuses outside mail to it (Graph group resource docs).
+    s.put("groups", json!({"id": "g6", "displayName": "Project Team", "groupTypes": ["Unified"], "mail": "project@contoso.com", "mailEnabled": true,
+        "proxyAddresses": ["SMTP:project@contoso.com", "smtp:project@contoso.onmicrosoft.com"], "securityEnabled": false}));
     s.put("groups", json!({"id": "g2", "displayName": "Golf Discussion", "groupTypes": [], "mail": "GolfTalk@contoso.com", "mailEnabled": true,
         "proxyAddresses": ["SMTP:GolfTalk@contoso.com"], "securityEnabled": false}));
     s.put(
@@ -594,7 +663,9 @@ pub fn graph_traps(s: &mut GraphState) -> Vec<&'static str> {
     ]
 }
 
-/// `n` users, `g` mail-enabled groups (and as many security groups) and `c` contacts.
+/// `n` users, `g` mail-enabled groups (and as many security groups) and `c`
+/// contacts. A quarter of the groups are Microsoft 365 groups, half of them
+/// closed to outside senders.
 pub fn graph_bulk(s: &mut GraphState, n: usize, g: usize, c: usize) {
     s.domains = vec![json!({"id": "bulk.example", "isVerified": true, "supportedServices": ["Email"]})];
     for i in 0..n {
@@ -602,7 +673,10 @@ pub fn graph_bulk(s: &mut GraphState, n: usize, g: usize, c: usize) {
             "proxyAddresses": [format!("SMTP:user{i}@bulk.example"), format!("smtp:u.{i}@bulk.example"), format!("SIP:user{i}@bulk.example")], "accountEnabled": true}));
     }
     for i in 0..g {
+        // Every fourth is a Microsoft 365 group, half of those open to outside senders.
+        let unified = i % 4 == 0;
         s.put("groups", json!({"id": format!("g{i:07}"), "displayName": format!("Group {i}"), "mail": format!("group{i}@bulk.example"), "mailEnabled": true,
+            "groupTypes": if unified { json!(["Unified"]) } else { json!([]) }, "allowExternalSenders": i % 8 == 0,
             "proxyAddresses": [format!("SMTP:group{i}@bulk.example")]}));
         s.put("groups", json!({"id": format!("s{i:07}"), "displayName": format!("SG {i}"), "mail": null, "mailEnabled": false, "proxyAddresses": []}));
     }
