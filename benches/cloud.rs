@@ -125,9 +125,9 @@ fn main() {
         &dir,
         &format!(
             "state_dir = \"state\"\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\n\
-             subject = \"admin@example.com\"\napi_url = \"{}\"\nallow_insecure_http = true\n[[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+             subject = \"admin@example.com\"\napi_url = \"{u}\"\nsettings_api_url = \"{u}\"\nallow_insecure_http = true\n[[output]]\nname = \"list\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
             kf.display(),
-            google.url()
+            u = google.url()
         ),
     );
     let pages = n.div_ceil(500) as u32;

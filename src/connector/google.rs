@@ -9,6 +9,8 @@
 //! delta query: every run lists users (500 a page) and groups (200 a page)
 //! concurrently.
 
+mod settings;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +35,20 @@ pub struct GoogleSourceSpec {
     pub customer: String,
     #[serde(default = "default_google_api")]
     pub api_url: String,
+    /// Root of the Groups Settings API (who may post to a group).
+    #[serde(default = "default_settings_api")]
+    pub settings_api_url: String,
+    /// Read each group's `whoCanPostMessage` and leave out the groups that
+    /// refuse outside mail (default true; needs the `apps.groups.settings` scope).
+    #[serde(default = "crate::section::yes")]
+    pub check_external_senders: bool,
+    /// Group addresses published whatever their posting setting.
+    #[serde(default)]
+    pub external_senders_allowed: Vec<String>,
+    /// Group addresses left out: groups closed to outside mail where the
+    /// setting cannot be read.
+    #[serde(default)]
+    pub external_senders_refused: Vec<String>,
     pub ca_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub connect_timeout: Option<Duration>,
@@ -63,6 +79,10 @@ fn default_google_api() -> String {
     "https://admin.googleapis.com".into()
 }
 
+fn default_settings_api() -> String {
+    "https://www.googleapis.com".into()
+}
+
 impl GoogleSourceSpec {
     pub fn validate(&mut self, c: &mut Checker, at: &str) {
         self.credentials_file = c.abs(std::mem::take(&mut self.credentials_file));
@@ -74,6 +94,8 @@ impl GoogleSourceSpec {
             c.push(format!("{at}.customer"), "must not be empty (the default is my_customer)".into());
         }
         super::http::check_url(c, at, "api_url", &self.api_url, self.allow_insecure_http);
+        super::http::check_url(c, at, "settings_api_url", &self.settings_api_url, self.allow_insecure_http);
+        super::check_group_lists(c, at, &mut self.external_senders_allowed, &mut self.external_senders_refused);
     }
 }
 
@@ -106,6 +128,8 @@ struct KeyFile {
 }
 
 pub struct GoogleCredentials {
+    /// The scopes this token asks for, space-separated.
+    scopes: String,
     token_uri: String,
     client_email: String,
     client_id: String,
@@ -124,7 +148,7 @@ impl TokenSource for GoogleCredentials {
         let claims = serde_json::json!({
             "iss": self.client_email,
             "sub": self.subject,
-            "scope": SCOPES.join(" "),
+            "scope": self.scopes,
             "aud": self.token_uri,
             "iat": now,
             "exp": now + 3500,
@@ -141,7 +165,7 @@ impl TokenSource for GoogleCredentials {
             "unauthorized_client" => format!(
                 "domain-wide delegation is missing these scopes: {} for client ID {} (Admin console → Security → \
                  API controls → Domain-wide delegation; changes can take up to 24 hours)",
-                SCOPES.join(","),
+                self.scopes.replace(' ', ","),
                 self.client_id
             ),
             "invalid_grant" if description.contains("JWT") => {
@@ -214,18 +238,70 @@ struct DomainAlias {
     verified: bool,
 }
 
-/// Adds one member's addresses to `out`, or to `left_out` with the reason.
+/// Whether a user receives mail: Ok, or Err(reason) for the whole user.
+fn user_verdict(m: &Member, keep_suspended: bool) -> Result<String, String> {
+    if m.suspended && !keep_suspended {
+        Err("user is suspended: Google rejects mail to suspended users (keep_suspended = true if you route it elsewhere)"
+            .to_string())
+    } else if m.archived {
+        Err("user is archived: archived users receive no mail".to_string())
+    } else {
+        Ok(String::new())
+    }
+}
+
+/// Who may send to groups from outside: the settings read and the admin's
+/// per-group lists (lowercased addresses).
+#[derive(Debug, Default)]
+struct GroupRules {
+    allowed: HashSet<String>,
+    refused: HashSet<String>,
+    checked: bool,
+    postings: std::collections::HashMap<String, settings::Posting>,
+    /// Why some groups' setting is unknown.
+    unread: Option<String>,
+}
+
+impl GroupRules {
+    /// Ok(note for `why`) to keep a group, Err(reason) to leave it out.
+    fn verdict(&self, g: &Member) -> Result<String, String> {
+        let values = || g.email.iter().chain(g.aliases.iter().flatten()).chain(g.non_editable_aliases.iter().flatten());
+        let listed = |set: &HashSet<String>| values().any(|v| set.contains(&v.trim().to_ascii_lowercase()));
+        if listed(&self.refused) {
+            return Err("is an address of a group listed in external_senders_refused: it takes mail only from \
+                        inside the organisation"
+                .into());
+        }
+        if listed(&self.allowed) {
+            return Ok(" (external_senders_allowed)".into());
+        }
+        if !self.checked {
+            return Ok(String::new());
+        }
+        match g.email.as_ref().and_then(|e| self.postings.get(e)) {
+            Some(p) => p.verdict(),
+            None => Ok(format!(
+                " (group kept: its whoCanPostMessage could not be read: {})",
+                self.unread.as_deref().unwrap_or("no answer")
+            )),
+        }
+    }
+}
+
+/// Adds one member's addresses to `out`, or to `left_out` with the reason,
+/// a user as its suspension and archival say.
 fn take(out: &mut Batch, noun: &str, m: &Member, domains: &HashSet<String>, keep_suspended: bool) {
+    take_as(out, noun, m, domains, &user_verdict(m, keep_suspended));
+}
+
+/// Adds one member's addresses to `out` with the note of `verdict`, or all
+/// to `left_out` with its reason.
+fn take_as(out: &mut Batch, noun: &str, m: &Member, domains: &HashSet<String>, verdict: &Result<String, String>) {
     let Some(primary) = m.primary_email.as_deref().or(m.email.as_deref()) else { return };
     let primary_key = if noun == "user" { "primaryEmail" } else { "email" };
     let label = format!("{noun} {}", primary.escape_debug());
-    let whole = if m.suspended && !keep_suspended {
-        Some("user is suspended: Google rejects mail to suspended users (keep_suspended = true if you route it elsewhere)".to_string())
-    } else if m.archived {
-        Some("user is archived: archived users receive no mail".to_string())
-    } else {
-        None
-    };
+    let whole = verdict.clone().err();
+    let note = verdict.as_deref().unwrap_or("");
     let values = std::iter::once((primary, primary_key))
         .chain(m.aliases.iter().flatten().map(|a| (a.as_str(), "aliases")))
         .chain(m.non_editable_aliases.iter().flatten().map(|a| (a.as_str(), "nonEditableAliases")));
@@ -234,7 +310,7 @@ fn take(out: &mut Batch, noun: &str, m: &Member, domains: &HashSet<String>, keep
         if value.is_empty() {
             continue;
         }
-        let locator = Locator::Object(format!("{label} {from}").into());
+        let locator = Locator::Object(format!("{label} {from}{note}").into());
         // An invalid value goes on to validation, which refuses and reports it.
         let parsed = crate::policy::address::parse_address(value);
         let reason = match parsed.as_ref().map(|e| e.domain()) {
@@ -275,26 +351,43 @@ impl GoogleSource {
             if key.token_uri.is_empty() { "https://oauth2.googleapis.com/token".to_string() } else { key.token_uri };
         super::http::endpoint_allowed(&token_uri, self.spec.allow_insecure_http)
             .map_err(|e| SourceError::new(format!("{what}: token_uri {e}")))?;
-        let signing = SigningKey::from_pem(key.private_key.as_bytes(), &format!("{what}: private_key"))
-            .map_err(SourceError::new)?;
         let http = Http::new(&self.spec.http())?;
-        let auth = Auth::new(GoogleCredentials {
-            token_uri,
-            client_email: key.client_email,
-            client_id: key.client_id,
-            subject: self.spec.subject.clone(),
-            key_id: key.private_key_id,
-            key: signing,
-        });
+        // Two tokens from one key: the directory scopes, and the Groups
+        // Settings scope (delegation may grant the first without the second).
+        let credentials = |scopes: String| -> Result<GoogleCredentials, SourceError> {
+            Ok(GoogleCredentials {
+                scopes,
+                token_uri: token_uri.clone(),
+                client_email: key.client_email.clone(),
+                client_id: key.client_id.clone(),
+                subject: self.spec.subject.clone(),
+                key_id: key.private_key_id.clone(),
+                key: SigningKey::from_pem(key.private_key.as_bytes(), &format!("{what}: private_key"))
+                    .map_err(SourceError::new)?,
+            })
+        };
+        let auth = Auth::new(credentials(SCOPES.join(" "))?);
+        let settings_auth = Auth::new(credentials(settings::SETTINGS_SCOPE.to_string())?);
         let api = format!("{}/admin/directory/v1", self.spec.api_url.trim_end_matches('/'));
-        Ok(Session { http, auth, api, customer: self.spec.customer.clone(), subject: self.spec.subject.clone() })
+        Ok(Session {
+            http,
+            auth,
+            settings_auth,
+            api,
+            settings_api: self.spec.settings_api_url.trim_end_matches('/').to_string(),
+            customer: self.spec.customer.clone(),
+            subject: self.spec.subject.clone(),
+        })
     }
 }
 
 struct Session {
     http: Http,
     auth: Auth<GoogleCredentials>,
+    /// For the Groups Settings API.
+    settings_auth: Auth<GoogleCredentials>,
     api: String,
+    settings_api: String,
     customer: String,
     subject: String,
 }
@@ -405,17 +498,69 @@ impl Session {
     }
 }
 
+impl GoogleSource {
+    /// The rules for groups: the admin's lists, and each group's posting
+    /// settings unless the check is off. A settings lookup that Google refuses
+    /// or that fails keeps the groups, with one warning.
+    async fn group_rules(&self, s: &Session, groups: &[Member]) -> GroupRules {
+        let mut rules = GroupRules {
+            allowed: self.spec.external_senders_allowed.iter().cloned().collect(),
+            refused: self.spec.external_senders_refused.iter().cloned().collect(),
+            checked: self.spec.check_external_senders,
+            ..GroupRules::default()
+        };
+        if !rules.checked || groups.is_empty() {
+            return rules;
+        }
+        let emails: Vec<String> = groups.iter().filter_map(|g| g.email.clone()).collect();
+        let asked = emails.len();
+        let lookup = s.postings(emails).await;
+        rules.postings = lookup.values;
+        tracing::debug!(api = %s.settings_api, asked, read = rules.postings.len(), "groups' posting settings");
+        rules.unread = match (lookup.refused, lookup.failed) {
+            (Some(why), _) => {
+                tracing::warn!(api = %s.settings_api, reason = %why, "Google refuses to tell who may post to groups (Groups Settings API, scope apps.groups.settings); groups are kept (grant the scope and enable the API, or list closed groups in external_senders_refused)");
+                Some(format!("Google refused it: {why}"))
+            }
+            (None, Some((n, why))) => {
+                tracing::warn!(api = %s.settings_api, groups = n, reason = %why, "groups' posting settings could not be read; those groups are kept");
+                Some(format!("the lookup failed: {why}"))
+            }
+            (None, None) => None,
+        };
+        rules
+    }
+}
+
 impl Connector for GoogleSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
         let s = self.session()?;
-        let (domains, users, groups) =
-            tokio::try_join!(s.domains(), s.list("users"), s.list("groups")).map_err(SourceError::new)?;
+        // Groups' posting settings are read while the users' pages travel.
+        let groups = async {
+            let groups = s.list("groups").await?;
+            let rules = self.group_rules(&s, &groups).await;
+            Ok::<_, String>((groups, rules))
+        };
+        let (domains, users, (groups, rules)) =
+            tokio::try_join!(s.domains(), s.list("users"), groups).map_err(SourceError::new)?;
         let mut out = Batch::default();
         for u in &users {
             take(&mut out, "user", u, &domains, self.spec.keep_suspended);
         }
+        let mut matched = HashSet::new();
         for g in &groups {
-            take(&mut out, "group", g, &domains, self.spec.keep_suspended);
+            take_as(&mut out, "group", g, &domains, &rules.verdict(g));
+            let values =
+                g.email.iter().chain(g.aliases.iter().flatten()).chain(g.non_editable_aliases.iter().flatten());
+            matched.extend(values.map(|v| v.trim().to_ascii_lowercase()));
+        }
+        for (key, list) in [("external_senders_allowed", &rules.allowed), ("external_senders_refused", &rules.refused)]
+        {
+            let mut stray: Vec<&String> = list.iter().filter(|a| !matched.contains(*a)).collect();
+            stray.sort();
+            for a in stray {
+                tracing::warn!(key, address = %a, "matches no group of the customer; check the address");
+            }
         }
         tracing::info!(
             api = %s.api,
@@ -543,6 +688,7 @@ mod tests {
                 .success()
         );
         let c = GoogleCredentials {
+            scopes: SCOPES.join(" "),
             token_uri: "https://oauth2.googleapis.com/token".into(),
             client_email: "svc@p.iam.gserviceaccount.com".into(),
             client_id: "1234567890".into(),

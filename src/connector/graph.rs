@@ -152,20 +152,7 @@ impl GraphSourceSpec {
                 c.push(format!("{at}.certificate_file"), "certificate_file and private_key_file go together".into())
             }
         }
-        for (key, list) in [
-            ("external_senders_allowed", &mut g.external_senders_allowed),
-            ("external_senders_refused", &mut g.external_senders_refused),
-        ] {
-            for entry in list.iter_mut() {
-                match crate::policy::address::parse_address(entry) {
-                    Ok(e) => *entry = e.to_string().to_ascii_lowercase(),
-                    Err(e) => c.push(format!("{at}.{key}"), format!("{entry:?} is not a group address: {e}")),
-                }
-            }
-        }
-        if let Some(both) = g.external_senders_allowed.iter().find(|a| g.external_senders_refused.contains(a)) {
-            c.push(format!("{at}.external_senders_refused"), format!("{both} is also in external_senders_allowed"));
-        }
+        super::check_group_lists(c, at, &mut g.external_senders_allowed, &mut g.external_senders_refused);
         for (key, url) in [("authority_url", g.authority_url.clone()), ("graph_url", g.graph_url.clone())] {
             if let Some(u) = url {
                 super::http::check_url(c, at, key, &u, g.allow_insecure_http);

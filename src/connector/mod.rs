@@ -260,3 +260,19 @@ impl Source {
         }
     }
 }
+
+/// Validates a cloud source's `external_senders_allowed` / `_refused` lists:
+/// addresses, lowercased, in one list only.
+pub fn check_group_lists(c: &mut Checker, at: &str, allowed: &mut [String], refused: &mut [String]) {
+    for (key, list) in [("external_senders_allowed", &mut *allowed), ("external_senders_refused", &mut *refused)] {
+        for entry in list.iter_mut() {
+            match crate::policy::address::parse_address(entry) {
+                Ok(e) => *entry = e.to_string().to_ascii_lowercase(),
+                Err(e) => c.push(format!("{at}.{key}"), format!("{entry:?} is not a group address: {e}")),
+            }
+        }
+    }
+    if let Some(both) = allowed.iter().find(|a| refused.contains(a)) {
+        c.push(format!("{at}.external_senders_refused"), format!("{both} is also in external_senders_allowed"));
+    }
+}

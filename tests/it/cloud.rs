@@ -469,11 +469,11 @@ fn trace_logging_never_shows_secrets_or_tokens() {
     google_traps(&mut google.state());
     let kf = google.key_file(t.path(), &key);
     let body = format!(
-        "state_dir = \"state\"\n{}\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\nsubject = \"admin@example.com\"\napi_url = \"{}\"\nallow_insecure_http = true\n{}",
+        "state_dir = \"state\"\n{}\n[[source]]\nname = \"workspace\"\nkind = \"google\"\ncredentials_file = \"{}\"\nsubject = \"admin@example.com\"\napi_url = \"{u}\"\nsettings_api_url = \"{u}\"\nallow_insecure_http = true\n{}",
         graph_source(&g, "client_secret_file = \"graph-secret\""),
         kf.display(),
-        google.url(),
-        plain_output()
+        plain_output(),
+        u = google.url(),
     );
     t.config(&body);
     let r = Run::from(
@@ -515,15 +515,16 @@ on_source_failure = "abort"
 [[source]]
 name = "workspace"
 kind = "google"
-credentials_file = "{}"
+credentials_file = "{kf}"
 subject = "admin@example.com"
-api_url = "{}"
+api_url = "{url}"
+settings_api_url = "{url}"
 allow_insecure_http = true
 {extra}
-{}"#,
-        key_file.display(),
-        g.url(),
-        plain_output()
+{out}"#,
+        kf = key_file.display(),
+        url = g.url(),
+        out = plain_output()
     )
 }
 
@@ -549,14 +550,76 @@ fn google_exact_set_with_a_verified_assertion() {
     let groups = log.iter().find(|l| l.starts_with("GET /admin/directory/v1/groups?")).unwrap();
     assert!(groups.contains("maxResults=200"), "{groups}");
     assert!(log.iter().any(|l| l.starts_with("GET /admin/directory/v1/customer/my_customer/domains")));
-    assert_eq!(s.common.tokens_issued, 1);
-    assert!(!r.stderr.contains("ya29.fake"));
+    assert_eq!(s.common.tokens_issued, 2, "one directory token, one Groups Settings token");
+    assert!(!r.stderr.contains("ya29."));
     drop(s);
     let r = t.run(&["check", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert!(r.stdout.contains("verified domains: example-alias.com, example.com, example.org"), "{}", r.stdout);
     let r = t.run(&["why", "former.employee@example.com", "-c", "rcptsync.toml"]);
     assert!(r.stdout.contains("suspended"), "{}{}", r.stdout, r.stderr);
+}
+
+/// Groups whose whoCanPostMessage shuts out the internet are left out; a
+/// missing scope, a disabled API or throttling keep the groups (one warning,
+/// `why` tells); the admin's lists decide per group.
+#[test]
+fn google_groups_closed_to_outside_posts() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let key = keypair(t.path(), "sa");
+    let g = FakeGoogle::start("svc@rcptsync-test.iam.gserviceaccount.com", &key);
+    let want = google_traps(&mut g.state());
+    g.state().settings_throttle = 2;
+    let kf = g.key_file(t.path(), &key);
+    t.config(&google_config(&g, &kf, ""));
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert_eq!(lines(&t.read("out/list")), want, "{}", r.stderr);
+    let batches = g.state().common.log.iter().filter(|l| l.starts_with("POST /batch/groupssettings/v1")).count();
+    assert_eq!(batches, 2, "the throttled lookups are asked again, once");
+    let why = t.run(&["why", "-c", "rcptsync.toml", "all-staff@example.com"]);
+    assert!(why.stdout.contains("whoCanPostMessage = ALL_IN_DOMAIN_CAN_POST"), "{}", why.stdout);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "board@example.com"]);
+    assert!(why.stdout.contains("allowExternalMembers = true"), "{}", why.stdout);
+
+    // Delegation lacks the settings scope: every group kept, one warning naming the scope.
+    g.state().granted_scopes = GOOGLE_SCOPES.iter().map(|s| s.to_string()).collect();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    let list = t.read("out/list");
+    assert!(list.contains("staff@example.com\n") && list.contains("noreply-list@example.org\n"), "{list}");
+    assert_eq!(r.stderr.matches("Google refuses to tell who may post to groups").count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("apps.groups.settings"), "{}", r.stderr);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "staff@example.com"]);
+    assert!(why.stdout.contains("could not be read: Google refused it"), "{}", why.stdout);
+
+    // The API is not enabled in the project: the same.
+    {
+        let mut s = g.state();
+        s.granted_scopes.push(crate::support::cloud::google::SETTINGS_SCOPE.into());
+        s.settings_disabled = true;
+    }
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(t.read("out/list").contains("staff@example.com\n"));
+    assert!(r.stderr.contains("accessNotConfigured"), "{}", r.stderr);
+    g.state().settings_disabled = false;
+
+    // The admin's lists: a group closed by hand (named by its alias), one opened by hand.
+    t.config(&google_config(
+        &g,
+        &kf,
+        "external_senders_refused = [\"Sales-All@example.com\"]\nexternal_senders_allowed = [\"staff@example.com\"]",
+    ));
+    // Closing the sales team removes four addresses: more than the guard lets through unasked.
+    let r = t.run(&["sync", "--force", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    let list = t.read("out/list");
+    assert!(!list.contains("sales-team@") && !list.contains("sales-all@"), "{list}");
+    assert!(list.contains("staff@example.com\n") && !list.contains("noreply-list@"), "{list}");
+    let why = t.run(&["why", "-c", "rcptsync.toml", "sales-team@example.com"]);
+    assert!(why.stdout.contains("external_senders_refused"), "{}", why.stdout);
 }
 
 #[test]
@@ -620,7 +683,8 @@ fn google_rate_limits_and_outages() {
         s.common.revoke_tokens_after = Some(3);
     }
     let kf = g.key_file(t.path(), &key);
-    t.config(&google_config(&g, &kf, "max_retries = 2"));
+    // The directory's own throttling alone (group settings are tested below).
+    t.config(&google_config(&g, &kf, "max_retries = 2\ncheck_external_senders = false"));
     let r = t.run(&["sync", "-c", "rcptsync.toml"]);
     r.expect(0);
     let list = t.read("out/list");
@@ -673,7 +737,8 @@ name = "workspace"
 kind = "google"
 credentials_file = "{}"
 subject = "admin@example.com"
-api_url = "{}"
+api_url = "{url}"
+settings_api_url = "{url}"
 allow_insecure_http = true
 [[output]]
 name = "postfix"
@@ -683,8 +748,8 @@ postmap = "lmdb"
 "#,
         graph_source(&graph, "client_secret_file = \"graph-secret\""),
         kf.display(),
-        google.url(),
-        map.display()
+        map.display(),
+        url = google.url(),
     ));
     let etc = Postfix::configure(
         &t.join("pf"),

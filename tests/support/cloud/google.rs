@@ -22,6 +22,13 @@ pub struct GoogleState {
     pub users: Vec<Value>,
     pub groups: Vec<Value>,
     pub domains: Vec<Value>,
+    /// Groups Settings by lowercased group address; a group without an entry
+    /// answers ANYONE_CAN_POST.
+    pub group_settings: HashMap<String, Value>,
+    /// The Groups Settings API is not enabled in the project.
+    pub settings_disabled: bool,
+    /// This many settings lookups are answered 403 userRateLimitExceeded first.
+    pub settings_throttle: usize,
 }
 
 pub struct FakeGoogle {
@@ -34,6 +41,8 @@ pub const GOOGLE_SCOPES: [&str; 3] = [
     "https://www.googleapis.com/auth/admin.directory.group.readonly",
     "https://www.googleapis.com/auth/admin.directory.domain.readonly",
 ];
+/// The Groups Settings API's scope (granted by default too).
+pub const SETTINGS_SCOPE: &str = "https://www.googleapis.com/auth/apps.groups.settings";
 
 impl FakeGoogle {
     pub fn start(client_email: &str, key: &KeyPair) -> FakeGoogle {
@@ -41,12 +50,15 @@ impl FakeGoogle {
             common: Common::default(),
             client_email: client_email.into(),
             public_der: key.public_der.clone(),
-            granted_scopes: GOOGLE_SCOPES.iter().map(|s| s.to_string()).collect(),
+            granted_scopes: GOOGLE_SCOPES.iter().chain([&SETTINGS_SCOPE]).map(|s| s.to_string()).collect(),
             admins: vec!["admin@example.com".into()],
             customer_id: "C01i1u61m".into(),
             users: Vec::new(),
             groups: Vec::new(),
             domains: Vec::new(),
+            group_settings: HashMap::new(),
+            settings_disabled: false,
+            settings_throttle: 0,
         }));
         let router = Router::new().fallback(google_handle).with_state(state.clone());
         FakeGoogle { server: serve(router), state }
@@ -130,6 +142,9 @@ async fn google_handle(
             json!({"error": {"code": 401, "message": "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.", "errors": [{"message": "Invalid Credentials", "domain": "global", "reason": "authError", "location": "Authorization", "locationType": "header"}], "status": "UNAUTHENTICATED"}}),
             None,
         );
+    }
+    if method == Method::POST && path == "/batch/groupssettings/v1" {
+        return settings_batch(&mut s, &headers, &body);
     }
     let q = query_pairs(&uri);
     let Some(rest) = path.strip_prefix("/admin/directory/v1/") else {
@@ -251,8 +266,100 @@ fn google_token(s: &mut GoogleState, headers: &HeaderMap, body: &[u8]) -> Respon
     if !s.admins.iter().any(|a| a == sub) {
         return oauth_error(400, "invalid_grant", "Invalid email or User ID");
     }
-    let (token, life) = s.common.issue("ya29.fake");
+    // A token carries its scope set in its prefix, for the settings API to check.
+    let prefix = if scopes.contains(&SETTINGS_SCOPE) { "ya29.settings" } else { "ya29.fake" };
+    let (token, life) = s.common.issue(prefix);
     json_response(200, json!({"access_token": token, "expires_in": life, "token_type": "Bearer"}), None)
+}
+
+/// The Groups Settings API's multipart batch endpoint: each part
+/// `GET /groups/v1/groups/{email}?alt=json...`, answered as Google does
+/// (`Content-ID: <response-...>`, an HTTP response per part).
+fn settings_batch(s: &mut GoogleState, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Some(f) = s.common.fault("/batch/groupssettings/v1", 0) {
+        return fault_response(&f, false);
+    }
+    if !bearer(headers).is_some_and(|t| t.starts_with("ya29.settings")) {
+        return json_response(
+            403,
+            json!({"error": {"code": 403, "message": "Request had insufficient authentication scopes.", "errors": [{"message": "Insufficient Permission", "domain": "global", "reason": "insufficientPermissions"}], "status": "PERMISSION_DENIED"}}),
+            None,
+        );
+    }
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let Some(boundary) = ct.split("boundary=").nth(1).map(|b| b.trim_matches('"').to_string()) else {
+        return google_error(400, "badRequest", "Bad Request", None);
+    };
+    let text = String::from_utf8_lossy(body).to_string();
+    let mut out = String::new();
+    let parts: Vec<&str> = text.split(&format!("--{boundary}")).skip(1).filter(|p| !p.starts_with("--")).collect();
+    if parts.len() > 1000 {
+        return google_error(400, "badRequest", "A batch request cannot contain more than 1000 requests", None);
+    }
+    for part in parts {
+        let cid = part
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-ID: "))
+            .map(|v| v.trim().trim_matches(['<', '>']).to_string())
+            .unwrap_or_default();
+        let line = part.lines().find(|l| l.starts_with("GET ")).unwrap_or("");
+        let target = line.split_whitespace().nth(1).unwrap_or("");
+        let path = target.split('?').next().unwrap_or("");
+        let (status, extra, answer) = match path.strip_prefix("/groups/v1/groups/") {
+            None => (
+                400,
+                "",
+                json!({"error": {"code": 400, "message": "Bad Request", "errors": [{"reason": "badRequest"}]}}),
+            ),
+            Some(enc) => {
+                let email: Vec<(String, String)> = serde_urlencoded::from_str(&format!("e={enc}")).unwrap_or_default();
+                let email = email.first().map(|(_, v)| v.to_ascii_lowercase()).unwrap_or_default();
+                if !target.contains("alt=json") {
+                    // Without alt=json the API answers Atom XML.
+                    (200, "", json!("<?xml version='1.0'?><entry/>"))
+                } else if s.settings_disabled {
+                    (
+                        403,
+                        "",
+                        json!({"error": {"code": 403, "message": "Groups Settings API has not been used in project 123456789 before or it is disabled. Enable it by visiting https://console.developers.google.com/apis/api/groupssettings.googleapis.com/overview?project=123456789 then retry.", "errors": [{"message": "Groups Settings API has not been used in project 123456789 before or it is disabled.", "domain": "usageLimits", "reason": "accessNotConfigured", "extendedHelp": "https://console.developers.google.com"}], "status": "PERMISSION_DENIED"}}),
+                    )
+                } else if s.settings_throttle > 0 {
+                    s.settings_throttle -= 1;
+                    (
+                        403,
+                        "Retry-After: 1\r\n",
+                        json!({"error": {"code": 403, "message": "Rate Limit Exceeded", "errors": [{"message": "Rate Limit Exceeded", "domain": "usageLimits", "reason": "userRateLimitExceeded"}]}}),
+                    )
+                } else if !s.groups.iter().any(|g| g["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(&email)))
+                {
+                    (
+                        404,
+                        "",
+                        json!({"error": {"code": 404, "message": "Resource Not Found: groupUniqueId", "errors": [{"reason": "notFound"}]}}),
+                    )
+                } else {
+                    let set = s.group_settings.get(&email).cloned().unwrap_or_else(|| json!({}));
+                    (
+                        200,
+                        "",
+                        json!({
+                            "whoCanPostMessage": set.get("whoCanPostMessage").cloned().unwrap_or(json!("ANYONE_CAN_POST")),
+                            "allowExternalMembers": set.get("allowExternalMembers").cloned().unwrap_or(json!("false")),
+                        }),
+                    )
+                }
+            }
+        };
+        let payload = match &answer {
+            Value::String(x) => x.clone(),
+            v => v.to_string(),
+        };
+        out.push_str(&format!(
+            "--batch_fake\r\nContent-Type: application/http\r\nContent-ID: <response-{cid}>\r\n\r\nHTTP/1.1 {status} X\r\nContent-Type: application/json; charset=UTF-8\r\n{extra}\r\n{payload}\r\n"
+        ));
+    }
+    out.push_str("--batch_fake--\r\n");
+    (StatusCode::OK, [("content-type", "multipart/mixed; boundary=batch_fake")], out).into_response()
 }
 
 /// A Workspace with suspended/archived users, routing aliases, alias domains,
@@ -295,10 +402,26 @@ pub fn google_traps(s: &mut GoogleState) -> Vec<&'static str> {
             "directMembersCount": "12", "description": "", "adminCreated": true, "aliases": ["Sales-All@example.com"],
             "nonEditableAliases": ["sales-team@example-alias.com", "sales-team@example.com.test-google-a.com"]}),
         json!({"kind": "admin#directory#group", "id": "01", "etag": "\"g\"", "email": "announce@example.org", "name": "Announce", "directMembersCount": "0", "adminCreated": true}),
+        // Posting settings (Groups Settings API, whoCanPostMessage): a group
+        // only the domain may post to, one nobody may post to, and a
+        // members-only group with outside members (their posts come from the internet).
+        json!({"kind": "admin#directory#group", "id": "02", "email": "staff@example.com", "name": "Staff", "aliases": ["all-staff@example.com"]}),
+        json!({"kind": "admin#directory#group", "id": "03", "email": "noreply-list@example.org", "name": "Closed"}),
+        json!({"kind": "admin#directory#group", "id": "04", "email": "board@example.com", "name": "Board"}),
     ];
+    s.group_settings = [
+        ("staff@example.com", json!({"whoCanPostMessage": "ALL_IN_DOMAIN_CAN_POST", "allowExternalMembers": "false"})),
+        ("noreply-list@example.org", json!({"whoCanPostMessage": "NONE_CAN_POST"})),
+        ("board@example.com", json!({"whoCanPostMessage": "ALL_MEMBERS_CAN_POST", "allowExternalMembers": "true"})),
+        ("sales-team@example.com", json!({"whoCanPostMessage": "ANYONE_CAN_POST"})),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     vec![
         "admin@example.com",
         "announce@example.org",
+        "board@example.com",
         "bob@example.org",
         "liz@example-alias.com",
         "liz@example.com",
@@ -309,7 +432,8 @@ pub fn google_traps(s: &mut GoogleState) -> Vec<&'static str> {
     ]
 }
 
-/// `n` users and `g` groups in one verified domain.
+/// `n` users and `g` groups in one verified domain; a quarter of the groups
+/// are closed to outside posts.
 pub fn google_bulk(s: &mut GoogleState, n: usize, g: usize) {
     s.domains = vec![
         json!({"kind": "admin#directory#domain", "domainName": "bulk.example", "isPrimary": true, "verified": true, "creationTime": "1719368808000"}),
@@ -320,5 +444,10 @@ pub fn google_bulk(s: &mut GoogleState, n: usize, g: usize) {
         .collect();
     s.groups = (0..g)
         .map(|i| json!({"kind": "admin#directory#group", "id": format!("g{i}"), "email": format!("group{i}@bulk.example"), "directMembersCount": "3"}))
+        .collect();
+    // Every fourth group takes posts from the domain only.
+    s.group_settings = (0..g)
+        .step_by(4)
+        .map(|i| (format!("group{i}@bulk.example"), json!({"whoCanPostMessage": "ALL_IN_DOMAIN_CAN_POST"})))
         .collect();
 }
