@@ -133,7 +133,15 @@ fn main() {
     let pages = n.div_ceil(500) as u32;
     let bound = latency() * pages;
     let (full, rss) = support::measure(&mut support::sync_command(&dir));
-    let requests = google.state().common.log.len();
+    let (requests, busy) = {
+        let s = google.state();
+        (s.common.log.len(), s.common.busy)
+    };
+    println!(
+        "  (the fake spent {:.2} s building answers, {:.2} s of it on group settings)",
+        busy.as_secs_f64(),
+        google.state().settings_busy.as_secs_f64()
+    );
     let lines = std::fs::read_to_string(dir.join("out/list")).unwrap().lines().count();
     println!(
         "google full sync: {n} users, {} groups → {lines} addresses in {:.2} s; lower bound {pages} pages × {} ms = {:.2} s; ratio {:.2} (target ≤ 1.20); {requests} requests; peak RSS {} MB",

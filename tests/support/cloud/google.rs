@@ -29,6 +29,10 @@ pub struct GoogleState {
     pub settings_disabled: bool,
     /// This many settings lookups are answered 403 userRateLimitExceeded first.
     pub settings_throttle: usize,
+    /// Time spent answering settings batches.
+    pub settings_busy: Duration,
+    /// Lowercased group addresses, rebuilt when the number of groups changes.
+    group_index: (usize, std::collections::HashSet<String>),
 }
 
 pub struct FakeGoogle {
@@ -59,6 +63,8 @@ impl FakeGoogle {
             group_settings: HashMap::new(),
             settings_disabled: false,
             settings_throttle: 0,
+            group_index: (usize::MAX, Default::default()),
+            settings_busy: Duration::ZERO,
         }));
         let router = Router::new().fallback(google_handle).with_state(state.clone());
         FakeGoogle { server: serve(router), state }
@@ -131,10 +137,21 @@ async fn google_handle(
     body: Bytes,
 ) -> Response {
     arrive(&st, &method, &uri).await;
+    let settings = uri.path().starts_with("/batch/");
     let mut s = st.lock().unwrap();
+    let started = Instant::now();
+    let r = google_route(&mut s, method, uri, headers, body);
+    s.common.busy += started.elapsed();
+    if settings {
+        s.settings_busy += started.elapsed();
+    }
+    r
+}
+
+fn google_route(s: &mut GoogleState, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_string();
     if method == Method::POST && path == "/token" {
-        return google_token(&mut s, &headers, &body);
+        return google_token(s, &headers, &body);
     }
     if !s.common.token_ok(&headers) {
         return json_response(
@@ -144,7 +161,7 @@ async fn google_handle(
         );
     }
     if method == Method::POST && path == "/batch/groupssettings/v1" {
-        return settings_batch(&mut s, &headers, &body);
+        return settings_batch(s, &headers, &body);
     }
     let q = query_pairs(&uri);
     let Some(rest) = path.strip_prefix("/admin/directory/v1/") else {
@@ -290,6 +307,10 @@ fn settings_batch(s: &mut GoogleState, headers: &HeaderMap, body: &[u8]) -> Resp
     let Some(boundary) = ct.split("boundary=").nth(1).map(|b| b.trim_matches('"').to_string()) else {
         return google_error(400, "badRequest", "Bad Request", None);
     };
+    if s.group_index.0 != s.groups.len() {
+        let index = s.groups.iter().filter_map(|g| g["email"].as_str()).map(str::to_ascii_lowercase).collect();
+        s.group_index = (s.groups.len(), index);
+    }
     let text = String::from_utf8_lossy(body).to_string();
     let mut out = String::new();
     let parts: Vec<&str> = text.split(&format!("--{boundary}")).skip(1).filter(|p| !p.starts_with("--")).collect();
@@ -330,8 +351,7 @@ fn settings_batch(s: &mut GoogleState, headers: &HeaderMap, body: &[u8]) -> Resp
                         "Retry-After: 1\r\n",
                         json!({"error": {"code": 403, "message": "Rate Limit Exceeded", "errors": [{"message": "Rate Limit Exceeded", "domain": "usageLimits", "reason": "userRateLimitExceeded"}]}}),
                     )
-                } else if !s.groups.iter().any(|g| g["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(&email)))
-                {
+                } else if !s.group_index.1.contains(&email) {
                     (
                         404,
                         "",
