@@ -185,7 +185,14 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let policy = raw.policy.and_then(|p| c.section::<PolicyConfig>("policy", p)).unwrap_or_default().compile(&mut c);
     let mut guard: GuardConfig = raw.guard.and_then(|g| c.section("guard", g)).unwrap_or_default();
     guard.validate(&mut c);
-    let sources = sources(&mut c, raw.source, &profiles);
+    let mut sources = sources(&mut c, raw.source, &profiles);
+    // An AD source that reads Exchange's accepted domains needs policy.domains
+    // only in a forest without Exchange; the source checks at fetch time.
+    for s in &mut sources {
+        if let crate::connector::SourceSpec::Ldap(l) = &mut s.spec {
+            l.policy_domains = policy.limits_domains();
+        }
+    }
     let outputs = outputs(&mut c, raw.output, &templates);
     let mut daemon = raw.daemon.and_then(|d| c.section::<DaemonConfig>("daemon", d));
     if let Some(d) = &mut daemon {

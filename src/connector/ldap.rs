@@ -15,6 +15,10 @@ use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
 use serde::Deserialize;
 
+mod exchange;
+
+pub use exchange::{AcceptedDomainsFrom, RelayDomains};
+
 use crate::connector::{Batch, Connector, Fetched, SourceError};
 use crate::policy::{Locator, RawItem, RawKind, Rejected};
 use crate::secret::{Literal, Secret, SecretSource};
@@ -83,6 +87,18 @@ pub struct LdapSourceSpec {
     /// contacts, which often carry external addresses).
     #[serde(default)]
     pub restrict_to_own_domains: Option<Condition>,
+    /// Where the domains the primary accepts come from: `"exchange"` (the AD
+    /// profile) reads Exchange's accepted domains and keeps only addresses in
+    /// them; `"none"` keeps every address.
+    #[serde(default)]
+    pub accepted_domains: AcceptedDomainsFrom,
+    /// Exchange relay domains as catch-alls (default) or only their known addresses.
+    #[serde(default)]
+    pub relay_domains: RelayDomains,
+    /// Whether `policy.domains` is set (filled in by the config loader): an AD
+    /// forest without an Exchange organisation then needs nothing more.
+    #[serde(skip)]
+    pub policy_domains: bool,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub connect_timeout: Option<Duration>,
     /// Timeout of one operation (bind, one page of results).
@@ -122,6 +138,10 @@ pub struct SkipRule {
     /// ... except when any of these matches (one condition or a list).
     #[serde(default, deserialize_with = "crate::section::one_or_many")]
     pub unless: Vec<Condition>,
+    /// Active only in a forest with an Exchange organisation (accepted domains
+    /// found): where there is none, plain `mail` users are the recipients.
+    #[serde(default)]
+    pub only_with_exchange: bool,
 }
 
 impl LdapSourceSpec {
@@ -262,21 +282,6 @@ impl LdapSource {
         Err(format!("no LDAP server answered: {}", errors.join("; ")))
     }
 
-    async fn search(
-        &self,
-        base: &str,
-        filter: &str,
-        attrs: &[String],
-        page_size: i32,
-    ) -> Result<Vec<SearchEntry>, SourceError> {
-        let secret = self.password()?;
-        let (mut ldap, url) =
-            self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
-        let r = self.paged(&mut ldap, &url, base, filter, attrs, page_size, None).await;
-        let _ = ldap.unbind().await;
-        r.map_err(|e| SourceError::new(self.clean(e, &secret)))
-    }
-
     fn clean(&self, m: String, secret: &Option<Secret>) -> String {
         match secret.as_ref().filter(|s| s.expose().len() >= 3) {
             Some(s) => m.replace(s.expose(), "***"),
@@ -343,18 +348,9 @@ impl LdapSource {
     }
 
     /// Full or incremental (uSNChanged) fetch, keeping the object map in state.
-    async fn fetch_incremental(&self, cache: &Cache) -> Result<Batch, SourceError> {
-        let secret = self.password()?;
-        let (mut ldap, url) =
-            self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
-        let r = self.incremental_inner(&mut ldap, &url, cache).await;
-        let _ = ldap.unbind().await;
-        let objects = r.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
-        Ok(finalize(objects.into_values()))
-    }
-
     async fn incremental_inner(
         &self,
+        spec: &LdapSourceSpec,
         ldap: &mut ldap3::Ldap,
         url: &str,
         cache: &Cache,
@@ -395,7 +391,7 @@ impl LdapSource {
             }
             // The stored records were made under the skip rules; other rules
             // would have made other records.
-            Some(p) if p.rules != self.rules() => Some("skip rules changed".into()),
+            Some(p) if p.rules != rules_of(spec) => Some("skip rules changed".into()),
             Some(p) if now.saturating_sub(p.full_at) >= every => Some("full_sync_every elapsed".into()),
             Some(p) if usn < p.highest_usn => Some("the DC's USN went backwards".into()),
             Some(_) => None,
@@ -430,11 +426,11 @@ impl LdapSource {
                 }
                 let mut skipped = BTreeMap::new();
                 for e in &matching {
-                    match (guid(e), map_one(&self.spec, e)?) {
+                    match (guid(e), map_one(spec, e)?) {
                         (Some(g), Some(rec)) => {
                             objects.insert(g, rec);
                         }
-                        (_, None) => count_skip(&self.spec, e, &mut skipped),
+                        (_, None) => count_skip(spec, e, &mut skipped),
                         _ => {}
                     }
                 }
@@ -459,11 +455,11 @@ impl LdapSource {
                 let mut objects = BTreeMap::new();
                 let mut skipped = BTreeMap::new();
                 for e in &entries {
-                    match map_one(&self.spec, e)? {
+                    match map_one(spec, e)? {
                         Some(rec) => {
                             objects.insert(guid(e).unwrap_or_else(|| format!("dn:{}", e.dn)), rec);
                         }
-                        None => count_skip(&self.spec, e, &mut skipped),
+                        None => count_skip(spec, e, &mut skipped),
                     }
                 }
                 log_skips(skipped);
@@ -480,7 +476,7 @@ impl LdapSource {
             filter: self.spec.filter.clone(),
             base_dn: self.spec.base_dn.clone(),
             attributes: self.attributes(),
-            rules: self.rules(),
+            rules: rules_of(spec),
             objects,
         };
         cache.save(&state, "LDAP");
@@ -553,11 +549,6 @@ impl LdapSource {
         entries.into_iter().next().map(SearchEntry::construct).ok_or_else(|| format!("{dn:?} not found on {url}"))
     }
 
-    /// The rules that decide what an entry contributes, as one comparable string.
-    fn rules(&self) -> String {
-        format!("{:?}", (&self.spec.skip, &self.spec.keep_skipped, &self.spec.restrict_to_own_domains))
-    }
-
     fn attributes(&self) -> Vec<String> {
         let spec = &self.spec;
         let ranged = |a: &String| match spec.range_size {
@@ -576,14 +567,59 @@ impl LdapSource {
     }
 }
 
+impl LdapSource {
+    /// One fetch on one connection: the accepted domains (when the profile
+    /// reads them), then a full or incremental pass under the rules that apply
+    /// to this forest.
+    async fn fetch_on(&self, ldap: &mut ldap3::Ldap, url: &str) -> Result<Batch, String> {
+        let accepted = match self.spec.accepted_domains {
+            AcceptedDomainsFrom::None => None,
+            AcceptedDomainsFrom::Exchange => {
+                let found = self.accepted_domains(ldap, url).await?;
+                if found.is_none() && !self.spec.policy_domains {
+                    return Err(format!(
+                        "{url}: the forest has no Exchange organisation (no msExchAcceptedDomain under CN=Microsoft \
+                         Exchange,CN=Services in the Configuration NC), so rcptsync cannot tell which domains the \
+                         primary accepts and would publish external addresses too: set policy.domains to the \
+                         domains this backup MX relays for"
+                    ));
+                }
+                found
+            }
+        };
+        let spec = rules_for(&self.spec, accepted.is_some());
+        let records: Vec<ObjectRecord> = match (self.spec.incremental, &self.cache) {
+            (true, Some(cache)) => self.incremental_inner(&spec, ldap, url, cache).await?.into_values().collect(),
+            _ => {
+                let entries = self
+                    .paged(ldap, url, &spec.base_dn, &spec.filter, &self.attributes(), spec.page_size, None)
+                    .await?;
+                return map_entries_in(&spec, entries, accepted.as_ref()).map_err(|e| e.to_string());
+            }
+        };
+        Ok(finalize(records.into_iter(), accepted.as_ref(), spec.relay_domains))
+    }
+}
+
+/// The spec whose skip rules apply: `only_with_exchange` rules are dropped in
+/// a forest without an Exchange organisation.
+fn rules_for(spec: &LdapSourceSpec, exchange: bool) -> std::borrow::Cow<'_, LdapSourceSpec> {
+    if exchange || !spec.skip.iter().any(|r| r.only_with_exchange) {
+        return std::borrow::Cow::Borrowed(spec);
+    }
+    let mut spec = spec.clone();
+    spec.skip.retain(|r| !r.only_with_exchange);
+    std::borrow::Cow::Owned(spec)
+}
+
 impl Connector for LdapSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
-        if let (true, Some(cache)) = (self.spec.incremental, &self.cache) {
-            return self.fetch_incremental(cache).await.map(Fetched::Ready);
-        }
-        let entries =
-            self.search(&self.spec.base_dn, &self.spec.filter, &self.attributes(), self.spec.page_size).await?;
-        map_entries(&self.spec, entries).map(Fetched::Ready)
+        let secret = self.password()?;
+        let (mut ldap, url) =
+            self.connect(secret.as_ref()).await.map_err(|e| SourceError::new(self.clean(e, &secret)))?;
+        let r = self.fetch_on(&mut ldap, &url).await;
+        let _ = ldap.unbind().await;
+        r.map(Fetched::Ready).map_err(|e| SourceError::new(self.clean(e, &secret)))
     }
 
     async fn check(&self) -> Result<String, SourceError> {
@@ -713,6 +749,11 @@ fn binary(e: &SearchEntry, attr: &str) -> Option<String> {
     }
 }
 
+/// The rules that decide what an entry contributes, as one comparable string.
+fn rules_of(spec: &LdapSourceSpec) -> String {
+    format!("{:?}", (&spec.skip, &spec.keep_skipped, &spec.restrict_to_own_domains))
+}
+
 fn count_skip(spec: &LdapSourceSpec, e: &SearchEntry, counts: &mut BTreeMap<String, usize>) {
     let rule = skip_rule(spec, e).map(|r| r.name.clone()).unwrap_or_default();
     *counts.entry(rule).or_default() += 1;
@@ -783,24 +824,36 @@ fn extract(spec: &LdapSourceSpec, e: &SearchEntry) -> ObjectRecord {
     rec
 }
 
-/// The raw values of all objects, with the own-domains restriction applied.
-fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Batch {
+/// The raw values of all objects. With Exchange's accepted domains, only
+/// addresses in them count (and relay domains become catch-alls); without,
+/// restricted entries (contacts) count only in the directory's own domains.
+fn finalize(
+    records: impl Iterator<Item = ObjectRecord>,
+    accepted: Option<&exchange::Accepted>,
+    relay: RelayDomains,
+) -> Batch {
     let mut out = Batch::default();
     let mut own_domains: HashSet<String> = HashSet::new();
     let mut restricted: Vec<(String, String)> = Vec::new();
+    let mut items = Vec::new();
     let item =
         |(value, l): (String, String)| RawItem { value, kind: RawKind::Address, locator: Locator::Object(l.into()) };
     for rec in records {
         for (value, locator, reason) in rec.rejected {
             out.rejected.push(Rejected { value, locator: Locator::Object(locator.into()), reason });
         }
-        if rec.restricted {
+        if rec.restricted && accepted.is_none() {
             restricted.extend(rec.items);
         } else {
             own_domains.extend(rec.items.iter().filter_map(|(v, _)| domain_of(v)));
-            out.items.extend(rec.items.into_iter().map(item));
+            items.extend(rec.items.into_iter().map(item));
         }
     }
+    if let Some(accepted) = accepted {
+        accepted.apply(items, &mut out, relay);
+        return out;
+    }
+    out.items = items;
     let mut outside = 0;
     for (value, l) in restricted {
         if domain_of(&value).is_some_and(|d| own_domains.contains(&d)) {
@@ -821,6 +874,15 @@ fn finalize(records: impl Iterator<Item = ObjectRecord>) -> Batch {
 /// Turns directory entries into raw recipient values: the profile's skip rules,
 /// address attributes, `smtp:` prefixes and the own-domains restriction. Pure.
 pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<Batch, SourceError> {
+    map_entries_in(spec, entries, None)
+}
+
+/// [`map_entries`] in an Exchange organisation with these accepted domains.
+fn map_entries_in(
+    spec: &LdapSourceSpec,
+    entries: Vec<SearchEntry>,
+    accepted: Option<&exchange::Accepted>,
+) -> Result<Batch, SourceError> {
     let mut records = Vec::with_capacity(entries.len());
     let mut skipped = BTreeMap::new();
     let mut left_out = Vec::new();
@@ -839,8 +901,8 @@ pub fn map_entries(spec: &LdapSourceSpec, entries: Vec<SearchEntry>) -> Result<B
         }
     }
     log_skips(skipped);
-    let mut out = finalize(records.into_iter());
-    out.left_out = left_out;
+    let mut out = finalize(records.into_iter(), accepted, spec.relay_domains);
+    out.left_out.extend(left_out);
     Ok(out)
 }
 
@@ -1030,7 +1092,7 @@ mod tests {
                     records.push(r);
                 }
             }
-            crate::fuzz::check_validated(finalize(records.into_iter()).items)
+            crate::fuzz::check_validated(finalize(records.into_iter(), None, RelayDomains::CatchAll).items)
         });
     }
 
@@ -1105,6 +1167,7 @@ mod tests {
                         &["CN=DB01,CN=Databases,CN=Exchange Administrative Group,CN=Configuration,DC=example,DC=com"],
                     ),
                     ("mail", &["linked@example.com"]),
+                    ("mailNickname", &["linked"]),
                 ],
             ),
             entry(
@@ -1114,6 +1177,7 @@ mod tests {
                     ("userAccountControl", &["66050"]),
                     ("targetAddress", &["SMTP:mu@cloud.example.net"]),
                     ("mail", &["mailuser@example.com"]),
+                    ("mailNickname", &["mailuser"]),
                 ],
             ),
             entry(
@@ -1123,11 +1187,17 @@ mod tests {
                     ("userAccountControl", &["512"]),
                     ("msExchRequireAuthToSendTo", &["TRUE"]),
                     ("mail", &["board@example.com"]),
+                    ("mailNickname", &["board"]),
                 ],
             ),
             entry(
                 "CN=sales,CN=Users,DC=example,DC=com",
-                &[("objectClass", &["group"]), ("mail", &["sales@example.com"])],
+                &[("objectClass", &["group"]), ("mail", &["sales@example.com"]), ("mailNickname", &["sales"])],
+            ),
+            // Only `mail`: not an Exchange recipient where Exchange exists.
+            entry(
+                "CN=legacy,CN=Users,DC=example,DC=com",
+                &[("objectClass", &["user"]), ("userAccountControl", &["512"]), ("mail", &["legacy@example.com"])],
             ),
             entry(
                 "CN=partner,OU=Contacts,DC=example,DC=com",
@@ -1163,6 +1233,12 @@ mod tests {
         // "smtp:@example.com" is passed on as a plain address value, which the
         // address parser refuses: never a catch-all.
         assert!(f.items.iter().all(|i| i.kind == RawKind::Address));
+        let legacy = f.left_out.iter().find(|r| r.value == "legacy@example.com").expect("left out");
+        assert!(legacy.reason.contains("not-exchange-recipient"), "{}", legacy.reason);
+        // Without an Exchange organisation, a user with only `mail` is a recipient.
+        let plain = map_entries(&rules_for(&spec(""), false), directory()).unwrap();
+        assert!(values(&plain).contains(&"legacy@example.com".to_string()));
+        assert!(!values(&plain).contains(&"carol@example.com".to_string()), "disabled-account still applies");
     }
 
     #[test]
@@ -1172,7 +1248,9 @@ mod tests {
         assert!(!values(&f).contains(&"carol@example.com".to_string()));
         let err = checked("keep_skipped = [\"nope\"]").unwrap_err();
         assert!(
-            err[0].to_string().contains("no skip rule named \"nope\"; known: disabled-account, auth-only"),
+            err[0]
+                .to_string()
+                .contains("no skip rule named \"nope\"; known: disabled-account, auth-only, not-exchange-recipient"),
             "{err:?}"
         );
     }

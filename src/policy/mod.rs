@@ -484,6 +484,11 @@ pub const INCLUDE_SOURCE: &str = "policy.include";
 pub const GRACE_SOURCE: &str = "removal-grace";
 
 impl Policy {
+    /// Whether `policy.domains` limits the list to named domains.
+    pub fn limits_domains(&self) -> bool {
+        self.domains.as_ref().is_some_and(|d| !d.is_empty())
+    }
+
     /// Whether the policy keeps an entry, and if not, why.
     pub fn check(&self, e: &Entry) -> Result<(), Drop> {
         if let Some(d) = &self.domains

@@ -320,12 +320,40 @@ mod ad {
                 66050,
                 &[("proxyAddresses", "SMTP:room1@example.test"), ("msExchRecipientTypeDetails", "16")],
             ));
-            s.push_str(&user("ceo", 512, &[("mail", "ceo-only@example.test"), ("msExchRequireAuthToSendTo", "TRUE")]));
+            s.push_str(&user(
+                "ceo",
+                512,
+                &[("mail", "ceo-only@example.test"), ("mailNickname", "ceo"), ("msExchRequireAuthToSendTo", "TRUE")],
+            ));
             // A leaver: the account is disabled, the mailbox (UserMailbox) still
             // receives mail, as Exchange delivers regardless of the account.
             s.push_str(&user("leaver", 514, &[("mail", "leaver@example.test"), ("msExchRecipientTypeDetails", "1")]));
+            // A mail user whose primary address is outside the organisation (the
+            // New-MailUser default): only its address in an accepted domain counts.
+            s.push_str(&user(
+                "consultant",
+                512,
+                &[
+                    ("mail", "ext.consultant@gmail.test"),
+                    ("proxyAddresses", "SMTP:ext.consultant@gmail.test"),
+                    ("proxyAddresses", "smtp:consultant@example.test"),
+                    ("targetAddress", "SMTP:ext.consultant@gmail.test"),
+                    ("mailNickname", "consultant"),
+                    ("msExchRecipientTypeDetails", "128"),
+                ],
+            ));
+            // Only `mail`: not an Exchange recipient (no proxyAddresses, mailNickname or type).
+            s.push_str(&user("legacy", 512, &[("mail", "legacy@example.test")]));
+            // A mailbox in an internal relay domain, and one in an outbound-only domain.
+            s.push_str(&user("sub", 512, &[("proxyAddresses", "SMTP:x@subsidiary.test"), ("mailNickname", "sub")]));
+            s.push_str(&user(
+                "cloudonly",
+                512,
+                &[("proxyAddresses", "SMTP:y@cloud-only.example.test"), ("mailNickname", "cloudonly")],
+            ));
         }
-        s.push_str(&format!("dn: CN=sales,CN=Users,{BASE}\nobjectClass: group\nsAMAccountName: sales\ngroupType: 8\nmail: sales@example.test\n\n"));
+        let nickname = if exchange { "mailNickname: sales\n" } else { "" };
+        s.push_str(&format!("dn: CN=sales,CN=Users,{BASE}\nobjectClass: group\nsAMAccountName: sales\ngroupType: 8\nmail: sales@example.test\n{nickname}\n"));
         s.push_str(&format!(
             "dn: CN=secgroup,CN=Users,{BASE}\nobjectClass: group\nsAMAccountName: secgroup\ngroupType: -2147483646\n\n"
         ));
@@ -360,6 +388,15 @@ mod ad {
 
     const PLAIN: &str = "[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n";
 
+    /// [`ad_config`] for a forest without an Exchange organisation, which
+    /// needs `policy.domains`.
+    fn ad_config_without_exchange(t: &TestDir, dc: &Samba, extra: &str, output: &str) {
+        ad_config(t, dc, extra, output);
+        let cfg =
+            t.read("rcptsync.toml").replacen("[[source]]", "[policy]\ndomains = [\"example.test\"]\n[[source]]", 1);
+        t.config(&cfg);
+    }
+
     #[test]
     fn active_directory_profile_on_samba_with_exchange_schema() {
         if !samba_enabled("active_directory_profile_on_samba_with_exchange_schema") {
@@ -374,13 +411,16 @@ mod ad {
         r.expect(0);
         let got: Vec<&str> = r.stdout.lines().collect();
         let mut want: Vec<String> = vec![
+            "@subsidiary.test",
             "a.smith@example.test",
             "alice@example.test",
+            "consultant@example.test",
             "leaver@example.test",
             "partner@example.test",
             "room1@example.test",
             "sales@example.test",
             "shared@example.test",
+            "x@subsidiary.test",
         ]
         .into_iter()
         .map(String::from)
@@ -398,10 +438,12 @@ mod ad {
         assert!(r.stderr.contains("value=\"@example.test\""), "{}", r.stderr);
         assert!(
             r.stderr.contains("rule=\"auth-only\" entries=1")
-                && r.stderr.contains("rule=\"disabled-account\" entries=1"),
+                && r.stderr.contains("rule=\"disabled-account\" entries=1")
+                && r.stderr.contains("rule=\"not-exchange-recipient\" entries=1"),
             "{}",
             r.stderr
         );
+        assert!(r.stderr.contains("Exchange accepted domains"), "{}", r.stderr);
 
         // The EdgeSync-like default can be switched off.
         ad_config(&t, &dc, "keep_skipped = [\"auth-only\"]", PLAIN);
@@ -421,6 +463,24 @@ mod ad {
         );
         let r = t.run(&["why", "ceo-only@example.test", "-c", "rcptsync.toml"]);
         assert!(r.stdout.contains("skip rule auth-only"), "{}", r.stdout);
+        // Accepted domains: an external primary address, an outbound-only
+        // domain, a mail-only object, and a relay domain's catch-all.
+        let r = t.run(&["why", "ext.consultant@gmail.test", "-c", "rcptsync.toml"]);
+        assert!(r.stdout.contains("not an accepted domain of the Exchange organisation"), "{}", r.stdout);
+        let r = t.run(&["why", "y@cloud-only.example.test", "-c", "rcptsync.toml"]);
+        assert!(r.stdout.contains("not an accepted domain"), "{}", r.stdout);
+        let r = t.run(&["why", "legacy@example.test", "-c", "rcptsync.toml"]);
+        assert!(r.stdout.contains("skip rule not-exchange-recipient"), "{}", r.stdout);
+        let r = t.run(&["why", "anyone@subsidiary.test", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stdout.contains("InternalRelay relay domain"), "{}", r.stdout);
+        // relay_domains = "addresses": only the known address of the relay domain.
+        ad_config(&t, &dc, "relay_domains = \"addresses\"", PLAIN);
+        let r = list(&t);
+        r.expect(0);
+        assert!(!r.stdout.contains("@subsidiary.test\n@") && r.stdout.contains("x@subsidiary.test"), "{}", r.stdout);
+        assert!(!r.stdout.lines().any(|l| l == "@subsidiary.test"), "{}", r.stdout);
+        ad_config(&t, &dc, "", PLAIN);
 
         // check reports the bind and paging.
         let r = t.run(&["check", "-c", "rcptsync.toml"]);
@@ -452,7 +512,7 @@ mod ad {
         );
         assert!(r[0].starts_with("250") && r[1].starts_with("250"), "{r:?}");
         assert!(r[2].starts_with("550 5.1.1") && r[3].starts_with("550 5.1.1"), "{r:?}");
-        dc.add(&user("newhire", 512, &[("mail", "newhire@example.test")]));
+        dc.add(&user("newhire", 512, &[("mail", "newhire@example.test"), ("mailNickname", "newhire")]));
         sync().expect(0);
         let r = rcpt_replies(pf.port, &["newhire@example.test"]);
         assert!(r[0].starts_with("250"), "{r:?}");
@@ -466,7 +526,17 @@ mod ad {
         let t = TestDir::new();
         let dc = Samba::start(&t.join("dc"), false);
         dc.add(&directory(false));
+        // No Exchange organisation: nothing says which domains the primary
+        // accepts, so the AD source needs policy.domains, and says so.
         ad_config(&t, &dc, "", PLAIN);
+        let r = list(&t);
+        assert_ne!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("no Exchange organisation") && r.stderr.contains("set policy.domains"),
+            "{}",
+            r.stderr
+        );
+        ad_config_without_exchange(&t, &dc, "", PLAIN);
         let want = "a.smith@example.test\nalice@example.test\npartner@example.test\nsales@example.test\n";
         let r = list(&t);
         r.expect(0);
@@ -497,7 +567,7 @@ mod ad {
 
         // Changes between runs: an addition, an added alias, a deletion, a user
         // disabled, a mail attribute removed (the object leaves the filter).
-        dc.add(&user("delta", 512, &[("mail", "delta@example.test")]));
+        dc.add(&user("delta", 512, &[("mail", "delta@example.test"), ("mailNickname", "delta")]));
         dc.modify(&format!(
             "dn: CN=alice,CN=Users,{BASE}\nchangetype: modify\nadd: proxyAddresses\nproxyAddresses: smtp:new.alias@example.test\n-\n\n\
              dn: CN=bulk0001,CN=Users,{BASE}\nchangetype: delete\n\n\
@@ -579,7 +649,7 @@ mod ad {
         // of 100, the way AD answers above MaxValRange, and complete them with
         // follow-up requests until the last range.
         for keys in ["incremental = false", "incremental = false\nrange_size = 100"] {
-            ad_config(&t, &dc, keys, PLAIN);
+            ad_config_without_exchange(&t, &dc, keys, PLAIN);
             let r = list(&t);
             r.expect(0);
             let got: Vec<&str> = r.stdout.lines().collect();

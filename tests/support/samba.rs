@@ -119,6 +119,7 @@ impl Samba {
         let _ = last;
         if exchange_schema {
             s.modify(&exchange_schema_ldif());
+            s.add(&exchange_org_ldif());
         }
         s
     }
@@ -211,6 +212,75 @@ oMSyntax: 1
 isSingleValued: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAg==
 
+dn: CN=ms-Exch-Mail-Nickname,{cfg}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Mail-Nickname
+attributeID: 1.2.840.113556.1.2.447
+lDAPDisplayName: mailNickname
+attributeSyntax: 2.5.5.12
+oMSyntax: 64
+isSingleValued: TRUE
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAw==
+
+dn: CN=ms-Exch-Target-Address,{cfg}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Target-Address
+attributeID: 1.2.840.113556.1.2.352
+lDAPDisplayName: targetAddress
+attributeSyntax: 2.5.5.12
+oMSyntax: 64
+isSingleValued: TRUE
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABA==
+
+dn: CN=ms-Exch-Accepted-Domain-Name,{cfg}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Accepted-Domain-Name
+attributeID: 1.2.840.113556.1.4.7000.102.99001
+lDAPDisplayName: msExchAcceptedDomainName
+attributeSyntax: 2.5.5.12
+oMSyntax: 64
+isSingleValued: TRUE
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABQ==
+
+dn: CN=ms-Exch-Accepted-Domain-Flags,{cfg}
+changetype: add
+objectClass: top
+objectClass: attributeSchema
+cn: ms-Exch-Accepted-Domain-Flags
+attributeID: 1.2.840.113556.1.4.7000.102.99002
+lDAPDisplayName: msExchAcceptedDomainFlags
+attributeSyntax: 2.5.5.9
+oMSyntax: 2
+isSingleValued: TRUE
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABg==
+
+dn:
+changetype: modify
+add: schemaUpdateNow
+schemaUpdateNow: 1
+-
+
+dn: CN=ms-Exch-Accepted-Domain,{cfg}
+changetype: add
+objectClass: top
+objectClass: classSchema
+cn: ms-Exch-Accepted-Domain
+governsID: 1.2.840.113556.1.5.7000.62.99003
+lDAPDisplayName: msExchAcceptedDomain
+subClassOf: top
+objectClassCategory: 1
+rDNAttID: cn
+possSuperiors: container
+mayContain: msExchAcceptedDomainName
+mayContain: msExchAcceptedDomainFlags
+schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABw==
+
 dn:
 changetype: modify
 add: schemaUpdateNow
@@ -222,6 +292,8 @@ changetype: modify
 add: mayContain
 mayContain: msExchRecipientTypeDetails
 mayContain: msExchRequireAuthToSendTo
+mayContain: mailNickname
+mayContain: targetAddress
 -
 
 dn: CN=Group,{cfg}
@@ -229,6 +301,14 @@ changetype: modify
 add: mayContain
 mayContain: msExchRecipientTypeDetails
 mayContain: msExchRequireAuthToSendTo
+mayContain: mailNickname
+-
+
+dn: CN=Contact,{cfg}
+changetype: modify
+add: mayContain
+mayContain: mailNickname
+mayContain: targetAddress
 -
 
 dn:
@@ -238,4 +318,30 @@ schemaUpdateNow: 1
 -
 "
     )
+}
+
+/// An Exchange organisation's accepted domains in the Configuration NC, where
+/// Exchange keeps them (`CN=Accepted Domains,CN=Transport Settings,CN=<org>,
+/// CN=Microsoft Exchange,CN=Services,CN=Configuration,…`); the containers are
+/// plain `container` objects here. Flags: 4 = authoritative and default,
+/// 2 = internal relay, 256 = outbound only.
+pub fn exchange_org_ldif() -> String {
+    let services = format!("CN=Services,CN=Configuration,{BASE}");
+    let org = format!("CN=Example Org,CN=Microsoft Exchange,{services}");
+    let domains = format!("CN=Accepted Domains,CN=Transport Settings,{org}");
+    let mut s = String::new();
+    for dn in [
+        format!("CN=Microsoft Exchange,{services}"),
+        org.clone(),
+        format!("CN=Transport Settings,{org}"),
+        domains.clone(),
+    ] {
+        s.push_str(&format!("dn: {dn}\nobjectClass: container\n\n"));
+    }
+    for (name, flags) in [("example.test", 4), ("subsidiary.test", 2), ("cloud-only.example.test", 256)] {
+        s.push_str(&format!(
+            "dn: CN={name},{domains}\nobjectClass: msExchAcceptedDomain\nmsExchAcceptedDomainName: {name}\nmsExchAcceptedDomainFlags: {flags}\n\n"
+        ));
+    }
+    s
 }
