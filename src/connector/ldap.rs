@@ -364,7 +364,15 @@ impl LdapSource {
                 "{url} does not publish highestCommittedUSN in its rootDSE: incremental sync needs Active Directory"
             )
         })?;
-        let nc = first(&root, "defaultNamingContext").unwrap_or_else(|| self.spec.base_dn.clone());
+        // Where changes and deletions are looked for: the whole domain (an object
+        // that left base_dn or the filter must leave the list too), or on a
+        // Global Catalog the whole forest (the empty base), since a
+        // forest-wide base_dn spans every domain's partial replica.
+        let nc = if global_catalog(url) {
+            String::new()
+        } else {
+            first(&root, "defaultNamingContext").unwrap_or_else(|| self.spec.base_dn.clone())
+        };
         let invocation = match first(&root, "dsServiceName") {
             Some(dn) => {
                 let e = self.read_entry(ldap, url, &dn, &["invocationId"]).await?;
@@ -747,6 +755,14 @@ fn binary(e: &SearchEntry, attr: &str) -> Option<String> {
         Some(b) => Some(hex(b)),
         None => first(e, attr).map(|s| hex(s.as_bytes())),
     }
+}
+
+/// Whether `url` is a Global Catalog port (3268, or 3269 over TLS): a
+/// forest-wide partial replica that answers for every domain.
+fn global_catalog(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    matches!(host_port.rsplit_once(':').map(|(_, p)| p), Some("3268" | "3269"))
 }
 
 /// The rules that decide what an entry contributes, as one comparable string.
@@ -1253,6 +1269,15 @@ mod tests {
                 .contains("no skip rule named \"nope\"; known: disabled-account, auth-only, not-exchange-recipient"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn global_catalog_ports_are_recognised() {
+        assert!(global_catalog("ldaps://gc.example.com:3269"));
+        assert!(global_catalog("ldap://10.0.0.1:3268/"));
+        assert!(!global_catalog("ldaps://dc1.example.com"));
+        assert!(!global_catalog("ldaps://dc1.example.com:636"));
+        assert!(!global_catalog("ldaps://[::1]:32690"));
     }
 
     #[test]

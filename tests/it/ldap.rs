@@ -631,6 +631,54 @@ mod ad {
         assert_eq!(t.read("out/plain"), full.read("out/plain"));
     }
 
+    /// A Global Catalog (3269 over TLS) holds a forest-wide partial replica:
+    /// the AD profile reads it with base_dn at the forest root, the accepted
+    /// domains come from its copy of the Configuration NC, and incremental runs
+    /// look for changes forest-wide. Each run equals a full pass on the DC port.
+    #[test]
+    fn global_catalog_full_and_incremental_runs_equal_a_dc_pass() {
+        if !samba_enabled("global_catalog_full_and_incremental_runs_equal_a_dc_pass") {
+            return;
+        }
+        let t = TestDir::new();
+        let dc = Samba::start(&t.join("dc"), true);
+        dc.add(&directory(true));
+        dc.add(&bulk(300));
+        let on_gc = |t: &TestDir, extra: &str| {
+            ad_config(t, &dc, extra, PLAIN);
+            let cfg =
+                t.read("rcptsync.toml").replace("url = \"ldaps://127.0.0.1\"", "url = \"ldaps://127.0.0.1:3269\"");
+            t.config(&cfg);
+        };
+        let dc_pass = || {
+            let d = TestDir::new();
+            ad_config(&d, &dc, "incremental = false", PLAIN);
+            d.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+            d.read("out/plain")
+        };
+        on_gc(&t, "[guard]\nmax_removed_percent = 100");
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stderr.contains("full sync") && r.stderr.contains(":3269"), "{}", r.stderr);
+        assert!(r.stderr.contains("Exchange accepted domains"), "{}", r.stderr);
+        let first = t.read("out/plain");
+        assert!(first.contains("bulk0299@example.test\n") && first.contains("@subsidiary.test\n"), "{first}");
+        assert_eq!(first, dc_pass());
+
+        dc.add(&user("gcnew", 512, &[("mail", "gcnew@example.test"), ("mailNickname", "gcnew")]));
+        dc.modify(&format!(
+            "dn: CN=bulk0010,CN=Users,{BASE}\nchangetype: delete\n\n\
+             dn: CN=bulk0011,CN=Users,{BASE}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: 514\n-\n"
+        ));
+        let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+        r.expect(0);
+        assert!(r.stderr.contains("incremental sync"), "{}", r.stderr);
+        let second = t.read("out/plain");
+        assert!(second.contains("gcnew@example.test\n"), "{second}");
+        assert!(!second.contains("bulk0010@") && !second.contains("bulk0011@"), "{second}");
+        assert_eq!(second, dc_pass());
+    }
+
     #[test]
     fn many_proxy_addresses_arrive_complete_with_range_retrieval() {
         if !samba_enabled("many_proxy_addresses_arrive_complete_with_range_retrieval") {

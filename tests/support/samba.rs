@@ -198,6 +198,7 @@ lDAPDisplayName: msExchRecipientTypeDetails
 attributeSyntax: 2.5.5.16
 oMSyntax: 65
 isSingleValued: TRUE
+isMemberOfPartialAttributeSet: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAQ==
 
 dn: CN=ms-Exch-Require-Authentication-To-Send-To,{cfg}
@@ -210,6 +211,7 @@ lDAPDisplayName: msExchRequireAuthToSendTo
 attributeSyntax: 2.5.5.8
 oMSyntax: 1
 isSingleValued: TRUE
+isMemberOfPartialAttributeSet: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAg==
 
 dn: CN=ms-Exch-Mail-Nickname,{cfg}
@@ -222,6 +224,7 @@ lDAPDisplayName: mailNickname
 attributeSyntax: 2.5.5.12
 oMSyntax: 64
 isSingleValued: TRUE
+isMemberOfPartialAttributeSet: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAAAw==
 
 dn: CN=ms-Exch-Target-Address,{cfg}
@@ -234,6 +237,7 @@ lDAPDisplayName: targetAddress
 attributeSyntax: 2.5.5.12
 oMSyntax: 64
 isSingleValued: TRUE
+isMemberOfPartialAttributeSet: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABA==
 
 dn: CN=ms-Exch-Accepted-Domain-Name,{cfg}
@@ -246,6 +250,7 @@ lDAPDisplayName: msExchAcceptedDomainName
 attributeSyntax: 2.5.5.12
 oMSyntax: 64
 isSingleValued: TRUE
+isMemberOfPartialAttributeSet: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABQ==
 
 dn: CN=ms-Exch-Accepted-Domain-Flags,{cfg}
@@ -258,6 +263,7 @@ lDAPDisplayName: msExchAcceptedDomainFlags
 attributeSyntax: 2.5.5.9
 oMSyntax: 2
 isSingleValued: TRUE
+isMemberOfPartialAttributeSet: TRUE
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABg==
 
 dn:
