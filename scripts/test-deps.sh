@@ -22,7 +22,7 @@ NSS="$OUT/nss"
 
 APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb postgresql mariadb-server slapd ldap-utils
   samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools attr
-  systemd)
+  systemd libkrb5-dev libclang-dev)
 EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
 
 log() { echo "test-deps: $*" >&2; }

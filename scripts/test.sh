@@ -21,9 +21,10 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets --features kerberos --quiet -- -D warnings
 
 echo "==> cargo test (real Postfix and Exim enabled)" >&2
-cargo test --all-targets
+cargo test --all-targets --features kerberos
 cargo test --doc --quiet
 
 echo "==> all tests passed in $(( $(date +%s) - started )) s" >&2

@@ -16,6 +16,8 @@ use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use serde::Deserialize;
 
 mod exchange;
+#[cfg(feature = "kerberos")]
+mod kerberos;
 
 pub use exchange::{AcceptedDomainsFrom, RelayDomains};
 
@@ -35,6 +37,17 @@ pub struct LdapSourceSpec {
     pub url: Vec<String>,
     /// DN (or AD user principal name) to bind as; omitted = anonymous.
     pub bind_dn: Option<String>,
+    /// `"simple"` (bind_dn and a password, the default) or `"gssapi"` (Kerberos
+    /// with `keytab_file` and `principal`).
+    #[serde(default)]
+    pub bind: BindMethod,
+    /// GSSAPI: the keytab that holds the principal's keys.
+    pub keytab_file: Option<PathBuf>,
+    /// GSSAPI: the principal to sign in as (`svc-rcptsync@EXAMPLE.COM`).
+    pub principal: Option<String>,
+    /// GSSAPI: the server's DNS name in its service principal `ldap/<host>`
+    /// (default: the host of the URL in use).
+    pub sasl_host: Option<String>,
     #[serde(rename = "bind_password")]
     bind_password_literal: Option<Literal>,
     bind_password_file: Option<PathBuf>,
@@ -110,6 +123,17 @@ fn default_page_size() -> i32 {
     1000
 }
 
+/// How the source signs in.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMethod {
+    /// `bind_dn` and a password (or anonymous without either).
+    #[default]
+    Simple,
+    /// SASL GSSAPI: Kerberos with a keytab.
+    Gssapi,
+}
+
 /// A test on one attribute of an LDAP entry. Attribute names compare without
 /// case; a missing attribute never matches.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -162,10 +186,45 @@ impl LdapSourceSpec {
             l.bind_password_file.take(),
             l.bind_password_env.take(),
         );
-        match (&l.bind_dn, &l.bind_password) {
-            (Some(_), None) => c.push(format!("{at}.bind_password"), "is required with bind_dn".into()),
-            (None, Some(_)) => c.push(format!("{at}.bind_dn"), "is required with bind_password".into()),
-            _ => {}
+        c.abs_opt(&mut l.keytab_file);
+        match l.bind {
+            BindMethod::Simple => {
+                match (&l.bind_dn, &l.bind_password) {
+                    (Some(_), None) => c.push(format!("{at}.bind_password"), "is required with bind_dn".into()),
+                    (None, Some(_)) => c.push(format!("{at}.bind_dn"), "is required with bind_password".into()),
+                    _ => {}
+                }
+                if l.keytab_file.is_some() || l.principal.is_some() {
+                    c.push(format!("{at}.keytab_file"), "keytab_file and principal need bind = \"gssapi\"".into());
+                }
+            }
+            BindMethod::Gssapi => {
+                if !cfg!(feature = "kerberos") {
+                    c.push(
+                        format!("{at}.bind"),
+                        "this rcptsync was built without Kerberos support: build it with `cargo build --release \
+                         --features kerberos` (needs libkrb5-dev and libclang-dev), or install the package"
+                            .into(),
+                    );
+                }
+                if l.keytab_file.is_none() {
+                    c.push(format!("{at}.keytab_file"), "is required with bind = \"gssapi\"".into());
+                }
+                if l.principal.as_deref().is_none_or(|p| p.trim().is_empty() || !p.contains('@')) {
+                    c.push(
+                        format!("{at}.principal"),
+                        "is required with bind = \"gssapi\": the Kerberos principal with its realm, e.g. \
+                         svc-rcptsync@EXAMPLE.COM"
+                            .into(),
+                    );
+                }
+                if l.bind_dn.is_some() || l.bind_password.is_some() {
+                    c.push(
+                        format!("{at}.bind_dn"),
+                        "bind = \"gssapi\" signs in with the keytab: remove bind_dn and bind_password".into(),
+                    );
+                }
+            }
         }
         let plaintext = l.url.iter().any(|u| u.starts_with("ldap://")) && !l.starttls;
         if plaintext && l.bind_password.is_some() {
@@ -269,6 +328,27 @@ impl LdapSource {
                 }
             };
             ldap3::drive!(conn);
+            #[cfg(feature = "kerberos")]
+            if let (BindMethod::Gssapi, Some(keytab), Some(principal)) =
+                (self.spec.bind, &self.spec.keytab_file, &self.spec.principal)
+            {
+                let host = self.spec.sasl_host.clone().unwrap_or_else(|| kerberos::url_host(url));
+                let cred = kerberos::credentials(keytab, principal)?;
+                let bound = ldap
+                    .with_timeout(op_timeout)
+                    .sasl_gssapi_cred_bind(cross_krb5::Cred::from(cred), &host)
+                    .await
+                    .and_then(|r| r.success());
+                if let Err(e) = bound {
+                    let text = match e {
+                        ldap3::LdapError::GssapiOperationError(m) => m,
+                        other => other.to_string(),
+                    };
+                    return Err(format!("{url}: {}", kerberos::explain(&text, principal, &host)));
+                }
+                tracing::debug!(server = %url, principal = %principal, service = %format!("ldap/{host}"), "Kerberos bind");
+                return Ok((ldap, url.clone()));
+            }
             if let (Some(dn), Some(pw)) = (&self.spec.bind_dn, secret) {
                 let bound = ldap.with_timeout(op_timeout).simple_bind(dn, pw.expose()).await.and_then(|r| r.success());
                 if let Err(e) = bound {
@@ -587,9 +667,9 @@ impl LdapSource {
                 if found.is_none() && !self.spec.policy_domains {
                     return Err(format!(
                         "{url}: the forest has no Exchange organisation (no msExchAcceptedDomain under CN=Microsoft \
-                         Exchange,CN=Services in the Configuration NC), so rcptsync cannot tell which domains the \
-                         primary accepts and would publish external addresses too: set policy.domains to the \
-                         domains this backup MX relays for"
+                         Exchange,CN=Services in the Configuration NC that the bind account can read), so rcptsync cannot tell \
+                         which domains the primary accepts and would publish external addresses too: set \
+                         policy.domains to the domains this backup MX relays for"
                     ));
                 }
                 found
@@ -1269,6 +1349,29 @@ mod tests {
                 .contains("no skip rule named \"nope\"; known: disabled-account, auth-only, not-exchange-recipient"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn gssapi_binds_need_a_keytab_a_principal_and_no_password() {
+        let ok =
+            checked("bind = \"gssapi\"\nkeytab_file = \"/etc/rcptsync/ad.keytab\"\nprincipal = \"svc@EXAMPLE.COM\"");
+        if cfg!(feature = "kerberos") {
+            assert!(ok.is_ok(), "{ok:?}");
+        } else {
+            let e = ok.unwrap_err();
+            assert!(e[0].to_string().contains("built without Kerberos support"), "{e:?}");
+        }
+        let e = checked("bind = \"gssapi\"").unwrap_err();
+        let text: Vec<String> = e.iter().map(|x| x.to_string()).collect();
+        assert!(text.iter().any(|t| t.contains("keytab_file: is required")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("principal: is required")), "{text:?}");
+        let e = checked(
+            "bind = \"gssapi\"\nkeytab_file = \"/k\"\nprincipal = \"svc@EXAMPLE.COM\"\nbind_dn = \"x\"\nbind_password = \"y\"",
+        )
+        .unwrap_err();
+        assert!(e.iter().any(|x| x.to_string().contains("remove bind_dn and bind_password")), "{e:?}");
+        let e = checked("keytab_file = \"/k\"\nprincipal = \"svc@EXAMPLE.COM\"").unwrap_err();
+        assert!(e.iter().any(|x| x.to_string().contains("need bind = \"gssapi\"")), "{e:?}");
     }
 
     #[test]

@@ -679,6 +679,55 @@ mod ad {
         assert_eq!(second, dc_pass());
     }
 
+    /// Kerberos instead of a password: a service account's keytab, exported
+    /// from the Samba DC, signs in through SASL GSSAPI against the DC's own
+    /// KDC, over ldaps:// and over plain ldap:// (GSSAPI then seals the
+    /// connection); the list equals a password bind's. A wrong principal or
+    /// service host fails the source and names the fix.
+    #[test]
+    fn kerberos_bind_with_a_keytab() {
+        if !samba_enabled("kerberos_bind_with_a_keytab") {
+            return;
+        }
+        if !cfg!(feature = "kerberos") {
+            say("SKIPPED kerberos_bind_with_a_keytab: needs --features kerberos (scripts/test.sh sets it)");
+            return;
+        }
+        let t = TestDir::new();
+        let dc = Samba::start(&t.join("dc"), true);
+        dc.add(&directory(true));
+        let keytab = t.join("rcptsync.keytab");
+        dc.service_keytab("svc-rcptsync", &keytab);
+        let krb5 = dc.krb5_conf();
+        let host = dc.register_ldap_spn();
+        ad_config(&t, &dc, "", PLAIN);
+        let want = list(&t);
+        want.expect(0);
+        let gssapi = |t: &TestDir, url: &str, principal: &str, host: &str| {
+            let cfg = format!(
+                "state_dir = \"state\"\n[[source]]\nname = \"corp-ad\"\nkind = \"ldap\"\nprofile = \"active-directory\"\n\
+                 url = \"{url}\"\nca_file = \"{}\"\nbind = \"gssapi\"\nkeytab_file = \"{}\"\nprincipal = \"{principal}\"\n\
+                 sasl_host = \"{host}\"\nbase_dn = \"{BASE}\"\nincremental = false\n{PLAIN}",
+                dc.ca.display(),
+                keytab.display()
+            );
+            t.config(&cfg);
+            Run::from(t.cmd(&["list", "-c", "rcptsync.toml"]).env("KRB5_CONFIG", &krb5).output().unwrap())
+        };
+        for url in ["ldap://127.0.0.1", "ldaps://127.0.0.1"] {
+            let r = gssapi(&t, url, "svc-rcptsync@EXAMPLE.TEST", &host);
+            r.expect(0);
+            assert_eq!(r.stdout, want.stdout, "{url}: {}", r.stderr);
+        }
+        let r = gssapi(&t, "ldaps://127.0.0.1", "someone-else@EXAMPLE.TEST", &host);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("someone-else@EXAMPLE.TEST") && r.stderr.contains("keytab"), "{}", r.stderr);
+        let r = gssapi(&t, "ldaps://127.0.0.1", "svc-rcptsync@EXAMPLE.TEST", "127.0.0.1");
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("Kerberos (GSSAPI) bind as svc-rcptsync@EXAMPLE.TEST failed"), "{}", r.stderr);
+        assert!(r.stderr.contains("sasl_host"), "{}", r.stderr);
+    }
+
     #[test]
     fn many_proxy_addresses_arrive_complete_with_range_retrieval() {
         if !samba_enabled("many_proxy_addresses_arrive_complete_with_range_retrieval") {

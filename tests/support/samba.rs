@@ -86,6 +86,9 @@ impl Samba {
 	tls certfile = {cert}
 	tls cafile = {ca}
 	dsdb:schema update allowed = true
+	# As Windows AD does: SASL (Kerberos) binds over TLS without a second
+	# SASL security layer (Samba's default refuses them).
+	ldap server require strong auth = allow_sasl_over_tls
 ",
             key = key.display(),
             cert = cert.display(),
@@ -156,6 +159,58 @@ impl Samba {
         if let Err(e) = self.try_ldap(&["ldapadd", "-f", &f.display().to_string()]) {
             panic!("ldapadd failed: {e}");
         }
+    }
+
+    /// The DC's DNS name (rootDSE `dnsHostName`): the host of its SPN `ldap/<host>`.
+    pub fn dns_host_name(&self) -> String {
+        let out = self.try_ldap(&["ldapsearch", "-LLL", "-s", "base", "-b", "", "dnsHostName"]).expect("rootDSE");
+        out.lines().find_map(|l| l.strip_prefix("dnsHostName: ")).expect("dnsHostName").trim().to_string()
+    }
+
+    /// `ldapsearch -LLL` with these arguments, as the administrator.
+    pub fn search(&self, args: &[&str]) -> String {
+        let mut all = vec!["ldapsearch", "-LLL"];
+        all.extend_from_slice(args);
+        self.try_ldap(&all).expect("ldapsearch")
+    }
+
+    /// A krb5.conf whose realm's KDC is this DC (for `KRB5_CONFIG`).
+    pub fn krb5_conf(&self) -> PathBuf {
+        let p = self.dir.join("krb5.conf");
+        std::fs::write(
+            &p,
+            "[libdefaults]\n\tdefault_realm = EXAMPLE.TEST\n\tdns_lookup_kdc = false\n\tdns_lookup_realm = false\n\
+             \trdns = false\n[realms]\n\tEXAMPLE.TEST = {\n\t\tkdc = 127.0.0.1\n\t}\n",
+        )
+        .unwrap();
+        p
+    }
+
+    /// Gives the DC's account the `ldap/<dnsHostName>` service principal that a
+    /// Windows DC registers when it is promoted (Samba's provisioning sets only
+    /// `HOST/`), so Kerberos clients can ask for an LDAP ticket.
+    pub fn register_ldap_spn(&self) -> String {
+        let host = self.dns_host_name();
+        let account = format!("{}$", host.split('.').next().unwrap_or(&host).to_ascii_uppercase());
+        let conf = self.dir.join("etc/smb.conf");
+        run_ok(Command::new("samba-tool").args(["spn", "add", &format!("ldap/{host}"), &account]).arg("-s").arg(&conf));
+        host
+    }
+
+    /// Creates a service account and exports its keys to a keytab (mode 0600),
+    /// as an admin does for a gMSA or a service account.
+    pub fn service_keytab(&self, name: &str, path: &Path) {
+        let conf = self.dir.join("etc/smb.conf");
+        run_ok(Command::new("samba-tool").args(["user", "create", name, "--random-password"]).arg("-s").arg(&conf));
+        run_ok(
+            Command::new("samba-tool")
+                .args(["domain", "exportkeytab"])
+                .arg(path)
+                .arg(format!("--principal={name}@EXAMPLE.TEST"))
+                .arg("-s")
+                .arg(&conf),
+        );
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     }
 
     pub fn url(&self) -> &'static str {
@@ -285,6 +340,7 @@ rDNAttID: cn
 possSuperiors: container
 mayContain: msExchAcceptedDomainName
 mayContain: msExchAcceptedDomainFlags
+defaultSecurityDescriptor: D:(A;;RPLCLORC;;;AU)(A;;GA;;;DA)(A;;GA;;;SY)
 schemaIDGUID:: AAAAAAAAAAAAAAAAAAAABw==
 
 dn:
