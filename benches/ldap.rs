@@ -33,7 +33,9 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("out")).unwrap();
     let t = Instant::now();
-    let dc = samba::Samba::start(&dir.join("dc"), false);
+    // With the Exchange schema and an organisation's accepted domains, as the
+    // active-directory profile expects (it reads them on every run).
+    let dc = samba::Samba::start(&dir.join("dc"), true);
     let mut ldif = String::new();
     for i in 0..n {
         ldif.push_str(&format!(
@@ -58,6 +60,9 @@ fn main() {
         "userAccountControl",
         "msExchRecipientTypeDetails",
         "msExchRequireAuthToSendTo",
+        "homeMDB",
+        "targetAddress",
+        "mailNickname",
         "objectClass",
     ];
     let runs = 3;
