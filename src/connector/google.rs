@@ -399,26 +399,8 @@ impl Session {
     }
 
     fn api_error(&self, r: &Response, what: &str) -> String {
-        #[derive(Deserialize, Default)]
-        struct Envelope {
-            #[serde(default)]
-            error: Inner,
-        }
-        #[derive(Deserialize, Default)]
-        struct Inner {
-            #[serde(default)]
-            message: String,
-            #[serde(default)]
-            errors: Vec<Reason>,
-        }
-        #[derive(Deserialize, Default)]
-        struct Reason {
-            #[serde(default)]
-            reason: String,
-        }
-        let e: Envelope = serde_json::from_slice(&r.body).unwrap_or_default();
-        let reason = e.error.errors.first().map(|x| x.reason.as_str()).unwrap_or("");
-        let detail = if e.error.message.is_empty() { r.excerpt() } else { format!("{reason}: {}", e.error.message) };
+        let e = super::http::ApiError::parse(&r.body);
+        let detail = if e.message.is_empty() { r.excerpt() } else { format!("{}: {}", e.reason(), e.message) };
         let status = r.status.as_u16();
         let remedy = match status {
             401 => " (the access token was refused twice)".to_string(),

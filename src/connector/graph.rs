@@ -726,22 +726,9 @@ impl Session {
 
     /// Explains a Graph error response for `kind` (or the domains list).
     fn api_error(&self, r: &Response, what: &str, permission: &str) -> String {
-        #[derive(Deserialize, Default)]
-        struct Envelope {
-            #[serde(default)]
-            error: Inner,
-        }
-        #[derive(Deserialize, Default)]
-        struct Inner {
-            #[serde(default)]
-            code: String,
-            #[serde(default)]
-            message: String,
-        }
-        let e: Envelope = serde_json::from_slice(&r.body).unwrap_or_default();
+        let e = super::http::ApiError::parse(&r.body);
         let status = r.status.as_u16();
-        let detail =
-            if e.error.code.is_empty() { r.excerpt() } else { format!("{}: {}", e.error.code, e.error.message) };
+        let detail = if e.code.is_empty() { r.excerpt() } else { format!("{}: {}", e.code, e.message) };
         let remedy = match status {
             401 => " (the access token was refused twice: check that the app's credentials belong to this tenant and cloud)".to_string(),
             403 => format!(

@@ -394,31 +394,54 @@ fn retryable(resp: &Response) -> bool {
     if s == 429 || (500..600).contains(&s) && s != 501 {
         return true;
     }
-    if s == 403 {
-        #[derive(serde::Deserialize)]
-        struct Envelope {
-            error: Inner,
-        }
-        #[derive(serde::Deserialize)]
-        struct Inner {
-            #[serde(default)]
-            errors: Vec<Reason>,
-            #[serde(default)]
-            status: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct Reason {
-            #[serde(default)]
-            reason: String,
-        }
-        if let Ok(e) = serde_json::from_slice::<Envelope>(&resp.body) {
-            return e.error.status == "RESOURCE_EXHAUSTED"
-                || e.error.errors.iter().any(|r| {
-                    matches!(r.reason.as_str(), "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded")
-                });
+    s == 403 && ApiError::parse(&resp.body).throttled()
+}
+
+/// The error body of both APIs: Graph's `{"error": {"code": "…", "message":
+/// "…"}}` and Google's `{"error": {"code": 403, "message": "…", "status":
+/// "…", "errors": [{"reason": "…"}]}}`. Missing parts are empty.
+#[derive(Debug, Default, PartialEq)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    pub status: String,
+    pub reasons: Vec<String>,
+}
+
+impl ApiError {
+    pub fn parse(body: &[u8]) -> ApiError {
+        ApiError::from_value(&serde_json::from_slice(body).unwrap_or_default())
+    }
+
+    /// The same, from a body already decoded (a `$batch` member's).
+    pub fn from_value(v: &serde_json::Value) -> ApiError {
+        let e = &v["error"];
+        let text = |x: &serde_json::Value| match x {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        ApiError {
+            code: text(&e["code"]),
+            message: text(&e["message"]),
+            status: text(&e["status"]),
+            reasons: e["errors"].as_array().map(|a| a.iter().map(|r| text(&r["reason"])).collect()).unwrap_or_default(),
         }
     }
-    false
+
+    /// Google's first `reason`, or "".
+    pub fn reason(&self) -> &str {
+        self.reasons.first().map_or("", String::as_str)
+    }
+
+    /// Google's ways of saying "slow down" on a 403.
+    pub fn throttled(&self) -> bool {
+        self.status == "RESOURCE_EXHAUSTED"
+            || self
+                .reasons
+                .iter()
+                .any(|r| matches!(r.as_str(), "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded"))
+    }
 }
 
 /// `Retry-After` in (possibly fractional) seconds. An HTTP-date is rare from

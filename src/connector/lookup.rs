@@ -40,6 +40,23 @@ pub struct Lookup<V> {
     pub failed: Option<(usize, String)>,
 }
 
+/// Pairs each id of a batch with its answer: `answers` are (index in `ids`,
+/// outcome) in whatever order the service sent them; an index out of range is
+/// ignored, and an id without an answer failed.
+pub fn match_answers<V>(
+    ids: &[String],
+    answers: impl IntoIterator<Item = (usize, Outcome<V>)>,
+) -> Vec<(String, Outcome<V>)> {
+    let mut by_index: HashMap<usize, Outcome<V>> = answers.into_iter().filter(|(i, _)| *i < ids.len()).collect();
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let o = by_index.remove(&i).unwrap_or_else(|| Outcome::Failed("no answer in the batch response".into()));
+            (id.clone(), o)
+        })
+        .collect()
+}
+
 /// Rounds for throttled members before they are left unread.
 pub const ROUNDS: u32 = 5;
 
@@ -165,6 +182,15 @@ mod tests {
         assert_eq!(l.refused.as_deref(), Some("403 no scope"));
         assert!(l.values.is_empty() && l.failed.is_none());
         assert_eq!(*batches.lock().unwrap(), 1, "nothing more is asked after a refusal");
+    }
+
+    #[test]
+    fn answers_are_matched_by_index_whatever_their_order() {
+        let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let got = match_answers(&ids, [(2, Outcome::Value(2)), (0, Outcome::Gone), (9, Outcome::Value(9))]);
+        assert_eq!(got[0], ("a".to_string(), Outcome::Gone));
+        assert!(matches!(&got[1], (b, Outcome::Failed(_)) if b == "b"), "no answer for b");
+        assert_eq!(got[2], ("c".to_string(), Outcome::Value(2)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -139,25 +139,6 @@ pub fn parse_multipart(content_type: &str, body: &[u8]) -> Result<Vec<Part>, Str
 
 /// What one part's answer means.
 fn outcome(p: &Part) -> Outcome<Posting> {
-    #[derive(Deserialize, Default)]
-    struct Envelope {
-        #[serde(default)]
-        error: Inner,
-    }
-    #[derive(Deserialize, Default)]
-    struct Inner {
-        #[serde(default)]
-        message: String,
-        #[serde(default)]
-        status: String,
-        #[serde(default)]
-        errors: Vec<Reason>,
-    }
-    #[derive(Deserialize, Default)]
-    struct Reason {
-        #[serde(default)]
-        reason: String,
-    }
     if p.status == 200 {
         return match serde_json::from_str::<Posting>(&p.body) {
             Ok(posting) if !posting.who.is_empty() => Outcome::Value(posting),
@@ -165,12 +146,10 @@ fn outcome(p: &Part) -> Outcome<Posting> {
             Err(e) => Outcome::Failed(format!("the answer is not the expected JSON: {e}")),
         };
     }
-    let e: Envelope = serde_json::from_str(&p.body).unwrap_or_default();
-    let reason = e.error.errors.first().map(|r| r.reason.as_str()).unwrap_or("");
+    let e = crate::connector::http::ApiError::parse(p.body.as_bytes());
     let text: String =
-        format!("{} {reason}: {}", p.status, e.error.message).chars().filter(|c| !c.is_control()).take(300).collect();
-    let throttled = matches!(reason, "rateLimitExceeded" | "userRateLimitExceeded" | "quotaExceeded")
-        || e.error.status == "RESOURCE_EXHAUSTED";
+        format!("{} {}: {}", p.status, e.reason(), e.message).chars().filter(|c| !c.is_control()).take(300).collect();
+    let throttled = e.throttled();
     match p.status {
         404 => Outcome::Gone,
         429 | 500 | 502..=504 => Outcome::Again(retry_after(p)),
@@ -228,24 +207,12 @@ impl Session {
             return Err(Outcome::Failed(self.api_error(&r, "group settings")));
         }
         let parts = parse_multipart(r.content_type.as_deref().unwrap_or(""), &r.body).map_err(Outcome::Failed)?;
-        let mut by_index: HashMap<usize, Outcome<Posting>> = HashMap::new();
-        for p in &parts {
+        // Parts are named by the Content-IDs we gave (`<response-itemN>`).
+        let answers = parts.iter().filter_map(|p| {
             let id = p.content_id.strip_prefix("response-").unwrap_or(&p.content_id);
-            if let Some(i) = id.strip_prefix("item").and_then(|n| n.parse::<usize>().ok())
-                && i < emails.len()
-            {
-                by_index.insert(i, outcome(p));
-            }
-        }
-        Ok(emails
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let o =
-                    by_index.remove(&i).unwrap_or_else(|| Outcome::Failed("no answer in the batch response".into()));
-                (e.clone(), o)
-            })
-            .collect())
+            id.strip_prefix("item").and_then(|n| n.parse::<usize>().ok()).map(|i| (i, outcome(p)))
+        });
+        Ok(lookup::match_answers(emails, answers))
     }
 }
 

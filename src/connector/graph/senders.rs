@@ -39,10 +39,9 @@ struct Member {
 /// What one member's answer means.
 fn outcome(m: &Member) -> Outcome<bool> {
     let error = || {
-        let code = m.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
-        let message = m.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
-        let text = format!("{} {code}: {message}", m.status);
-        (code.to_string(), message.to_ascii_lowercase(), text.chars().filter(|c| !c.is_control()).take(300).collect())
+        let e = crate::connector::http::ApiError::from_value(&m.body);
+        let text = format!("{} {}: {}", m.status, e.code, e.message);
+        (e.code, e.message.to_ascii_lowercase(), text.chars().filter(|c| !c.is_control()).take(300).collect::<String>())
     };
     match m.status {
         200 => match m.body.get("allowExternalSenders").and_then(Value::as_bool) {
@@ -114,23 +113,8 @@ impl Session {
         }
         let answer: Answer = r.json().map_err(Outcome::Failed)?;
         // Members come back in any order, named by the ids we gave.
-        let mut by_index: HashMap<usize, Outcome<bool>> = HashMap::new();
-        for m in &answer.responses {
-            if let Ok(i) = m.id.parse::<usize>()
-                && i < ids.len()
-            {
-                by_index.insert(i, outcome(m));
-            }
-        }
-        Ok(ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let o =
-                    by_index.remove(&i).unwrap_or_else(|| Outcome::Failed("no answer in the $batch response".into()));
-                (id.clone(), o)
-            })
-            .collect())
+        let answers = answer.responses.iter().filter_map(|m| m.id.parse::<usize>().ok().map(|i| (i, outcome(m))));
+        Ok(lookup::match_answers(ids, answers))
     }
 }
 
