@@ -32,6 +32,9 @@ struct Served {
     path: PathBuf,
     hashed: bool,
     salt: String,
+    /// `policy.recipient_delimiter`: `user+tag@domain` is found as
+    /// `user@domain`, as Postfix's own maps do.
+    delimiters: String,
     table: RwLock<Table>,
 }
 
@@ -69,7 +72,12 @@ impl Served {
         // A full address is also covered by its domain's catch-all ("@domain"):
         // Postfix does not always ask for the partial key on a socketmap table.
         let catchall = key.rfind('@').filter(|at| *at > 0).map(|at| key[at..].to_string());
-        let found = std::iter::once(key).chain(catchall).any(|k| {
+        // And, with a recipient delimiter, by the address without its extension.
+        let base = crate::policy::address::Entry::parse(&key)
+            .ok()
+            .and_then(|e| e.without_extension(&self.delimiters))
+            .map(|e| e.as_str().to_string());
+        let found = std::iter::once(key).chain(catchall).chain(base).any(|k| {
             let k = if self.hashed { sha256_hex(&self.salt, &k) } else { k };
             keys.contains(&k)
         });
@@ -199,7 +207,9 @@ pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
         },
         _ => String::new(),
     };
-    let served = Arc::new(Served { path: o.path.clone(), hashed, salt, table: RwLock::new(Table::default()) });
+    let delimiters = cfg.policy.recipient_delimiter().to_string();
+    let served =
+        Arc::new(Served { path: o.path.clone(), hashed, salt, delimiters, table: RwLock::new(Table::default()) });
     served.refresh();
     let watcher = served.clone();
     tokio::spawn(async move {
@@ -263,9 +273,32 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("list");
         std::fs::write(&p, text).unwrap();
-        let s = Served { path: p, hashed, salt: salt.into(), table: RwLock::new(Table::default()) };
+        let s = Served {
+            path: p,
+            hashed,
+            salt: salt.into(),
+            delimiters: String::new(),
+            table: RwLock::new(Table::default()),
+        };
         s.refresh();
         (d, s)
+    }
+
+    #[test]
+    fn a_recipient_delimiter_strips_the_extension_as_postfix_does() {
+        let (_d, mut s) = served("alice@example.com OK\nowner-list@example.com OK\n", false, "");
+        assert_eq!(s.answer("relay alice+news@example.com"), "NOTFOUND ", "no delimiter configured");
+        s.delimiters = "+-".into();
+        assert_eq!(s.answer("relay alice+news@example.com"), "OK OK");
+        assert_eq!(s.answer("relay Alice-x+y@Example.com"), "OK OK");
+        assert_eq!(s.answer("relay bob+news@example.com"), "NOTFOUND ");
+        assert_eq!(s.answer("relay owner-list@example.com"), "OK OK");
+        // Hashed lists hash the address without its extension.
+        let line = sha256_hex("s4lt", "alice@example.com");
+        let (_d, mut s) = served(&format!("{line}\n"), true, "s4lt");
+        s.delimiters = "+".into();
+        assert_eq!(s.answer("relay alice+tag@example.com"), "OK OK");
+        assert_eq!(s.answer("relay alice+tag@other.example"), "NOTFOUND ");
     }
 
     #[test]

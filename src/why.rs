@@ -54,9 +54,25 @@ pub fn explain(
         for o in list.catchall_origins(i) {
             let _ = writeln!(t, "  from {}", describe(&o));
         }
+    } else if let Some((base, i)) = entry
+        .without_extension(policy.recipient_delimiter())
+        .and_then(|b| list.addresses().binary_search(b.as_str()).ok().map(|i| (b, i)))
+    {
+        accepted = true;
+        let _ = writeln!(
+            t,
+            "ACCEPTED {entry} as {base}: with recipient_delimiter {:?} the MTA strips the extension and finds {base}",
+            policy.recipient_delimiter()
+        );
+        for o in list.address_origins(i) {
+            let _ = writeln!(t, "  from {}", describe(&o));
+        }
     } else {
         accepted = false;
         let _ = writeln!(t, "REJECTED {entry}: it is not in the final list");
+        if let Some(base) = entry.without_extension(policy.recipient_delimiter()) {
+            let _ = writeln!(t, "  nor is {base}, the address without its extension");
+        }
     }
     if input != entry.as_str() {
         let _ = writeln!(t, "  (normalised from {input:?})");

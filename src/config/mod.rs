@@ -185,7 +185,21 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let policy = raw.policy.and_then(|p| c.section::<PolicyConfig>("policy", p)).unwrap_or_default().compile(&mut c);
     let mut guard: GuardConfig = raw.guard.and_then(|g| c.section("guard", g)).unwrap_or_default();
     guard.validate(&mut c);
+    let mut policy = policy;
     let mut sources = sources(&mut c, raw.source, &profiles);
+    // The backup MX strips one extension syntax for every domain: unless the
+    // config names it, it is the delimiters the SQL sources' products use.
+    let mut delimiters = String::new();
+    for s in &sources {
+        if let crate::connector::SourceSpec::Sql(q) = &s.spec {
+            for ch in q.recipient_delimiter.as_deref().unwrap_or("").chars() {
+                if !delimiters.contains(ch) {
+                    delimiters.push(ch);
+                }
+            }
+        }
+    }
+    policy.default_delimiter(&delimiters);
     // An AD source that reads Exchange's accepted domains needs policy.domains
     // only in a forest without Exchange; the source checks at fetch time.
     for s in &mut sources {

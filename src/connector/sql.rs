@@ -56,6 +56,9 @@ pub struct SqlSourceSpec {
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "crate::section::de_duration")]
     pub query_timeout: Option<Duration>,
+    /// The product's `recipient_delimiter` (set by its profile): the default
+    /// of `policy.recipient_delimiter` when the config names none.
+    pub recipient_delimiter: Option<String>,
 }
 
 /// How a SQL connection uses TLS (`tls_mode`).
@@ -182,6 +185,11 @@ impl SqlSourceSpec {
 
     pub fn validate(&mut self, c: &mut Checker, at: &str) {
         let q = self;
+        if let Some(d) = &q.recipient_delimiter
+            && let Err(e) = crate::policy::check_delimiter(d)
+        {
+            c.push(format!("{at}.recipient_delimiter"), e);
+        }
         let Some(dialect) = Dialect::from_url(&q.url) else {
             c.push(format!("{at}.url"), "must start with postgres://, mysql://, mariadb:// or sqlite://".into());
             return;

@@ -91,6 +91,27 @@ impl Entry {
         &self.text[self.at() + 1..]
     }
 
+    /// The address without its extension, as Postfix's `recipient_delimiter`
+    /// splits it: the local part up to the first of the `delimiters`
+    /// characters. None when there is nothing to strip: no delimiter, one at
+    /// the start (the user would be empty), a catch-all, or, with `-` among
+    /// the delimiters, `owner-*` and `*-request` (Postfix never splits those).
+    pub fn without_extension(&self, delimiters: &str) -> Option<Entry> {
+        let local = self.local_part();
+        if delimiters.is_empty() || self.is_catchall() {
+            return None;
+        }
+        if delimiters.contains('-') && (local.starts_with("owner-") || local.ends_with("-request")) {
+            return None;
+        }
+        let cut = local.find(|c| delimiters.contains(c))?;
+        if cut == 0 {
+            return None;
+        }
+        let text = format!("{}@{}", &local[..cut], self.domain());
+        Some(Entry { text: text.into_boxed_str(), at: cut as u16 })
+    }
+
     /// Parses what an operator or a directory wrote: an address, or `@domain`
     /// for a catch-all; the result is canonical (lowercase, IDNA domain). The
     /// one place that tells the two apart by the leading `@`.
@@ -413,6 +434,23 @@ fn normalise_domain(domain: &str) -> Result<String, AddressError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extensions_are_stripped_as_postfix_does() {
+        let strip = |a: &str, d: &str| Entry::parse(a).unwrap().without_extension(d).map(|e| e.as_str().to_string());
+        assert_eq!(strip("user+tag@example.com", "+").as_deref(), Some("user@example.com"));
+        assert_eq!(strip("user+a+b@example.com", "+").as_deref(), Some("user@example.com"));
+        assert_eq!(strip("user-tag+x@example.com", "+-").as_deref(), Some("user@example.com"), "first of any");
+        assert_eq!(strip("user@example.com", "+"), None);
+        assert_eq!(strip("+tag@example.com", "+"), None, "an empty user is never made");
+        assert_eq!(strip("user+tag@example.com", ""), None);
+        assert_eq!(strip("@example.com", "+"), None);
+        assert_eq!(strip("owner-list@example.com", "-"), None, "Postfix keeps owner-*");
+        assert_eq!(strip("list-request@example.com", "-"), None, "and *-request");
+        assert_eq!(strip("list-request+x@example.com", "+"), Some("list-request@example.com".into()));
+        let e = Entry::parse("user+tag@example.com").unwrap().without_extension("+").unwrap();
+        assert_eq!((e.local_part(), e.domain()), ("user", "example.com"));
+    }
 
     fn ok(s: &str) -> String {
         match parse_address(s) {

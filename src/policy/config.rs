@@ -24,6 +24,10 @@ pub struct PolicyConfig {
     /// (`@domain` for a catch-all); matches are removed.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// The characters that start an address extension (`user+tag@domain`),
+    /// like Postfix's `recipient_delimiter`; `""` for none. Unset: the
+    /// delimiters the SQL sources' products use.
+    pub recipient_delimiter: Option<String>,
 }
 
 /// What the guard does when a source fails.
@@ -158,8 +162,28 @@ impl PolicyConfig {
                 globset::GlobSet::empty()
             }
         };
-        Policy { domains, include, exclude, source: self }
+        if let Some(d) = &self.recipient_delimiter
+            && let Err(e) = check_delimiter(d)
+        {
+            c.push("policy.recipient_delimiter", e);
+        }
+        let delimiter = self.recipient_delimiter.clone();
+        Policy { domains, include, exclude, delimiter, source: self }
     }
+}
+
+/// A recipient delimiter set: ASCII punctuation that can start an extension
+/// (not `@`, quotes or backslash), each character once.
+pub fn check_delimiter(d: &str) -> Result<(), String> {
+    for ch in d.chars() {
+        if !ch.is_ascii_punctuation() || matches!(ch, '@' | '"' | '\\' | '.') {
+            return Err(format!("{d:?}: {ch:?} cannot start an address extension (use characters such as + or -)"));
+        }
+    }
+    if d.chars().enumerate().any(|(i, ch)| d[..i].contains(ch)) {
+        return Err(format!("{d:?} names a character twice"));
+    }
+    Ok(())
 }
 
 impl GuardConfig {

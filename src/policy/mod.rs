@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use address::{Entry, parse_address_owned, parse_catchall};
-pub use config::{GuardConfig, OnSourceFailure, PolicyConfig};
+pub use config::{GuardConfig, OnSourceFailure, PolicyConfig, check_delimiter};
 use record::{LongAddresses, Rec};
 pub use table::{AddressTable, EntryRef};
 
@@ -466,6 +466,8 @@ pub enum Drop {
 #[derive(Clone, Default)]
 pub struct Policy {
     domains: Option<HashSet<String>>,
+    /// Characters that start an address extension; None = not configured.
+    delimiter: Option<String>,
     include: Vec<Entry>,
     exclude: globset::GlobSet,
     /// The section as written: what `Debug` (and so the config fingerprint) shows.
@@ -484,6 +486,24 @@ pub const INCLUDE_SOURCE: &str = "policy.include";
 pub const GRACE_SOURCE: &str = "removal-grace";
 
 impl Policy {
+    /// The recipient delimiter set ("" for none).
+    pub fn recipient_delimiter(&self) -> &str {
+        self.delimiter.as_deref().unwrap_or("")
+    }
+
+    /// Whether `policy.recipient_delimiter` was written (then it wins over the
+    /// products' defaults).
+    pub fn delimiter_configured(&self) -> bool {
+        self.source.recipient_delimiter.is_some()
+    }
+
+    /// Takes the delimiters the sources' products use, when the config names none.
+    pub fn default_delimiter(&mut self, from_sources: &str) {
+        if self.delimiter.is_none() && !from_sources.is_empty() {
+            self.delimiter = Some(from_sources.to_string());
+        }
+    }
+
     /// Whether `policy.domains` limits the list to named domains.
     pub fn limits_domains(&self) -> bool {
         self.domains.as_ref().is_some_and(|d| !d.is_empty())
@@ -576,6 +596,7 @@ mod tests {
             domains: domains.map(|d| d.iter().map(|s| s.to_string()).collect()),
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            recipient_delimiter: None,
         }
         .compile(&mut c);
         assert_eq!(c.into_errors(), []);

@@ -180,3 +180,50 @@ fn exim_checks_a_hashed_list_with_sha256() {
     );
     assert!(r[0].starts_with("550"), "{r:?}");
 }
+
+/// `policy.recipient_delimiter = "+"` on the Exim side: the ACL also looks
+/// `user+tag@domain` up as `user@domain` (the part before the first `+`, when
+/// not empty, as Postfix and `local_part_suffix = +*` split it), in the plain
+/// list and in the hashed one.
+#[test]
+fn exim_accepts_address_extensions_with_the_delimiter_recipe() {
+    if !enabled("exim_accepts_address_extensions_with_the_delimiter_recipe") {
+        return;
+    }
+    let rcpts = [
+        "alice+news@example.test",
+        "Bob+a+b@Example.TEST",
+        "nobody+x@example.test",
+        "+alice@example.test",
+        "alice@example.test",
+    ];
+    let t = synced("[[output]]\nname = \"exim\"\ntemplate = \"exim\"\npath = \"out/recipients\"\n", &[]);
+    // Without the recipe an extension is unknown.
+    let r = exim_rcpt(&t.join("exim"), &t.join("out/recipients"), "example.test : other.test", &rcpts[..1]);
+    assert!(r[0].starts_with("550 5.1.1"), "{r:?}");
+    let r = exim_rcpt_with(
+        &t.join("exim"),
+        &t.join("out/recipients"),
+        "example.test : other.test",
+        &rcpts,
+        "exim-delimiter.conf.in",
+        "",
+    );
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[4].starts_with("250"), "{r:?}");
+    assert!(r[2].starts_with("550 5.1.1") && r[3].starts_with("550 5.1.1"), "{r:?}");
+
+    let t = synced(
+        "[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt_file = \"salt\"\n",
+        &[("salt", "s3cretPepper9\n")],
+    );
+    let r = exim_rcpt_with(
+        &t.join("exim"),
+        &t.join("out/hashed"),
+        "example.test : other.test",
+        &rcpts,
+        "exim-sha256-delimiter.conf.in",
+        "s3cretPepper9",
+    );
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[4].starts_with("250"), "{r:?}");
+    assert!(r[2].starts_with("550 5.1.1") && r[3].starts_with("550 5.1.1"), "{r:?}");
+}

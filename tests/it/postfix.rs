@@ -422,3 +422,60 @@ fn postfix_reads_a_socketmap_over_a_unix_socket() {
     let r = rcpt_replies(pf.port, &["alice@example.test"]);
     assert!(r[0].starts_with("451 4.3.0"), "{r:?}\n{}", pf.log_tail());
 }
+
+/// `recipient_delimiter = +` on the backup MX: Postfix looks
+/// `user+tag@domain` up in `relay_recipient_maps`, then `user@domain`, so the
+/// published list needs no extension. The socketmap server strips the
+/// extension itself (`policy.recipient_delimiter`), so it answers the same
+/// even for a client that does not; `why` explains the decision.
+#[test]
+fn address_extensions_are_accepted_with_a_recipient_delimiter() {
+    if !enabled("address_extensions_are_accepted_with_a_recipient_delimiter") {
+        return;
+    }
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("recipients.txt", "alice@example.test\n");
+    t.config(
+        "state_dir = \"state\"\n[policy]\nrecipient_delimiter = \"+\"\n[[source]]\nname = \"list\"\nkind = \"file\"\n\
+         path = \"recipients.txt\"\n[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n\
+         postmap = \"lmdb\"\n[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n",
+    );
+    let map = t.join("out/relay_recipients");
+    let etc = Postfix::configure(&t.join("pf"), "example.test", &format!("lmdb:{}", map.display()));
+    let main_cf = etc.join("main.cf");
+    let text = std::fs::read_to_string(&main_cf).unwrap();
+    std::fs::write(&main_cf, format!("{text}\nrecipient_delimiter = +\n")).unwrap();
+    sync_for(&t, &etc, &[]).expect(0);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "alice+news@example.test"]);
+    why.expect(0);
+    assert!(why.stdout.contains("ACCEPTED alice+news@example.test as alice@example.test"), "{}", why.stdout);
+    let why = t.run(&["why", "-c", "rcptsync.toml", "bob+news@example.test"]);
+    assert!(why.stdout.contains("nor is bob@example.test"), "{}", why.stdout);
+    let pf = Postfix::run(etc);
+    let r = rcpt_replies(pf.port, &["alice+news@example.test", "alice@example.test", "bob+news@example.test"]);
+    assert!(r[0].starts_with("250") && r[1].starts_with("250"), "{r:?}\n{}", pf.log_tail());
+    assert!(r[2].starts_with("550 5.1.1"), "{r:?}");
+    drop(pf);
+
+    // A socketmap client without Postfix's own splitting: the server strips.
+    let port = free_port();
+    let listen = format!("inet:127.0.0.1:{port}");
+    let mut server = t
+        .cmd(&["socketmap", "-c", "rcptsync.toml", "--output", "plain", "--listen", &listen])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "socketmap server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let etc = Postfix::configure(&t.join("pf2"), "example.test", &format!("socketmap:inet:127.0.0.1:{port}:relay"));
+    let pf = Postfix::run(etc);
+    let r = rcpt_replies(pf.port, &["alice+news@example.test", "bob+news@example.test"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(r[0].starts_with("250") && r[1].starts_with("550 5.1.1"), "{r:?}\n{}", pf.log_tail());
+}
