@@ -59,6 +59,30 @@ pub struct SqlSourceSpec {
     /// The product's `recipient_delimiter` (set by its profile): the default
     /// of `policy.recipient_delimiter` when the config names none.
     pub recipient_delimiter: Option<String>,
+    /// The product versions `queries` were written for (from the profile; for
+    /// logs and `check`).
+    pub schema: Option<String>,
+    /// Older schemas of the same product (profile data): the first whose
+    /// `when_missing` column the database lacks supplies the queries instead.
+    #[serde(default)]
+    pub older_schemas: Vec<OlderSchema>,
+}
+
+/// An older schema of a product, told apart by a column newer ones have.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OlderSchema {
+    /// Which versions, in words (`"Mailu 2024.06"`).
+    pub schema: String,
+    /// `table.column` that newer schemas have and this one lacks.
+    pub when_missing: String,
+    /// Per-dialect queries for this schema.
+    pub queries: std::collections::BTreeMap<String, String>,
+}
+
+/// A plain SQL identifier (table or column name), safe to put in a query.
+fn plain_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// How a SQL connection uses TLS (`tls_mode`).
@@ -225,6 +249,21 @@ impl SqlSourceSpec {
                 c.push(format!("{at}.queries.{k}"), "unknown dialect; use postgres, mysql or sqlite".into());
             }
         }
+        for (i, o) in q.older_schemas.iter().enumerate() {
+            let ok = o.when_missing.split_once('.').is_some_and(|(t, c)| plain_identifier(t) && plain_identifier(c));
+            if !ok {
+                c.push(
+                    format!("{at}.older_schemas[{i}].when_missing"),
+                    format!("{:?} must be table.column (letters, digits, _)", o.when_missing),
+                );
+            }
+            if q.query.is_none() && !o.queries.contains_key(dialect.key()) {
+                c.push(
+                    format!("{at}.older_schemas[{i}].queries"),
+                    format!("has no query for {} ({})", dialect.key(), o.schema),
+                );
+            }
+        }
         match q.effective_query(dialect) {
             Some(sql) if sql.trim().is_empty() => c.push(format!("{at}.query"), "is empty".into()),
             Some(_) => {}
@@ -337,6 +376,36 @@ impl SqlSource {
 
     fn where_(&self) -> String {
         redact_url(&self.spec.url)
+    }
+
+    /// The query for this database's schema, and the schema's name: an older
+    /// schema's when the database lacks the column that tells it apart (checked
+    /// in order), else the profile's current one. A `query` written in the
+    /// config is run as it is.
+    async fn query_for_schema(&self) -> Result<(String, Option<String>), SourceError> {
+        if self.spec.query.is_some() || self.spec.older_schemas.is_empty() {
+            return Ok((self.query.clone(), self.spec.schema.clone()));
+        }
+        for o in &self.spec.older_schemas {
+            let Some((table, column)) = o.when_missing.split_once('.') else { continue };
+            let probe = match self.dialect {
+                Dialect::Postgres => format!(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() \
+                     AND table_name = '{table}' AND column_name = '{column}'"
+                ),
+                Dialect::Mysql => format!(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() \
+                     AND table_name = '{table}' AND column_name = '{column}'"
+                ),
+                Dialect::Sqlite => format!("SELECT name FROM pragma_table_info('{table}') WHERE name = '{column}'"),
+            };
+            if self.rows(&probe).await?.is_empty() {
+                let sql = o.queries.get(self.dialect.key()).cloned().unwrap_or_default();
+                tracing::info!(source = %self.where_(), schema = %o.schema, missing = %o.when_missing, "older schema detected");
+                return Ok((sql, Some(o.schema.clone())));
+            }
+        }
+        Ok((self.query.clone(), self.spec.schema.clone()))
     }
 
     /// Runs `sql` and returns the first column of every row.
@@ -598,16 +667,24 @@ where
 
 impl Connector for SqlSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
-        let rows = self.rows(&self.query).await?;
+        let (query, _) = self.query_for_schema().await?;
+        let rows = self.rows(&query).await?;
         Ok(Fetched::Ready(self.to_batch(rows)))
     }
 
     async fn check(&self) -> Result<String, SourceError> {
         // Wrapping the query proves that every table and column it names exists,
         // while reading at most one row.
-        let probe = format!("SELECT * FROM ({}) AS rcptsync_probe LIMIT 1", self.query.trim().trim_end_matches(';'));
+        let (query, schema) = self.query_for_schema().await?;
+        let probe = format!("SELECT * FROM ({}) AS rcptsync_probe LIMIT 1", query.trim().trim_end_matches(';'));
         let rows = self.rows(&probe).await?;
-        Ok(format!("{} ({}): query runs, {} row(s) in a LIMIT 1 probe", self.where_(), self.dialect.key(), rows.len()))
+        let schema = schema.map(|s| format!(", schema {s}")).unwrap_or_default();
+        Ok(format!(
+            "{} ({}{schema}): query runs, {} row(s) in a LIMIT 1 probe",
+            self.where_(),
+            self.dialect.key(),
+            rows.len()
+        ))
     }
 }
 
