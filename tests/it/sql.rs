@@ -242,11 +242,11 @@ fn postfixadmin_on_mariadb() {
 }
 
 /// Points a config at `url` with `profile` and checks the exact address set.
-fn assert_profile(t: &TestDir, profile: &str, url: &str, password_keys: &str, env: &[(&str, &str)]) {
+fn assert_profile(t: &TestDir, profile: &str, url: &str, password_keys: &str, env: &[(&str, &str)], want: &[String]) {
     sql_config(t, &format!("profile = \"{profile}\"\nurl = \"{url}\"\n{password_keys}"), "");
     let r = list(t, env);
     r.expect(0);
-    assert_eq!(sorted_lines(&r.stdout), expected(profile), "profile {profile} on {url}\n{}", r.stderr);
+    assert_eq!(sorted_lines(&r.stdout), want, "profile {profile} on {url}\n{}", r.stderr);
     let mut c = t.cmd(&["check", "-c", "rcptsync.toml"]);
     for (k, v) in env {
         c.env(k, v);
@@ -256,41 +256,79 @@ fn assert_profile(t: &TestDir, profile: &str, url: &str, password_keys: &str, en
     assert!(r.stdout.contains("query runs"), "{}", r.stdout);
 }
 
+/// A profile's fixtures for one engine: every `schema.<engine>[.<version>].sql`
+/// (the product's real DDL for that version), with `seed[.<version>].sql` and
+/// `expected[.<version>].txt` (the version's own when they exist). Returns
+/// (version or "", the SQL to load, the expected list).
+fn fixtures_for(profile: &str, engine: &str) -> Vec<(String, String, Vec<String>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sql").join(profile);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("schema.{engine}.")) && n.ends_with(".sql"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no {engine} schema for {profile}");
+    names
+        .into_iter()
+        .map(|n| {
+            let version = n.trim_start_matches(&format!("schema.{engine}")).trim_end_matches(".sql").to_string();
+            let pick = |base: &str, ext: &str| {
+                let own = format!("{base}{version}{ext}");
+                if dir.join(&own).exists() { fixture(profile, &own) } else { fixture(profile, &format!("{base}{ext}")) }
+            };
+            let sql = format!("{}\n{}", fixture(profile, &n), pick("seed", ".sql"));
+            let want = pick("expected", ".txt").lines().map(String::from).collect();
+            (version.trim_start_matches('.').to_string(), sql, want)
+        })
+        .collect()
+}
+
 #[test]
-fn iredmail_and_mailcow_on_mariadb() {
-    if !enabled("iredmail_and_mailcow_on_mariadb") {
+fn sql_profiles_on_mariadb() {
+    if !enabled("sql_profiles_on_mariadb") {
         return;
     }
     let t = TestDir::new();
     let m = Maria::start(&t.join("mdb"));
     let env = [("RCPTSYNC_TEST_DB_PW", MY_PASSWORD)];
-    for (db, profile) in [("vmail", "iredmail"), ("mailcow", "mailcow")] {
-        m.database(db, &format!("{}\n{}", fixture(profile, "schema.mysql.sql"), fixture(profile, "seed.sql")));
-        assert_profile(&t, profile, &m.url(db), "password_env = \"RCPTSYNC_TEST_DB_PW\"", &env);
+    for profile in ["iredmail", "mailcow", "modoboa"] {
+        for (i, (version, sql, want)) in fixtures_for(profile, "mysql").into_iter().enumerate() {
+            let db = format!("{profile}{i}");
+            m.database(&db, &sql);
+            say(&format!("{profile} {version} on MariaDB"));
+            assert_profile(&t, profile, &m.url(&db), "password_env = \"RCPTSYNC_TEST_DB_PW\"", &env, &want);
+        }
     }
 }
 
 #[test]
-fn modoboa_and_mailu_on_postgres() {
-    if !enabled("modoboa_and_mailu_on_postgres") {
+fn sql_profiles_on_postgres() {
+    if !enabled("sql_profiles_on_postgres") {
         return;
     }
     let t = TestDir::new();
     let pg = Pg::start(&t.join("pg"));
     let pw = t.write("db-password", PG_PASSWORD);
-    for profile in ["modoboa", "mailu"] {
-        pg.database(profile, &format!("{}\n{}", fixture(profile, "schema.postgres.sql"), fixture(profile, "seed.sql")));
-        assert_profile(&t, profile, &pg.url(profile), &format!("password_file = \"{}\"", pw.display()), &[]);
+    for profile in ["iredmail", "modoboa", "mailu"] {
+        for (i, (version, sql, want)) in fixtures_for(profile, "postgres").into_iter().enumerate() {
+            let db = format!("{profile}{i}");
+            pg.database(&db, &sql);
+            say(&format!("{profile} {version} on PostgreSQL"));
+            assert_profile(&t, profile, &pg.url(&db), &format!("password_file = \"{}\"", pw.display()), &[], &want);
+        }
     }
 }
 
 #[test]
-fn modoboa_and_mailu_on_sqlite() {
+fn sql_profiles_on_sqlite() {
     let t = TestDir::new();
     for profile in ["modoboa", "mailu"] {
-        let db = t.join(&format!("{profile}.db"));
-        sqlite_db(&db, &format!("{}\n{}", fixture(profile, "schema.sqlite.sql"), fixture(profile, "seed.sql")));
-        assert_profile(&t, profile, &format!("sqlite://{}", db.display()), "", &[]);
+        for (i, (_, sql, want)) in fixtures_for(profile, "sqlite").into_iter().enumerate() {
+            let db = t.join(&format!("{profile}{i}.db"));
+            sqlite_db(&db, &sql);
+            assert_profile(&t, profile, &format!("sqlite://{}", db.display()), "", &[], &want);
+        }
     }
 }
 
