@@ -426,6 +426,21 @@ mod tests {
     "#;
 
     #[test]
+    fn the_recipient_delimiter_defaults_to_the_sql_products_and_the_config_wins() {
+        let base = Path::new("/");
+        let src = "[[source]]\nname = \"m\"\nkind = \"sql\"\nprofile = \"mailcow\"\nurl = \"mysql://u@db/mailcow\"\n\
+                   [[output]]\nname = \"o\"\ntemplate = \"plain\"\npath = \"/tmp/x\"\n";
+        let cfg = parse(src, base).unwrap();
+        assert_eq!(cfg.policy.recipient_delimiter(), "+", "mailcow's main.cf sets +");
+        let cfg = parse(&format!("[policy]\nrecipient_delimiter = \"\"\n{src}"), base).unwrap();
+        assert_eq!(cfg.policy.recipient_delimiter(), "", "the config's word wins");
+        let cfg = parse(&src.replace("mailcow", "postfixadmin"), base).unwrap();
+        assert_eq!(cfg.policy.recipient_delimiter(), "", "PostfixAdmin sets none");
+        let e = parse(&format!("[policy]\nrecipient_delimiter = \"@\"\n{src}"), base).unwrap_err();
+        assert!(e.iter().any(|x| x.to_string().contains("cannot start an address extension")), "{e:?}");
+    }
+
+    #[test]
     fn fuzz_config_parser() {
         crate::fuzz::run("config", |input| {
             let text = String::from_utf8_lossy(input);

@@ -242,7 +242,17 @@ fn postfixadmin_on_mariadb() {
 }
 
 /// Points a config at `url` with `profile` and checks the exact address set.
-fn assert_profile(t: &TestDir, profile: &str, url: &str, password_keys: &str, env: &[(&str, &str)], want: &[String]) {
+/// The profile's list equals `want`, and `check` runs its query, naming the
+/// detected schema when it is an older one (`version`).
+fn assert_profile(
+    t: &TestDir,
+    profile: &str,
+    url: &str,
+    password_keys: &str,
+    env: &[(&str, &str)],
+    want: &[String],
+    version: &str,
+) {
     sql_config(t, &format!("profile = \"{profile}\"\nurl = \"{url}\"\n{password_keys}"), "");
     let r = list(t, env);
     r.expect(0);
@@ -254,6 +264,10 @@ fn assert_profile(t: &TestDir, profile: &str, url: &str, password_keys: &str, en
     let r = Run::from(c.output().unwrap());
     r.expect(0);
     assert!(r.stdout.contains("query runs"), "{}", r.stdout);
+    assert!(r.stdout.contains(", schema "), "{}", r.stdout);
+    if !version.is_empty() {
+        assert!(r.stdout.contains(version), "{profile}: check should name schema {version}: {}", r.stdout);
+    }
 }
 
 /// A profile's fixtures for one engine: every `schema.<engine>[.<version>].sql`
@@ -297,7 +311,7 @@ fn sql_profiles_on_mariadb() {
             let db = format!("{profile}{i}");
             m.database(&db, &sql);
             say(&format!("{profile} {version} on MariaDB"));
-            assert_profile(&t, profile, &m.url(&db), "password_env = \"RCPTSYNC_TEST_DB_PW\"", &env, &want);
+            assert_profile(&t, profile, &m.url(&db), "password_env = \"RCPTSYNC_TEST_DB_PW\"", &env, &want, &version);
         }
     }
 }
@@ -315,7 +329,8 @@ fn sql_profiles_on_postgres() {
             let db = format!("{profile}{i}");
             pg.database(&db, &sql);
             say(&format!("{profile} {version} on PostgreSQL"));
-            assert_profile(&t, profile, &pg.url(&db), &format!("password_file = \"{}\"", pw.display()), &[], &want);
+            let keys = format!("password_file = \"{}\"", pw.display());
+            assert_profile(&t, profile, &pg.url(&db), &keys, &[], &want, &version);
         }
     }
 }
@@ -324,10 +339,10 @@ fn sql_profiles_on_postgres() {
 fn sql_profiles_on_sqlite() {
     let t = TestDir::new();
     for profile in ["modoboa", "mailu"] {
-        for (i, (_, sql, want)) in fixtures_for(profile, "sqlite").into_iter().enumerate() {
+        for (i, (version, sql, want)) in fixtures_for(profile, "sqlite").into_iter().enumerate() {
             let db = t.join(&format!("{profile}{i}.db"));
             sqlite_db(&db, &sql);
-            assert_profile(&t, profile, &format!("sqlite://{}", db.display()), "", &[], &want);
+            assert_profile(&t, profile, &format!("sqlite://{}", db.display()), "", &[], &want, &version);
         }
     }
 }
