@@ -144,9 +144,11 @@ pub enum Command {
         /// The `[[output]]` whose file is served.
         #[arg(long, value_name = "NAME")]
         output: String,
-        /// unix:/path/to/socket, or inet:127.0.0.1:PORT (loopback only).
+        /// unix:/path/to/socket, or inet:127.0.0.1:PORT (loopback only). Not
+        /// needed under a systemd socket unit, which hands the socket over
+        /// (LISTEN_FDS).
         #[arg(long, value_name = "ADDRESS")]
-        listen: String,
+        listen: Option<String>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
@@ -253,7 +255,7 @@ async fn run_command(cmd: Command) -> u8 {
         Command::Why { address, config } => why(&config, &address).await,
         Command::Daemon { config } => crate::daemon::run(config::resolve_path(config.config.as_deref())).await,
         Command::Socketmap { config, output, listen } => {
-            crate::socketmap::run(&config::resolve_path(config.config.as_deref()), &output, &listen).await
+            crate::socketmap::run(&config::resolve_path(config.config.as_deref()), &output, listen.as_deref()).await
         }
         Command::Completions { shell } => {
             use clap::CommandFactory as _;

@@ -176,7 +176,7 @@ async fn serve_until_signal<S, F, Fut>(
 }
 
 /// Runs the server until SIGTERM/SIGINT; returns the exit code.
-pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
+pub async fn run(config_path: &Path, output: &str, listen: Option<&str>) -> u8 {
     let cfg: Config = match config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -226,43 +226,140 @@ pub async fn run(config_path: &Path, output: &str, listen: &str) -> u8 {
         (Ok(t), Ok(i)) => (t, i),
         _ => return exit::FAILURE,
     };
-    if let Some(path) = listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
-        let l = match tokio::net::UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("rcptsync socketmap: cannot listen on {listen}: {e}");
-                return exit::FAILURE;
-            }
-        };
-        tracing::info!(listen, output, hashed, "socketmap server ready");
-        let l = &l;
-        serve_until_signal(move || async move { l.accept().await.map(|(s, _)| s) }, served, &mut term, &mut int).await;
-        let _ = std::fs::remove_file(path);
-    } else {
-        let addr = listen.strip_prefix("inet:").unwrap_or(listen);
-        let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
-            eprintln!("rcptsync socketmap: --listen {listen:?}: use unix:/path or inet:127.0.0.1:PORT");
+    let listener = match (systemd_listener(), listen) {
+        (Err(e), _) => {
+            eprintln!("rcptsync socketmap: {e}");
             return exit::USAGE;
-        };
-        if !sa.ip().is_loopback() {
+        }
+        (Ok(Some(l)), _) => l,
+        (Ok(None), Some(listen)) => match bind(listen).await {
+            Ok(l) => l,
+            Err((code, e)) => {
+                eprintln!("rcptsync socketmap: {e}");
+                return code;
+            }
+        },
+        (Ok(None), None) => {
             eprintln!(
-                "rcptsync socketmap: --listen {listen:?} is not a loopback address; the list must not be served to the network"
+                "rcptsync socketmap: give --listen unix:/path or inet:127.0.0.1:PORT, or start it from a systemd \
+                 socket unit (dist/systemd/rcptsync-socketmap.socket)"
             );
             return exit::USAGE;
         }
-        let l = match tokio::net::TcpListener::bind(sa).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("rcptsync socketmap: cannot listen on {listen}: {e}");
-                return exit::FAILURE;
+    };
+    match listener {
+        Listener::Unix(l, path) => {
+            tracing::info!(listen = %l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())).unwrap_or_default(), output, hashed, "socketmap server ready");
+            let l = &l;
+            serve_until_signal(move || async move { l.accept().await.map(|(s, _)| s) }, served, &mut term, &mut int)
+                .await;
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
             }
-        };
-        tracing::info!(listen, output, hashed, "socketmap server ready");
-        let l = &l;
-        serve_until_signal(move || async move { l.accept().await.map(|(s, _)| s) }, served, &mut term, &mut int).await;
+        }
+        Listener::Tcp(l) => {
+            tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), output, hashed, "socketmap server ready");
+            let l = &l;
+            serve_until_signal(move || async move { l.accept().await.map(|(s, _)| s) }, served, &mut term, &mut int)
+                .await;
+        }
     }
     exit::OK
+}
+
+/// Where lookups come in. A unix socket made here is removed on exit; one
+/// systemd made is not ours to remove.
+enum Listener {
+    Unix(tokio::net::UnixListener, Option<PathBuf>),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Binds `--listen`: `unix:/path`, or `inet:ADDR:PORT` on loopback only.
+async fn bind(listen: &str) -> Result<Listener, (u8, String)> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        return tokio::net::UnixListener::bind(path)
+            .map(|l| Listener::Unix(l, Some(PathBuf::from(path))))
+            .map_err(|e| (exit::FAILURE, format!("cannot listen on {listen}: {e}")));
+    }
+    let addr = listen.strip_prefix("inet:").unwrap_or(listen);
+    let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
+        return Err((exit::USAGE, format!("--listen {listen:?}: use unix:/path or inet:127.0.0.1:PORT")));
+    };
+    if !sa.ip().is_loopback() {
+        return Err((
+            exit::USAGE,
+            format!("--listen {listen:?} is not a loopback address; the list must not be served to the network"),
+        ));
+    }
+    tokio::net::TcpListener::bind(sa)
+        .await
+        .map(Listener::Tcp)
+        .map_err(|e| (exit::FAILURE, format!("cannot listen on {listen}: {e}")))
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FD: std::os::fd::RawFd = 3;
+
+/// The listening socket systemd handed over (socket activation: `LISTEN_PID`
+/// is this process and `LISTEN_FDS` is 1), or None without one. A socket that
+/// is not a listening stream socket, or an inet socket off loopback, is refused.
+fn systemd_listener() -> Result<Option<Listener>, String> {
+    use std::os::fd::FromRawFd;
+    let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else { return Ok(None) };
+    if pid.trim() != std::process::id().to_string() {
+        return Ok(None);
+    }
+    if fds.trim() != "1" {
+        return Err(format!(
+            "systemd passed {} sockets (LISTEN_FDS); the socket unit must have exactly one ListenStream=",
+            fds.trim()
+        ));
+    }
+    let family = listening_stream_family(LISTEN_FD)?;
+    // SAFETY: systemd passed descriptor 3 to this process for this purpose;
+    // it was checked to be a listening stream socket, and it is taken here
+    // once, so nothing else owns or closes it.
+    match family {
+        libc::AF_UNIX => {
+            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
+            l.set_nonblocking(true).map_err(|e| format!("socket from systemd: {e}"))?;
+            let l = tokio::net::UnixListener::from_std(l).map_err(|e| format!("socket from systemd: {e}"))?;
+            Ok(Some(Listener::Unix(l, None)))
+        }
+        libc::AF_INET | libc::AF_INET6 => {
+            let l = unsafe { std::net::TcpListener::from_raw_fd(LISTEN_FD) };
+            let addr = l.local_addr().map_err(|e| format!("socket from systemd: {e}"))?;
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "the socket from systemd listens on {addr}, not loopback; the list must not be served to the network"
+                ));
+            }
+            l.set_nonblocking(true).map_err(|e| format!("socket from systemd: {e}"))?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| format!("socket from systemd: {e}"))?;
+            Ok(Some(Listener::Tcp(l)))
+        }
+        other => Err(format!("the socket from systemd has address family {other}; use a unix or inet ListenStream=")),
+    }
+}
+
+/// The address family of `fd` if it is a listening stream socket.
+fn listening_stream_family(fd: std::os::fd::RawFd) -> Result<libc::c_int, String> {
+    let int_opt = |opt: libc::c_int| -> Result<libc::c_int, String> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid for writes of a c_int; getsockopt
+        // only reads the descriptor number.
+        let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
+        if r != 0 {
+            return Err(format!("descriptor {fd} from systemd is not a socket: {}", std::io::Error::last_os_error()));
+        }
+        Ok(v)
+    };
+    if int_opt(libc::SO_TYPE)? != libc::SOCK_STREAM || int_opt(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(format!("descriptor {fd} from systemd is not a listening stream socket (use ListenStream=)"));
+    }
+    int_opt(libc::SO_DOMAIN)
 }
 
 #[cfg(test)]

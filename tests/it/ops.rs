@@ -25,7 +25,13 @@ fn systemd_units_verify_cleanly() {
     }
     let t = TestDir::new();
     let mut units = Vec::new();
-    for name in ["rcptsync.service", "rcptsync-sync.service", "rcptsync-sync.timer", "rcptsync-socketmap.service"] {
+    for name in [
+        "rcptsync.service",
+        "rcptsync-sync.service",
+        "rcptsync-sync.timer",
+        "rcptsync-socketmap.service",
+        "rcptsync-socketmap.socket",
+    ] {
         let text = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
         // The units name the installed path; verify against the built binary.
         units.push(t.write(name, &text.replace("/usr/local/bin/rcptsync", bin())));
@@ -50,6 +56,17 @@ fn systemd_units_verify_cleanly() {
             .output()
             .unwrap(),
     );
+    let socketmap = std::fs::read_to_string(repo("dist/systemd/rcptsync-socketmap.service")).unwrap();
+    for key in [
+        "Requires=rcptsync-socketmap.socket",
+        "SystemCallFilter=@system-service",
+        "ProtectProc=invisible",
+        "MemoryMax=",
+        "LimitCORE=0",
+    ] {
+        assert!(socketmap.contains(key), "rcptsync-socketmap.service lacks {key}");
+    }
+    assert!(!socketmap.contains("--listen"), "the socket comes from the .socket unit");
     // verify exits 0 on mere warnings (e.g. an unknown Type=): require silence.
     assert!(r.code == 0 && r.stdout.trim().is_empty() && r.stderr.trim().is_empty(), "{}\n{}", r.stdout, r.stderr);
 }
@@ -153,4 +170,86 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         Command::new("bash").arg("-c").arg(format!("source {} && complete -p rcptsync", f.display())).output().unwrap(),
     );
     assert!(r.code == 0 && r.stdout.contains("rcptsync"), "{}", r.stderr);
+}
+
+/// The way systemd hands a socket over (`LISTEN_FDS=1`, `LISTEN_PID` = the
+/// server's pid, the socket at descriptor 3): `rcptsync socketmap` serves on it
+/// without `--listen`, and refuses what it cannot serve safely.
+#[test]
+fn socketmap_takes_its_listening_socket_from_systemd() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("recipients.txt", "alice@example.test\n");
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"list\"\nkind = \"file\"\npath = \"recipients.txt\"\n\
+         [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/plain\"\n",
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    // Start the server as systemd would: descriptor 3, LISTEN_PID of the exec'd process.
+    let spawn = |fd: std::os::fd::RawFd, fds: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("LISTEN_PID=$$ LISTEN_FDS={fds} exec \"$0\" \"$@\""))
+            .arg(bin())
+            .args(["socketmap", "-c", "rcptsync.toml", "--output", "plain"])
+            .current_dir(t.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: dup2 and fcntl are async-signal-safe; they run in the child
+        // before exec. dup2 onto itself keeps close-on-exec, so that case
+        // clears the flag instead.
+        unsafe {
+            c.pre_exec(move || {
+                let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+                if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            });
+        }
+        c.spawn().unwrap()
+    };
+    let sock = t.join("map.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let mut server = spawn(listener.as_raw_fd(), "1");
+    drop(listener);
+    let ask = |key: &str| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            let q = format!("relay {key}");
+            s.write_all(format!("{}:{q},", q.len()).as_bytes()).unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+            // Until the list is loaded the server answers TEMP.
+            if !reply.contains("TEMP") || std::time::Instant::now() > deadline {
+                return reply;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(ask("alice@example.test"), "5:OK OK,");
+    assert_eq!(ask("bob@example.test"), "9:NOTFOUND ,");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(sock.exists(), "a socket systemd made is not removed by the server");
+
+    // Two sockets, or a descriptor that is not a listening socket: refused, exit 64.
+    let listener = std::os::unix::net::UnixListener::bind(t.join("two.sock")).unwrap();
+    let out = spawn(listener.as_raw_fd(), "2").wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one ListenStream="));
+    let file = std::fs::File::open(t.join("recipients.txt")).unwrap();
+    let out = spawn(file.as_raw_fd(), "1").wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a socket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without systemd and without --listen: told what to do.
+    let r = t.run(&["socketmap", "-c", "rcptsync.toml", "--output", "plain"]);
+    r.expect(64);
+    assert!(r.stderr.contains("give --listen"), "{}", r.stderr);
 }
