@@ -47,6 +47,16 @@ fn systemd_units_verify_cleanly() {
     ] {
         assert!(service.contains(key), "rcptsync.service lacks {key}");
     }
+    for name in ["rcptsync.service", "rcptsync-sync.service", "rcptsync-socketmap.service"] {
+        let unit = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
+        for key in
+            ["SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM", "ProtectProc=invisible", "MemoryMax=", "LimitCORE=0"]
+        {
+            assert!(unit.contains(key), "{name} lacks {key}");
+        }
+    }
+    let oneshot = std::fs::read_to_string(repo("dist/systemd/rcptsync-sync.service")).unwrap();
+    assert!(oneshot.contains("TimeoutStartSec="), "the oneshot must be bounded");
     let r = Run::from(
         Command::new("systemd-analyze")
             .arg("verify")
