@@ -150,6 +150,25 @@ pub enum Command {
         #[arg(long, value_name = "ADDRESS")]
         listen: Option<String>,
     },
+    /// Print a commented starting config for one source kind and one MTA.
+    ///
+    /// Examples:
+    ///   rcptsync init > /etc/rcptsync/rcptsync.toml      (a file source, a plain list)
+    ///   rcptsync init --source ad --mta postfix
+    ///   rcptsync init --source sql --profile mailcow --mta exim
+    #[command(verbatim_doc_comment)]
+    Init {
+        /// Where the recipients come from.
+        #[arg(long, value_enum, default_value = "file")]
+        source: crate::init::InitSource,
+        /// The product, for --source sql (postfixadmin, iredmail, mailcow,
+        /// modoboa, mailu) or ldap (openldap, iredmail-ldap).
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Which MTA reads the list (none: a plain list under /var/lib/rcptsync/out).
+        #[arg(long, value_enum, default_value = "none")]
+        mta: crate::init::InitMta,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Examples:
@@ -257,6 +276,16 @@ async fn run_command(cmd: Command) -> u8 {
         Command::Socketmap { config, output, listen } => {
             crate::socketmap::run(&config::resolve_path(config.config.as_deref()), &output, listen.as_deref()).await
         }
+        Command::Init { source, profile, mta } => match crate::init::config(source, profile.as_deref(), mta) {
+            Ok(text) => {
+                print(&text);
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("rcptsync init: {e}");
+                exit::USAGE
+            }
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut out = Vec::new();

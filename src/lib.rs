@@ -7,6 +7,7 @@ pub mod connector;
 pub mod daemon;
 #[cfg(test)]
 pub(crate) mod fuzz;
+pub mod init;
 pub mod limit;
 pub mod mem;
 pub mod policy;

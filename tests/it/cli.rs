@@ -292,3 +292,42 @@ fn long_fetch_shows_progress_on_a_terminal_only() {
     r.expect(0);
     assert!(!r.stderr.contains("fetching") && !r.stdout.contains("fetching"), "{}", r.stderr);
 }
+
+/// `rcptsync init` prints a starting config for every source kind, profile
+/// and MTA it offers, and `rcptsync check --offline` passes on each as printed.
+#[test]
+fn init_prints_a_config_that_checks_for_every_combination() {
+    let t = TestDir::new();
+    let sources: [(&str, &[&str]); 6] = [
+        ("file", &[]),
+        ("ldap", &["openldap", "iredmail-ldap"]),
+        ("ad", &[]),
+        ("graph", &[]),
+        ("google", &[]),
+        ("sql", &["postfixadmin", "iredmail", "mailcow", "modoboa", "mailu"]),
+    ];
+    let mut checked = 0;
+    for (source, profiles) in sources {
+        let mut choices: Vec<Option<&str>> = vec![None];
+        choices.extend(profiles.iter().map(|p| Some(*p)));
+        for profile in choices {
+            for mta in ["postfix", "exim", "none"] {
+                let mut args = vec!["init", "--source", source, "--mta", mta];
+                if let Some(p) = profile {
+                    args.extend(["--profile", p]);
+                }
+                let r = t.run(&args);
+                r.expect(0);
+                assert!(r.stdout.starts_with("# rcptsync configuration"), "{}", r.stdout);
+                t.write("init.toml", &r.stdout);
+                let c = t.run(&["check", "--offline", "-c", "init.toml"]);
+                assert_eq!(c.code, 0, "{args:?}:\n{}\n{}", c.stderr, r.stdout);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 3 * (1 + 3 + 1 + 1 + 1 + 6));
+    let r = t.run(&["init", "--source", "sql", "--profile", "nosuch"]);
+    r.expect(64);
+    assert!(r.stderr.contains("choose one of: postfixadmin"), "{}", r.stderr);
+}

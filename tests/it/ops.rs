@@ -49,9 +49,13 @@ fn systemd_units_verify_cleanly() {
     }
     for name in ["rcptsync.service", "rcptsync-sync.service", "rcptsync-socketmap.service"] {
         let unit = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
-        for key in
-            ["SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM", "ProtectProc=invisible", "MemoryMax=", "LimitCORE=0"]
-        {
+        for key in [
+            "SystemCallFilter=@system-service",
+            "SystemCallErrorNumber=EPERM",
+            "ProtectProc=invisible",
+            "MemoryMax=",
+            "LimitCORE=0",
+        ] {
             assert!(unit.contains(key), "{name} lacks {key}");
         }
     }
