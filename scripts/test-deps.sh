@@ -109,6 +109,26 @@ libidn="$(find "$EXIM_ROOT" -name 'libidn.so.12' | head -n1)"
 [ -n "$libidn" ] || die "libidn.so.12 not found under $EXIM_ROOT"
 EXIM_LIBS="$(dirname "$libidn")"
 
+# --- 2b. promtool (from Debian's prometheus package), extracted, not installed:
+# the package would start a Prometheus server; the tests need only promtool.
+PROM_ROOT="$OUT/prometheus-root"
+if [ ! -x "$PROM_ROOT/usr/bin/promtool" ]; then
+  if ! compgen -G "$DEBS/prometheus_*.deb" >/dev/null; then
+    log "downloading: prometheus (for promtool)"
+    if ! (cd "$DEBS" && apt-get download -q prometheus) >>"$APT_LOG" 2>&1; then
+      apt_update
+      (cd "$DEBS" && quiet apt-get download -q prometheus)
+    fi
+  fi
+  rm -rf "$PROM_ROOT"
+  mkdir -p "$PROM_ROOT"
+  for deb in "$DEBS"/prometheus_*.deb; do
+    dpkg -x "$deb" "$PROM_ROOT"
+  done
+fi
+PROMTOOL="$PROM_ROOT/usr/bin/promtool"
+"$PROMTOOL" --version >/dev/null 2>&1 || die "extracted promtool does not run ($PROMTOOL)"
+
 NSS_WRAPPER_LIB="$(dpkg -L libnss-wrapper | grep -E '/libnss_wrapper\.so$' | head -n1 || true)"
 [ -n "$NSS_WRAPPER_LIB" ] && [ -e "$NSS_WRAPPER_LIB" ] || die "libnss_wrapper.so not found"
 
@@ -158,3 +178,4 @@ emit RCPTSYNC_TEST_NSS_PASSWD "$NSS/passwd"
 emit RCPTSYNC_TEST_NSS_GROUP "$NSS/group"
 emit RCPTSYNC_TEST_REAL_DB 1
 emit RCPTSYNC_TEST_PG_BIN "$PG_BIN"
+emit RCPTSYNC_TEST_PROMTOOL "$PROMTOOL"

@@ -12,6 +12,7 @@ mod golden;
 mod guard;
 mod hardening;
 mod ldap;
+mod monitoring;
 mod ops;
 mod outputs;
 mod postfix;
