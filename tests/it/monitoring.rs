@@ -25,6 +25,9 @@ fn repo(p: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
+/// One scrape: `name{labels}` and value.
+type Series = [(String, f64)];
+
 /// `name{labels}` → value, from one scrape.
 fn scrape(port: u16) -> Vec<(String, f64)> {
     let (code, body) = http_get(([127, 0, 0, 1], port).into(), "/metrics", None);
@@ -57,7 +60,7 @@ fn live_series(t: &TestDir) -> Vec<(String, f64)> {
     }
     let _daemon =
         Kill(t.cmd(&["daemon", "-c", "rcptsync.toml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    let wait = |what: &str, ok: &dyn Fn(&[(String, f64)]) -> bool| {
+    let wait = |what: &str, ok: &dyn Fn(&Series) -> bool| {
         let end = Instant::now() + Duration::from_secs(15);
         loop {
             let s =
@@ -69,7 +72,7 @@ fn live_series(t: &TestDir) -> Vec<(String, f64)> {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let has = |s: &[(String, f64)], k: &str, min: f64| s.iter().any(|(n, v)| n == k && *v >= min);
+    let has = |s: &Series, k: &str, min: f64| s.iter().any(|(n, v)| n == k && *v >= min);
     wait("a first good run", &|s| has(s, "rcptsync_recipients", 3.0));
     std::fs::remove_file(t.join("bad.txt")).unwrap();
     wait("the failing source", &|s| has(s, "rcptsync_source_failures_total{source=\"bad\",kind=\"file\"}", 1.0))
