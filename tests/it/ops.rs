@@ -31,6 +31,8 @@ fn systemd_units_verify_cleanly() {
         "rcptsync-sync.timer",
         "rcptsync-socketmap.service",
         "rcptsync-socketmap.socket",
+        "rcptsync-stale.path",
+        "rcptsync-stale.service",
     ] {
         let text = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
         // The units name the installed path; verify against the built binary.
@@ -266,4 +268,57 @@ fn socketmap_takes_its_listening_socket_from_systemd() {
     let r = t.run(&["socketmap", "-c", "rcptsync.toml", "--output", "plain"]);
     r.expect(64);
     assert!(r.stderr.contains("give --listen"), "{}", r.stderr);
+}
+
+/// The privileged half of the stale-list defence as shipped: the root oneshot
+/// that rcptsync-stale.path starts switches Postfix to 450 while the daemon's
+/// marker exists and back to 550 when it is gone. Its command line is run
+/// here with stand-ins for postconf and postfix, in a scratch state dir.
+#[test]
+fn the_stale_units_switch_postfix_by_the_daemons_marker() {
+    let unit = std::fs::read_to_string(repo("dist/systemd/rcptsync-stale.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let path_unit = std::fs::read_to_string(repo("dist/systemd/rcptsync-stale.path")).unwrap();
+    assert!(path_unit.contains("PathChanged=/var/lib/rcptsync/stale"), "{path_unit}");
+    let t = TestDir::new();
+    let state = t.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    t.script("postconf", &format!("echo \"postconf $*\" >> {}", t.join("calls").display()));
+    t.script("postfix", &format!("echo \"postfix $*\" >> {}", t.join("calls").display()));
+    // systemd turns $$ into $; the argument after `sh -c` is one quoted string.
+    let script = exec
+        .strip_prefix("/bin/sh -c '")
+        .and_then(|s| s.strip_suffix('\''))
+        .expect("ExecStart=/bin/sh -c '...'")
+        .replace("$$", "$")
+        .replace("/var/lib/rcptsync", &state.display().to_string());
+    let run = || {
+        let out = Command::new("sh").arg("-c").arg(&script).env("PATH", t.path_env()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let calls = t.read("calls");
+        std::fs::remove_file(t.join("calls")).unwrap();
+        calls
+    };
+    std::fs::write(state.join("stale"), "1796400000").unwrap();
+    assert_eq!(run(), "postconf -e unknown_relay_recipient_reject_code=450\npostfix reload\n");
+    std::fs::remove_file(state.join("stale")).unwrap();
+    assert_eq!(run(), "postconf -e unknown_relay_recipient_reject_code=550\npostfix reload\n");
+
+    // And the daemon keeps that marker with no hooks configured: a stale run makes it.
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.write("recipients.txt", "a@example.com\n");
+    t.config(
+        "state_dir = \"state\"\n[guard]\nmax_staleness = \"1s\"\n[[source]]\nname = \"list\"\nkind = \"file\"\n\
+         path = \"recipients.txt\"\n[[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\n",
+    );
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(!state.join("stale").exists());
+    std::fs::remove_file(t.join("recipients.txt")).unwrap();
+    // Ages are whole seconds: more than max_staleness means at least 2.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let _ = t.run(&["sync", "-c", "rcptsync.toml"]);
+    assert!(state.join("stale").exists(), "a stale run leaves the marker the path unit watches");
+    t.write("recipients.txt", "a@example.com\n");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(!state.join("stale").exists(), "a fresh run removes it");
 }
