@@ -254,8 +254,7 @@ fn user_verdict(m: &Member, keep_suspended: bool) -> Result<String, String> {
 /// per-group lists (lowercased addresses).
 #[derive(Debug, Default)]
 struct GroupRules {
-    allowed: HashSet<String>,
-    refused: HashSet<String>,
+    lists: super::GroupLists,
     checked: bool,
     postings: std::collections::HashMap<String, settings::Posting>,
     /// Why some groups' setting is unknown.
@@ -265,15 +264,9 @@ struct GroupRules {
 impl GroupRules {
     /// Ok(note for `why`) to keep a group, Err(reason) to leave it out.
     fn verdict(&self, g: &Member) -> Result<String, String> {
-        let values = || g.email.iter().chain(g.aliases.iter().flatten()).chain(g.non_editable_aliases.iter().flatten());
-        let listed = |set: &HashSet<String>| values().any(|v| set.contains(&v.trim().to_ascii_lowercase()));
-        if listed(&self.refused) {
-            return Err("is an address of a group listed in external_senders_refused: it takes mail only from \
-                        inside the organisation"
-                .into());
-        }
-        if listed(&self.allowed) {
-            return Ok(" (external_senders_allowed)".into());
+        let values = g.email.iter().chain(g.aliases.iter().flatten()).chain(g.non_editable_aliases.iter().flatten());
+        if let Some(listed) = self.lists.decide(&values.map(String::as_str).collect::<Vec<_>>()) {
+            return listed;
         }
         if !self.checked {
             return Ok(String::new());
@@ -486,8 +479,7 @@ impl GoogleSource {
     /// or that fails keeps the groups, with one warning.
     async fn group_rules(&self, s: &Session, groups: &[Member]) -> GroupRules {
         let mut rules = GroupRules {
-            allowed: self.spec.external_senders_allowed.iter().cloned().collect(),
-            refused: self.spec.external_senders_refused.iter().cloned().collect(),
+            lists: super::GroupLists::new(&self.spec.external_senders_allowed, &self.spec.external_senders_refused),
             checked: self.spec.check_external_senders,
             ..GroupRules::default()
         };
@@ -536,14 +528,7 @@ impl Connector for GoogleSource {
                 g.email.iter().chain(g.aliases.iter().flatten()).chain(g.non_editable_aliases.iter().flatten());
             matched.extend(values.map(|v| v.trim().to_ascii_lowercase()));
         }
-        for (key, list) in [("external_senders_allowed", &rules.allowed), ("external_senders_refused", &rules.refused)]
-        {
-            let mut stray: Vec<&String> = list.iter().filter(|a| !matched.contains(*a)).collect();
-            stray.sort();
-            for a in stray {
-                tracing::warn!(key, address = %a, "matches no group of the customer; check the address");
-            }
-        }
+        rules.lists.warn_unmatched(&matched, "group of the customer");
         tracing::info!(
             api = %s.api,
             users = users.len(),

@@ -345,8 +345,7 @@ const ONMICROSOFT: &str = "is a *.onmicrosoft.com address, whose MX is Microsoft
 /// per-group lists (lowercased addresses).
 #[derive(Debug, Default)]
 pub struct GroupRules {
-    pub allowed: HashSet<String>,
-    pub refused: HashSet<String>,
+    pub lists: super::GroupLists,
     /// Whether `allowExternalSenders` was asked for.
     pub checked: bool,
     /// Why some groups' setting is unknown (Graph refused it, or the lookup failed).
@@ -357,14 +356,8 @@ impl GroupRules {
     /// For a group's record: Err(reason) to leave it out, or Ok(note) to keep it
     /// with the note `why` shows.
     fn verdict(&self, r: &Record) -> Result<String, String> {
-        let listed = |set: &HashSet<String>| r.values().any(|(v, _)| set.contains(&v.to_ascii_lowercase()));
-        if listed(&self.refused) {
-            return Err("is an address of a group listed in external_senders_refused: it takes mail only from \
-                        inside the organisation"
-                .into());
-        }
-        if listed(&self.allowed) {
-            return Ok(" (external_senders_allowed)".into());
+        if let Some(listed) = self.lists.decide(&r.values().map(|(v, _)| v).collect::<Vec<_>>()) {
+            return listed;
         }
         match (r.unified, r.external) {
             (false, _) => Ok(String::new()),
@@ -423,13 +416,7 @@ fn finalize<'a>(
             }
         }
     }
-    for (key, list) in [("external_senders_allowed", &groups.allowed), ("external_senders_refused", &groups.refused)] {
-        let mut stray: Vec<&String> = list.iter().filter(|a| !matched.contains(*a)).collect();
-        stray.sort();
-        for a in stray {
-            tracing::warn!(key, address = %a, "matches no mail-enabled group of the tenant; check the address");
-        }
-    }
+    groups.lists.warn_unmatched(&matched, "mail-enabled group of the tenant");
     let mut relay: Vec<&String> = domains.relay.iter().collect();
     relay.sort();
     for d in relay {
@@ -620,8 +607,7 @@ impl GraphSource {
             tracing::warn!(graph = %s.root, domain = %d, "internal relay domain (EmailInternalRelayOnly): published as a catch-all, since Exchange Online accepts any recipient there");
         }
         let groups = GroupRules {
-            allowed: self.spec.external_senders_allowed.iter().cloned().collect(),
-            refused: self.spec.external_senders_refused.iter().cloned().collect(),
+            lists: super::GroupLists::new(&self.spec.external_senders_allowed, &self.spec.external_senders_refused),
             checked: s.check_external,
             unread: s.unread.lock().map(|u| u.clone()).unwrap_or_default(),
         };
@@ -1018,8 +1004,10 @@ mod tests {
         .collect();
         let domains = Domains { email: ["contoso.com".to_string()].into(), relay: HashSet::new() };
         let rules = GroupRules {
-            allowed: ["exception@contoso.com".to_string()].into(),
-            refused: ["internal-dl@contoso.com".to_string()].into(),
+            lists: super::super::GroupLists {
+                allowed: ["exception@contoso.com".to_string()].into(),
+                refused: ["internal-dl@contoso.com".to_string()].into(),
+            },
             checked: true,
             unread: Some("Graph refused it: 403 ErrorAccessDenied".into()),
         };

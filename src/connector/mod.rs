@@ -276,3 +276,47 @@ pub fn check_group_lists(c: &mut Checker, at: &str, allowed: &mut [String], refu
         c.push(format!("{at}.external_senders_refused"), format!("{both} is also in external_senders_allowed"));
     }
 }
+
+/// A cloud source's per-group lists (`external_senders_allowed` /
+/// `_refused`, lowercased addresses): the admin's word on groups whose own
+/// setting the API cannot give.
+#[derive(Debug, Default)]
+pub struct GroupLists {
+    pub allowed: std::collections::HashSet<String>,
+    pub refused: std::collections::HashSet<String>,
+}
+
+impl GroupLists {
+    pub fn new(allowed: &[String], refused: &[String]) -> GroupLists {
+        GroupLists { allowed: allowed.iter().cloned().collect(), refused: refused.iter().cloned().collect() }
+    }
+
+    /// For a group with these addresses: Some(Err(reason)) when a list closes
+    /// it, Some(Ok(note)) when a list opens it, None when neither names it.
+    pub fn decide(&self, values: &[&str]) -> Option<Result<String, String>> {
+        let listed = |set: &std::collections::HashSet<String>| {
+            values.iter().any(|v| set.contains(&v.trim().to_ascii_lowercase()))
+        };
+        if listed(&self.refused) {
+            return Some(Err("is an address of a group listed in external_senders_refused: it takes mail only \
+                             from inside the organisation"
+                .into()));
+        }
+        if listed(&self.allowed) {
+            return Some(Ok(" (external_senders_allowed)".into()));
+        }
+        None
+    }
+
+    /// Warns once per list entry that names none of the `matched` group
+    /// addresses (a typo, or a group that is gone).
+    pub fn warn_unmatched(&self, matched: &std::collections::HashSet<String>, whose: &str) {
+        for (key, list) in [("external_senders_allowed", &self.allowed), ("external_senders_refused", &self.refused)] {
+            let mut stray: Vec<&String> = list.iter().filter(|a| !matched.contains(*a)).collect();
+            stray.sort();
+            for a in stray {
+                tracing::warn!(key, address = %a, "matches no {whose}; check the address");
+            }
+        }
+    }
+}
