@@ -6,7 +6,9 @@
 #    Postfix with hash/lmdb/cdb maps, and Exim extracted beside it);
 # 2. checks formatting and lints (cargo fmt --check, clippy -D warnings);
 # 3. runs every test with the real-MTA tests switched on. Each test starts its own
-#    private Postfix on a free 127.0.0.1 port and stops it when done.
+#    private Postfix on a free 127.0.0.1 port and stops it when done;
+# 4. builds the .deb and .rpm and tests the .deb on this machine
+#    (scripts/package-test.sh: installs, runs and purges it).
 #
 # `cargo test` alone also works: the real-MTA tests then print SKIPPED and why.
 set -euo pipefail
@@ -26,5 +28,8 @@ cargo clippy --all-targets --features kerberos --quiet -- -D warnings
 echo "==> cargo test (real Postfix and Exim enabled)" >&2
 cargo test --all-targets --features kerberos
 cargo test --doc --quiet
+
+echo "==> the Debian package: build, lintian, install, run, remove, purge" >&2
+scripts/package-test.sh
 
 echo "==> all tests passed in $(( $(date +%s) - started )) s" >&2

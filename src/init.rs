@@ -159,12 +159,12 @@ fn output_section(mta: InitMta) -> &'static str {
         InitMta::Exim => {
             "\n# Exim on the backup MX, in acl_check_rcpt before the accept for relay domains:\n\
              #   deny    domains     = +relay_to_domains\n\
-             #           !recipients = lsearch*@;/etc/exim4/relay_recipients\n\
+             #           !recipients = lsearch*@;/etc/exim4/rcptsync/relay_recipients\n\
              #           message     = 5.1.1 <$local_part@$domain> User unknown in relay recipient table\n\
              [[output]]\n\
              name = \"exim\"\n\
              template = \"exim\"\n\
-             path = \"/etc/exim4/relay_recipients\"\n\
+             path = \"/etc/exim4/rcptsync/relay_recipients\"\n\
              mode = \"0640\"   # chgrp the file to Debian-exim once; rcptsync keeps owner and mode\n"
         }
         InitMta::None => {

@@ -1,8 +1,8 @@
 # Puppet: sync only when a dry run says something would change. The `unless`
 # command exits 0 when nothing would change, so the exec then does nothing.
 exec { 'rcptsync sync':
-  command => '/usr/local/bin/rcptsync sync -c /etc/rcptsync/rcptsync.toml',
-  unless  => '/usr/local/bin/rcptsync sync --dry-run --detailed-exitcode -c /etc/rcptsync/rcptsync.toml',
+  command => '/usr/bin/rcptsync sync -c /etc/rcptsync/rcptsync.toml',
+  unless  => '/usr/bin/rcptsync sync --dry-run --detailed-exitcode -c /etc/rcptsync/rcptsync.toml',
   user    => 'rcptsync',
   require => File['/etc/rcptsync/rcptsync.toml'],
 }
@@ -13,5 +13,5 @@ file { '/etc/rcptsync/rcptsync.toml':
   group        => 'rcptsync',
   mode         => '0640',
   content      => template('rcptsync/rcptsync.toml.erb'),
-  validate_cmd => '/usr/local/bin/rcptsync check --offline -c %',
+  validate_cmd => '/usr/bin/rcptsync check --offline -c %',
 }

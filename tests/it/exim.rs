@@ -122,7 +122,7 @@ fn the_shipped_hashed_acl_matches_the_tested_fixture() {
             .map(|l| {
                 l.replace("@SALT@", "SALT")
                     .replace("@LIST@", "LIST")
-                    .replace("/etc/exim4/relay_recipients.sha256", "LIST")
+                    .replace("/etc/exim4/rcptsync/relay_recipients.sha256", "LIST")
             })
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .collect()

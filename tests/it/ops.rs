@@ -36,7 +36,7 @@ fn systemd_units_verify_cleanly() {
     ] {
         let text = std::fs::read_to_string(repo("dist/systemd").join(name)).unwrap();
         // The units name the installed path; verify against the built binary.
-        units.push(t.write(name, &text.replace("/usr/local/bin/rcptsync", bin())));
+        units.push(t.write(name, &text.replace("/usr/bin/rcptsync", bin())));
     }
     let service = std::fs::read_to_string(repo("dist/systemd/rcptsync.service")).unwrap();
     for key in [
