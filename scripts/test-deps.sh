@@ -8,8 +8,10 @@
 #   "No configuration", so no system instance is configured or started);
 # - downloads Exim's .debs and extracts them under target/test-deps/exim-root
 #   WITHOUT installing them (exim4 conflicts with postfix);
+# - extracts OpenSMTPD and Sendmail the same way (target/test-deps/opensmtpd-root,
+#   sendmail-root): they conflict with postfix too;
 # - writes nss_wrapper passwd/group files that add the compiled-in
-#   "Debian-exim" user;
+#   "Debian-exim" user and OpenSMTPD's "opensmtpd"/"opensmtpq";
 # - prints `export` lines on stdout. Everything else goes to stderr.
 # Idempotent: a second run does no network access and takes well under a second.
 set -euo pipefail
@@ -22,8 +24,11 @@ NSS="$OUT/nss"
 
 APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb postgresql mariadb-server slapd ldap-utils
   samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools attr
-  systemd libkrb5-dev libclang-dev)
+  systemd libkrb5-dev libclang-dev m4 liblockfile1 libevent-2.1-7 libwrap0 libnsl2 libdb5.3)
 EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
+# OpenSMTPD and Sendmail conflict with Postfix as packages: extracted like Exim.
+OPENSMTPD_PKGS=(opensmtpd)
+SENDMAIL_PKGS=(sendmail-bin sendmail-cf sendmail-base)
 
 log() { echo "test-deps: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -109,6 +114,39 @@ libidn="$(find "$EXIM_ROOT" -name 'libidn.so.12' | head -n1)"
 [ -n "$libidn" ] || die "libidn.so.12 not found under $EXIM_ROOT"
 EXIM_LIBS="$(dirname "$libidn")"
 
+# --- 2a. OpenSMTPD and Sendmail, extracted but not installed ---------------
+extract() { # dir pkgs...
+  local root="$1"
+  shift
+  [ -f "$root/.extracted" ] && return 0
+  local want=()
+  for p in "$@"; do
+    compgen -G "$DEBS/${p}_*.deb" >/dev/null || want+=("$p")
+  done
+  if [ "${#want[@]}" -gt 0 ]; then
+    log "downloading: ${want[*]}"
+    if ! (cd "$DEBS" && apt-get download -q "${want[@]}") >>"$APT_LOG" 2>&1; then
+      apt_update
+      (cd "$DEBS" && quiet apt-get download -q "${want[@]}")
+    fi
+  fi
+  log "extracting $* into $root"
+  rm -rf "$root"
+  mkdir -p "$root"
+  for p in "$@"; do
+    for deb in "$DEBS/${p}"_*.deb; do
+      dpkg -x "$deb" "$root"
+    done
+  done
+  touch "$root/.extracted"
+}
+OPENSMTPD_ROOT="$OUT/opensmtpd-root"
+SENDMAIL_ROOT="$OUT/sendmail-root"
+extract "$OPENSMTPD_ROOT" "${OPENSMTPD_PKGS[@]}"
+extract "$SENDMAIL_ROOT" "${SENDMAIL_PKGS[@]}"
+{ "$OPENSMTPD_ROOT/usr/sbin/smtpd" -h 2>&1 || true; } | grep -q "OpenSMTPD" || die "extracted smtpd does not run"
+[ -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ] || die "no sendmail binary under $SENDMAIL_ROOT"
+
 # --- 2b. promtool (from Debian's prometheus package), extracted, not installed:
 # the package would start a Prometheus server; the tests need only promtool.
 PROM_ROOT="$OUT/prometheus-root"
@@ -157,6 +195,16 @@ if ! getent passwd Debian-exim >/dev/null || ! getent group Debian-exim >/dev/nu
     echo "Debian-exim:x:$uid:$gid::/var/spool/exim4:/usr/sbin/nologin" >>"$tmp_passwd"
   fi
 fi
+# OpenSMTPD's privilege-separation users (the ids Debian's postinst would pick
+# do not matter: smtpd looks them up by name).
+for u in opensmtpd opensmtpq; do
+  if ! grep -q "^$u:" "$tmp_group"; then
+    id="$(free_id)"
+    while grep -q ":$id:" "$tmp_group" "$tmp_passwd"; do id=$((id + 1)); done
+    echo "$u:x:$id:" >>"$tmp_group"
+    echo "$u:x:$id:$id::/var/lib/opensmtpd/empty:/usr/sbin/nologin" >>"$tmp_passwd"
+  fi
+done
 mv -f "$tmp_passwd" "$NSS/passwd"
 mv -f "$tmp_group" "$NSS/group"
 
@@ -179,3 +227,5 @@ emit RCPTSYNC_TEST_NSS_GROUP "$NSS/group"
 emit RCPTSYNC_TEST_REAL_DB 1
 emit RCPTSYNC_TEST_PG_BIN "$PG_BIN"
 emit RCPTSYNC_TEST_PROMTOOL "$PROMTOOL"
+emit RCPTSYNC_TEST_OPENSMTPD_ROOT "$OPENSMTPD_ROOT"
+emit RCPTSYNC_TEST_SENDMAIL_ROOT "$SENDMAIL_ROOT"

@@ -328,7 +328,7 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
         out.push_str(&format!("  source {} ({}{profile})\n", s.name, s.spec.kind()));
     }
     for o in &cfg.outputs {
-        let map = o.postmap.map(|m| format!(", postmap {}", m.as_str())).unwrap_or_default();
+        let map = o.map.map(|m| format!(", {}", m.describe())).unwrap_or_default();
         out.push_str(&format!("  output {} -> {} (template {}{map})\n", o.name, o.path.display(), o.template.name));
     }
     if offline {
@@ -363,9 +363,11 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
                 out.push_str(&format!("  FAILED  output {}: {}: {e}\n", o.name, dir.display()));
             }
         }
-        if o.postmap.is_some() && !in_path("postmap") {
+        if let Some(map) = o.map
+            && !in_path(map.program())
+        {
             failed = true;
-            out.push_str(&format!("  FAILED  output {}: postmap is not on PATH\n", o.name));
+            out.push_str(&format!("  FAILED  output {}: {} is not on PATH\n", o.name, map.program()));
         }
     }
     // Only probe: taking the run lock here would fail while a sync is running.

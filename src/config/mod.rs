@@ -395,7 +395,7 @@ mod tests {
     use super::*;
     use crate::connector::SourceSpec;
     use crate::policy::OnSourceFailure;
-    use crate::writer::config::{DEFAULT_HOOK_TIMEOUT, MapType};
+    use crate::writer::config::{DEFAULT_HOOK_TIMEOUT, MapBuild, MapTool, MapType};
 
     fn parse_ok(text: &str) -> Config {
         match parse(text, Path::new("/etc/rcptsync")) {
@@ -466,7 +466,7 @@ mod tests {
         let SourceSpec::File(f) = &c.sources[0].spec else { panic!("not a file source") };
         assert_eq!(f.path, PathBuf::from("/etc/rcptsync/recipients.txt"));
         assert!(f.catchalls);
-        assert_eq!(c.outputs[0].postmap, Some(MapType::Lmdb));
+        assert_eq!(c.outputs[0].map, Some(MapBuild { tool: MapTool::Postmap, kind: MapType::Lmdb }));
         assert_eq!(c.outputs[0].hook_timeout, DEFAULT_HOOK_TIMEOUT);
     }
 
@@ -652,6 +652,23 @@ mod tests {
             );
         }
         parse_ok(&MINIMAL.replace("template = \"postfix\"", "template = \"postfix-domains\""));
+    }
+
+    #[test]
+    fn makemap_builds_sendmail_maps_from_key_value_templates() {
+        let sendmail = MINIMAL.replace("template = \"postfix\"", "template = \"sendmail-access\"");
+        let c = parse_ok(&sendmail.replace("postmap = \"lmdb\"", "makemap = \"hash\""));
+        assert_eq!(c.outputs[0].map, Some(MapBuild { tool: MapTool::Makemap, kind: MapType::Hash }));
+        let errs = parse_err(&sendmail.replace("postmap = \"lmdb\"", "makemap = \"lmdb\""));
+        assert_eq!(errs, ["output[0].makemap: Sendmail's makemap builds \"hash\" or \"btree\" maps, not \"lmdb\""]);
+        let errs = parse_err(&sendmail.replace("postmap = \"lmdb\"", "postmap = \"lmdb\"\nmakemap = \"hash\""));
+        assert_eq!(errs, ["output[0].makemap: set postmap (Postfix) or makemap (Sendmail), not both"]);
+        let errs = parse_err(
+            &MINIMAL
+                .replace("template = \"postfix\"", "template = \"sendmail-domains\"")
+                .replace("postmap = \"lmdb\"", "makemap = \"hash\""),
+        );
+        assert!(errs[0].starts_with("output[0].makemap: makemap hash needs 'key value' lines"), "{errs:?}");
     }
 }
 

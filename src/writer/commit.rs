@@ -14,7 +14,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::config::MapType;
+use super::config::MapBuild;
 use crate::writer::hook::{self, HookError};
 
 /// Mode of a new output when the config sets none.
@@ -27,10 +27,10 @@ pub enum CommitError {
     Io { path: PathBuf, what: &'static str, err: io::Error },
     #[error("output directory {0} does not exist; create it or fix the output's path")]
     NoDir(PathBuf),
-    #[error("postmap failed for {path}: {err}")]
-    Postmap { path: PathBuf, err: HookError },
-    #[error("postmap did not create {0}")]
-    NoMap(PathBuf),
+    #[error("{tool} failed for {path}: {err}")]
+    Postmap { tool: &'static str, path: PathBuf, err: HookError },
+    #[error("{0} did not create {1}")]
+    NoMap(&'static str, PathBuf),
     #[error("{0}: internal error: the output was not staged before commit")]
     NotStaged(PathBuf),
 }
@@ -39,11 +39,12 @@ fn io_at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Co
     move |err| CommitError::Io { path: path.to_path_buf(), what, err }
 }
 
-/// The files of one output: the text file and, with `postmap`, its database.
+/// The files of one output: the text file and, with `postmap` or `makemap`,
+/// its database.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub path: PathBuf,
-    pub postmap: Option<MapType>,
+    pub map: Option<MapBuild>,
     pub mode: Option<u32>,
     pub hook_timeout: Duration,
 }
@@ -59,7 +60,7 @@ impl Target {
 
     /// Path of the postmap database.
     pub fn map_path(&self) -> Option<PathBuf> {
-        self.postmap.map(|m| with_suffix(&self.path, m.suffix()))
+        self.map.map(|m| with_suffix(&self.path, m.suffix()))
     }
 
     /// Whether the postmap database (if any) is at least as new as the text file
@@ -154,14 +155,17 @@ impl TempFile {
         if let Err(err) = sealed {
             return Err(CommitError::Io { path: staged.tmp_text.clone(), what: "cannot write temp file", err });
         }
-        if let Some(map) = staged.target.postmap {
-            let arg = format!("{}:{}", map.as_str(), staged.tmp_text.display());
-            let argv = vec!["postmap".to_string(), arg];
-            hook::run(&argv, staged.target.hook_timeout)
-                .map_err(|err| CommitError::Postmap { path: staged.target.path.clone(), err })?;
+        if let Some(map) = staged.target.map {
+            let (argv, stdin) = map.argv(&staged.tmp_text);
+            let stdin = stdin.then_some(staged.tmp_text.as_path());
+            hook::run_with_stdin(&argv, stdin, staged.target.hook_timeout).map_err(|err| CommitError::Postmap {
+                tool: map.program(),
+                path: staged.target.path.clone(),
+                err,
+            })?;
             let built = with_suffix(&staged.tmp_text, map.suffix());
             if !built.exists() {
-                return Err(CommitError::NoMap(built));
+                return Err(CommitError::NoMap(map.program(), built));
             }
             sync_file(&built).map_err(io_at(&built, "cannot fsync"))?;
             staged.tmp_map = Some(built);
@@ -319,7 +323,7 @@ mod tests {
     use super::*;
 
     fn target(dir: &Path) -> Target {
-        Target { path: dir.join("out"), postmap: None, mode: None, hook_timeout: Duration::from_secs(5) }
+        Target { path: dir.join("out"), map: None, mode: None, hook_timeout: Duration::from_secs(5) }
     }
 
     #[test]

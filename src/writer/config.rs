@@ -40,6 +40,48 @@ impl MapType {
     }
 }
 
+/// The program that turns a key-value output into the database the MTA reads:
+/// Postfix's `postmap`, or Sendmail's `makemap` (which reads the text on stdin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapTool {
+    Postmap,
+    Makemap,
+}
+
+/// How one output is indexed: the tool and the database type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapBuild {
+    pub tool: MapTool,
+    pub kind: MapType,
+}
+
+impl MapBuild {
+    pub fn program(self) -> &'static str {
+        match self.tool {
+            MapTool::Postmap => "postmap",
+            MapTool::Makemap => "makemap",
+        }
+    }
+
+    /// `postmap lmdb`, `makemap hash`: for messages.
+    pub fn describe(self) -> String {
+        format!("{} {}", self.program(), self.kind.as_str())
+    }
+
+    /// The command that builds `text` + suffix, and whether it reads `text` on stdin.
+    pub fn argv(self, text: &std::path::Path) -> (Vec<String>, bool) {
+        match self.tool {
+            MapTool::Postmap => (vec!["postmap".into(), format!("{}:{}", self.kind.as_str(), text.display())], false),
+            MapTool::Makemap => (vec!["makemap".into(), self.kind.as_str().into(), text.display().to_string()], true),
+        }
+    }
+
+    /// The suffix the tool appends to the text file's name.
+    pub fn suffix(self) -> &'static str {
+        self.kind.suffix()
+    }
+}
+
 /// `[[output]]` as written in the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +91,7 @@ struct RawOutput {
     template_file: Option<PathBuf>,
     path: PathBuf,
     postmap: Option<MapType>,
+    makemap: Option<MapType>,
     check: Option<Vec<String>>,
     reload: Option<Vec<String>>,
     mode: Option<String>,
@@ -64,7 +107,8 @@ pub struct OutputConfig {
     pub name: String,
     pub template: TemplateRef,
     pub path: PathBuf,
-    pub postmap: Option<MapType>,
+    /// `postmap = TYPE` or `makemap = TYPE`: the database built beside the text.
+    pub map: Option<MapBuild>,
     pub check: Option<Vec<String>>,
     pub reload: Option<Vec<String>>,
     /// Mode for a newly created file; an existing file keeps its own.
@@ -123,15 +167,32 @@ impl OutputConfig {
         {
             c.push(format!("{at}.template"), e);
         }
-        if let (Some(map), Some(t)) = (raw.postmap, &template)
+        let map = match (raw.postmap, raw.makemap) {
+            (Some(_), Some(_)) => {
+                c.push(format!("{at}.makemap"), "set postmap (Postfix) or makemap (Sendmail), not both".into());
+                None
+            }
+            (Some(kind), None) => Some(MapBuild { tool: MapTool::Postmap, kind }),
+            (None, Some(kind @ (MapType::Hash | MapType::Btree))) => Some(MapBuild { tool: MapTool::Makemap, kind }),
+            (None, Some(kind)) => {
+                c.push(
+                    format!("{at}.makemap"),
+                    format!("Sendmail's makemap builds \"hash\" or \"btree\" maps, not {:?}", kind.as_str()),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        if let (Some(map), Some(t)) = (map, &template)
             && !t.is_key_value()
         {
             c.push(
-                format!("{at}.postmap"),
+                format!("{at}.{}", map.program()),
                 format!(
-                    "postmap {} needs 'key value' lines, but template {} does not declare them; use template \"postfix\" \
-                     or \"postfix-domains\", or declare {{#- rcptsync: key-value -#}} in your own template",
-                    map.as_str(),
+                    "{} needs 'key value' lines, but template {} does not declare them; use template \"postfix\", \
+                     \"postfix-domains\" or \"sendmail-access\", or declare {{#- rcptsync: key-value -#}} in your own \
+                     template",
+                    map.describe(),
                     t.name
                 ),
             );
@@ -175,7 +236,7 @@ impl OutputConfig {
             name: raw.name,
             template: template?,
             path,
-            postmap: raw.postmap,
+            map,
             check: raw.check,
             reload: raw.reload,
             mode,

@@ -41,6 +41,12 @@ fn tail(bytes: &[u8]) -> String {
 /// Runs `argv` and waits up to `timeout`. On timeout the whole process group is
 /// killed, so a hook's children cannot outlive it.
 pub fn run(argv: &[String], timeout: Duration) -> Result<(), HookError> {
+    run_with_stdin(argv, None, timeout)
+}
+
+/// [`run`] with the file `stdin` (if any) as the command's standard input
+/// (Sendmail's `makemap` reads the map's text there).
+pub fn run_with_stdin(argv: &[String], stdin: Option<&std::path::Path>, timeout: Duration) -> Result<(), HookError> {
     let cmd = show(argv);
     let Some((prog, args)) = argv.split_first() else {
         return Err(HookError::Spawn { cmd, err: std::io::Error::other("empty command") });
@@ -50,9 +56,13 @@ pub fn run(argv: &[String], timeout: Duration) -> Result<(), HookError> {
     for name in crate::secret::env_names() {
         command.env_remove(name);
     }
+    let input = match stdin {
+        None => Stdio::null(),
+        Some(path) => Stdio::from(std::fs::File::open(path).map_err(|err| HookError::Spawn { cmd: cmd.clone(), err })?),
+    };
     let mut child = command
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)

@@ -55,7 +55,7 @@ pub fn target(o: &OutputConfig) -> Target {
     // keeps working. A link that may not be followed (see `preflight`) is
     // replaced itself, never followed.
     let path = crate::secure_fs::resolve_link(&o.path).unwrap_or_else(|_| o.path.clone());
-    Target { path, postmap: o.postmap, mode: o.mode, hook_timeout: o.hook_timeout }
+    Target { path, map: o.map, mode: o.mode, hook_timeout: o.hook_timeout }
 }
 
 /// Before a run reads anything: every output's symbolic links may be followed
@@ -72,16 +72,17 @@ pub fn preflight(outputs: &[OutputConfig]) -> Result<(), String> {
     Ok(())
 }
 
-/// A postmap output must not be a link: postmap builds `path.db` next to the
-/// file it is given, which would not be where the MTA looks.
+/// A postmap or makemap output must not be a link: the tool builds `path.db`
+/// next to the file it is given, which would not be where the MTA looks.
 fn check_link(o: &OutputConfig) -> Result<(), String> {
     let is_link = std::fs::symlink_metadata(&o.path).is_ok_and(|m| m.file_type().is_symlink());
-    if is_link && o.postmap.is_some() {
+    if let (true, Some(map)) = (is_link, o.map) {
         return Err(format!(
-            "output {}: {} is a symbolic link, and postmap would build its database beside the link's target, \
+            "output {}: {} is a symbolic link, and {} would build its database beside the link's target, \
              not where the MTA looks: point path at the real file",
             o.name,
-            o.path.display()
+            o.path.display(),
+            map.program()
         ));
     }
     Ok(())

@@ -222,7 +222,7 @@ mod tests {
     use std::time::Duration;
 
     fn target(dir: &Path) -> Target {
-        Target { path: dir.join("out"), postmap: None, mode: None, hook_timeout: Duration::from_secs(5) }
+        Target { path: dir.join("out"), map: None, mode: None, hook_timeout: Duration::from_secs(5) }
     }
 
     /// Feeds `bytes` in pieces of `chunk` bytes, as a BufWriter would.
@@ -316,7 +316,13 @@ mod tests {
     #[test]
     fn a_stale_map_makes_equal_text_changed() {
         let d = tempfile::tempdir().unwrap();
-        let t = Target { postmap: Some(crate::writer::config::MapType::Lmdb), ..target(d.path()) };
+        let t = Target {
+            map: Some(crate::writer::config::MapBuild {
+                tool: crate::writer::config::MapTool::Postmap,
+                kind: crate::writer::config::MapType::Lmdb,
+            }),
+            ..target(d.path())
+        };
         fs::write(&t.path, "x OK\n").unwrap();
         // No database at all: the text must be staged again so postmap rebuilds it.
         let f = OutputSink::new(t.clone(), false, false).map(|mut s| {

@@ -122,17 +122,26 @@ pub enum BuiltinTemplate {
     Exim,
     Json,
     Plain,
+    Opensmtpd,
+    OpensmtpdDomains,
+    SendmailAccess,
+    SendmailDomains,
 }
 
 const HEADER: &str = "# Managed by rcptsync: do not edit, changes are overwritten on the next sync.\n";
+const OPENSMTPD_LIST: &str = "# @list\n";
 
 impl BuiltinTemplate {
-    pub const ALL: [BuiltinTemplate; 5] = [
+    pub const ALL: [BuiltinTemplate; 9] = [
         BuiltinTemplate::Postfix,
         BuiltinTemplate::PostfixDomains,
         BuiltinTemplate::Exim,
         BuiltinTemplate::Json,
         BuiltinTemplate::Plain,
+        BuiltinTemplate::Opensmtpd,
+        BuiltinTemplate::OpensmtpdDomains,
+        BuiltinTemplate::SendmailAccess,
+        BuiltinTemplate::SendmailDomains,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +151,10 @@ impl BuiltinTemplate {
             BuiltinTemplate::Exim => "exim",
             BuiltinTemplate::Json => "json",
             BuiltinTemplate::Plain => "plain",
+            BuiltinTemplate::Opensmtpd => "opensmtpd",
+            BuiltinTemplate::OpensmtpdDomains => "opensmtpd-domains",
+            BuiltinTemplate::SendmailAccess => "sendmail-access",
+            BuiltinTemplate::SendmailDomains => "sendmail-domains",
         }
     }
 
@@ -193,6 +206,41 @@ impl BuiltinTemplate {
             BuiltinTemplate::Plain => {
                 for a in list.addresses().iter() {
                     line(out, &[a.as_str(), "\n"])?;
+                }
+            }
+            // OpenSMTPD reads a table file as a list only when it says so on
+            // its first line; otherwise "key value" pairs are expected.
+            BuiltinTemplate::Opensmtpd => {
+                line(out, &[OPENSMTPD_LIST, HEADER])?;
+                for c in list.catchalls() {
+                    line(out, &["@", c.domain(), "\n"])?;
+                }
+                for a in list.addresses().iter() {
+                    line(out, &[a.as_str(), "\n"])?;
+                }
+            }
+            BuiltinTemplate::OpensmtpdDomains => {
+                line(out, &[OPENSMTPD_LIST, HEADER])?;
+                for d in list.domains() {
+                    line(out, &[d, "\n"])?;
+                }
+            }
+            // Sendmail's access map: each address may be relayed to, and every
+            // other address at a domain without a catch-all is refused.
+            BuiltinTemplate::SendmailAccess => {
+                out.write_all(HEADER.as_bytes())?;
+                for a in list.addresses().iter() {
+                    line(out, &["To:", a.as_str(), " RELAY\n"])?;
+                }
+                let catchall: std::collections::HashSet<&str> = list.catchalls().iter().map(|c| c.domain()).collect();
+                for d in list.domains().iter().filter(|d| !catchall.contains(d.as_str())) {
+                    line(out, &["To:", d, " ERROR:5.1.1:550 User unknown\n"])?;
+                }
+            }
+            BuiltinTemplate::SendmailDomains => {
+                out.write_all(HEADER.as_bytes())?;
+                for d in list.domains() {
+                    line(out, &[d, "\n"])?;
                 }
             }
             BuiltinTemplate::Json => {
@@ -521,7 +569,7 @@ mod tests {
             let (ok, _) = crate::policy::normalise(items);
             let list = Arc::new(Policy::default().apply(vec![("fuzz".into(), ok)]).0);
             let addresses: Vec<String> = list.sorted().map(str::to_string).collect();
-            for name in ["postfix", "postfix-domains", "exim", "json", "plain"] {
+            for name in BuiltinTemplate::names() {
                 let t = catalog.get(name).ok_or("missing template")?;
                 let out = String::from_utf8(t.render(&list)?).map_err(|e| format!("{name}: not UTF-8: {e}"))?;
                 let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
@@ -557,6 +605,46 @@ mod tests {
                         let n = v["recipients"].as_array().map(Vec::len).unwrap_or(usize::MAX);
                         if n != list.len() - list.catchalls().len() {
                             return Err("json recipients differ from the list".into());
+                        }
+                    }
+                    "opensmtpd" | "opensmtpd-domains" | "sendmail-domains" => {
+                        // Only the header may be a comment: smtpd and sendmail read
+                        // every other line as an entry.
+                        let header = if name == "sendmail-domains" { 1 } else { 2 };
+                        if name != "sendmail-domains" && !out.starts_with("# @list\n") {
+                            return Err(format!("{name}: the first line is not '# @list'"));
+                        }
+                        let entries: Vec<&str> = out.lines().skip(header).collect();
+                        if entries.iter().any(|l| l.is_empty() || l.contains(char::is_whitespace)) {
+                            return Err(format!("{name}: an entry line is empty or holds whitespace"));
+                        }
+                        let n = if name == "opensmtpd" { list.len() } else { list.domains().len() };
+                        if entries.len() != n {
+                            return Err(format!("{name}: {} lines for {n} entries", entries.len()));
+                        }
+                    }
+                    "sendmail-access" => {
+                        let mut keys = std::collections::HashSet::new();
+                        let (mut relay, mut refused) = (0, 0);
+                        for l in out.lines().skip(1) {
+                            let (key, value) =
+                                l.split_once(' ').ok_or(format!("sendmail-access: {l:?} has no value"))?;
+                            if !key.starts_with("To:") || key.contains(char::is_whitespace) || !keys.insert(key) {
+                                return Err(format!("sendmail-access: bad or repeated key {key:?}"));
+                            }
+                            match value {
+                                "RELAY" => relay += 1,
+                                "ERROR:5.1.1:550 User unknown" => refused += 1,
+                                _ => return Err(format!("sendmail-access: unexpected value {value:?}")),
+                            }
+                        }
+                        let catchall_domains: std::collections::HashSet<&str> =
+                            list.catchalls().iter().map(|c| c.domain()).collect();
+                        if relay != list.addresses().len()
+                            || refused
+                                != list.domains().iter().filter(|d| !catchall_domains.contains(d.as_str())).count()
+                        {
+                            return Err("sendmail-access: entries differ from the list".into());
                         }
                     }
                     _ => {
@@ -612,7 +700,7 @@ mod tests {
     fn key_value_is_declared_by_the_template() {
         let cat = Templates::embedded();
         let kv: Vec<&str> = cat.names().into_iter().filter(|n| cat.get(n).unwrap().is_key_value()).collect();
-        assert_eq!(kv, ["postfix", "postfix-domains"]);
+        assert_eq!(kv, ["postfix", "postfix-domains", "sendmail-access"]);
         let user = |text: &str| TemplateRef::user("t.j2".into(), text.into());
         assert!(!user("{% for r in recipients %}{{ r }} OK\n{% endfor %}").is_key_value(), "nothing assumed");
         assert!(user("{#- rcptsync: key-value -#}\n{% for r in recipients %}{{ r }} OK\n{% endfor %}").is_key_value());

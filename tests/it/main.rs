@@ -13,10 +13,12 @@ mod guard;
 mod hardening;
 mod ldap;
 mod monitoring;
+mod opensmtpd;
 mod ops;
 mod outputs;
 mod postfix;
 mod secrets;
+mod sendmail;
 mod smtp;
 mod sql;
 #[path = "../support/mod.rs"]
