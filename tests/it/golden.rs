@@ -26,7 +26,17 @@ kind = "file"
 path = "recipients.txt"
 "#,
     );
-    let names = ["postfix", "postfix-domains", "exim", "json", "plain"];
+    let names = [
+        "postfix",
+        "postfix-domains",
+        "exim",
+        "json",
+        "plain",
+        "opensmtpd",
+        "opensmtpd-domains",
+        "sendmail-access",
+        "sendmail-domains",
+    ];
     for n in names {
         cfg.push_str(&format!("[[output]]\nname = \"{n}\"\ntemplate = \"{n}\"\npath = \"out/{n}\"\n"));
     }

@@ -166,12 +166,24 @@ fn sendmail_accepts_listed_rejects_unlisted_honours_catchall_and_picks_up_change
     assert_eq!(r[2], "550 5.1.1 <anyone@other.test>... User unknown", "catch-all removed");
     assert!(r[3].starts_with("250"), "{r:?}");
 
+    // The shipped units run rcptsync as its own user, so the map is that
+    // user's: Sendmail uses it only when that user is its TrustedUser (here
+    // nobody); otherwise it ignores the map and accepts every address.
+    // (chowned before any lookup, so the map sendmail opens next is nobody's.)
+    t.write("recipients.txt", "bob@example.test\ncarol@example.test\ndave@example.test\nzed@other.test\n");
+    t.run_with_path(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let status = Command::new("chown").arg("nobody").arg(t.join("out/access.db")).status().unwrap();
+    assert!(status.success());
+    let r = sm.rcpt(&["dave@example.test", "alice@example.test"]);
+    assert!(r[0].starts_with("250"), "{r:?}");
+    assert_eq!(r[1], "550 5.1.1 <alice@example.test>... User unknown", "a TrustedUser's map is used");
+
     // makemap failing (here: not Sendmail's) fails the run and keeps the map.
     t.script("makemap", "echo 'makemap: cannot open sendmail.cf' >&2; exit 66");
-    t.write("recipients.txt", "bob@example.test\n");
+    t.write("recipients.txt", "bob@example.test\ncarol@example.test\nzed@other.test\n");
     let run = t.run_with_path(&["sync", "-c", "rcptsync.toml"]);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("makemap failed") && run.stderr.contains("cannot open sendmail.cf"), "{}", run.stderr);
-    let r = sm.rcpt(&["carol@example.test"]);
+    let r = sm.rcpt(&["dave@example.test"]);
     assert!(r[0].starts_with("250"), "the previous map stays: {r:?}");
 }
