@@ -102,7 +102,10 @@ sed "s#/usr/sbin/smtpctl#${RCPTSYNC_TEST_OPENSMTPD_ROOT:-}/usr/sbin/smtpctl#" \
   /lib/systemd/system/rcptsync-opensmtpd.service >"$verify_dir/rcptsync-opensmtpd.service"
 cp /lib/systemd/system/rcptsync-opensmtpd.path "$verify_dir/"
 (cd / && systemd-analyze verify $(ls /lib/systemd/system/rcptsync*.{service,socket,timer,path} \
-  | grep -v rcptsync-opensmtpd) "$verify_dir"/*) 2>&1 | tee /tmp/package-test.verify >&2
+  | grep -v rcptsync-opensmtpd)) 2>&1 | tee /tmp/package-test.verify >&2
+# (The path unit's Unit= is looked up by name: the copy must come first.)
+(cd / && SYSTEMD_UNIT_PATH="$verify_dir:" systemd-analyze verify "$verify_dir"/*) 2>&1 \
+  | tee -a /tmp/package-test.verify >&2
 rm -rf "$verify_dir"
 # A clean verify prints nothing about our units (unrelated host units may warn).
 if grep -q 'rcptsync' /tmp/package-test.verify; then fail "systemd-analyze verify complains"; fi
