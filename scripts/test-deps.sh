@@ -24,7 +24,7 @@ NSS="$OUT/nss"
 
 APT_PKGS=(postfix postfix-lmdb postfix-cdb libnss-wrapper swaks tinycdb postgresql mariadb-server slapd ldap-utils
   samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools attr
-  systemd libkrb5-dev libclang-dev m4 liblockfile1 libevent-2.1-7 libwrap0 libnsl2 libdb5.3)
+  systemd libkrb5-dev libclang-dev m4 liblockfile1 libevent-2.1-7 libwrap0 libnsl2 libdb5.3 minisign)
 EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
 # OpenSMTPD and Sendmail conflict with Postfix as packages: extracted like Exim.
 OPENSMTPD_PKGS=(opensmtpd)

@@ -2,7 +2,7 @@
 //! per command that returns the process exit code.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -178,6 +178,21 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g. `rcptsync man > /usr/local/share/man/man1/rcptsync.1`.
     Man,
+    /// Make a key pair for signing bundles: PREFIX.key (secret, mode 0600) and
+    /// PREFIX.pub, in minisign's formats. Never overwrites a key.
+    ///
+    /// Examples:
+    ///   rcptsync keygen --out /etc/rcptsync/hub          # on the hub
+    ///   minisign -Vm bundle -p /etc/rcptsync/hub.pub     # anyone can check a bundle
+    #[command(verbatim_doc_comment)]
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Bundles (signed lists a hub publishes for its edges).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Explain whether ADDRESS is accepted, which source produced it, or which rule
     /// dropped it. Exits 0 when accepted, 1 when not.
     #[command(after_help = AFTER_HELP)]
@@ -186,6 +201,24 @@ pub enum Command {
         address: String,
         #[command(flatten)]
         config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Check FILE against FILE.minisig and a public key, and print its header.
+    /// Exits 0 when valid, 1 when not.
+    ///
+    /// Examples:
+    ///   rcptsync bundle verify /var/www/rcptsync/bundle --public-key /etc/rcptsync/hub.pub
+    ///   rcptsync bundle verify bundle --public-key RWQ...   (the key itself)
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// The bundle; its signature is FILE.minisig.
+        file: PathBuf,
+        /// A .pub file, or the key itself.
+        #[arg(long, value_name = "PUB")]
+        public_key: String,
     },
 }
 
@@ -232,6 +265,58 @@ fn load(arg: &ConfigArg) -> Result<Config, u8> {
         eprintln!("{e}");
         exit::CONFIG
     })
+}
+
+fn keygen(prefix: &Path) -> u8 {
+    let written = crate::bundle::SigningKey::generate().and_then(|k| k.write_new(prefix).map(|paths| (k.id(), paths)));
+    match written {
+        Ok((id, (secret, public))) => {
+            print(&format!(
+                "key {id}\n  secret: {} (mode 0600: give it to the hub's rcptsync user only)\n  public: {} (give it to the edges)\n",
+                secret.display(),
+                public.display()
+            ));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("rcptsync keygen: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn bundle_verify(file: &Path, public_key: &str) -> u8 {
+    let key = match crate::bundle::PublicKey::from_arg(public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("rcptsync bundle verify: {e}");
+            return exit::USAGE;
+        }
+    };
+    let mut sig_path = file.as_os_str().to_owned();
+    sig_path.push(crate::bundle::SIG_SUFFIX);
+    let read = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display())).and_then(|bytes| {
+        std::fs::read_to_string(&sig_path)
+            .map(|sig| (bytes, sig))
+            .map_err(|e| format!("{}: {e}", Path::new(&sig_path).display()))
+    });
+    let (bytes, sig) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rcptsync bundle verify: {e}");
+            return exit::FAILURE;
+        }
+    };
+    match crate::bundle::verify(&bytes, &sig, &key) {
+        Ok(v) => {
+            print(&format!("valid: {}: {}\n", file.display(), v.header.summary()));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("rcptsync bundle verify: {}: refused: {e}", file.display());
+            exit::FAILURE
+        }
+    }
 }
 
 fn print(text: &str) {
@@ -286,6 +371,8 @@ async fn run_command(cmd: Command) -> u8 {
                 exit::USAGE
             }
         },
+        Command::Keygen { out } => keygen(&out),
+        Command::Bundle(BundleCommand::Verify { file, public_key }) => bundle_verify(&file, &public_key),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             let mut out = Vec::new();
@@ -329,7 +416,7 @@ async fn check(arg: &ConfigArg, offline: bool) -> u8 {
     }
     for o in &cfg.outputs {
         let map = o.map.map(|m| format!(", {}", m.describe())).unwrap_or_default();
-        out.push_str(&format!("  output {} -> {} (template {}{map})\n", o.name, o.path.display(), o.template.name));
+        out.push_str(&format!("  output {} -> {} (template {}{map})\n", o.name, o.path.display(), o.template_name()));
     }
     if offline {
         print(&out);

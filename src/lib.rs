@@ -1,6 +1,7 @@
 //! rcptsync: keeps a backup MX's list of valid recipients in sync with the
 //! organisation's directories. See README.md for the why and the how.
 
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod connector;

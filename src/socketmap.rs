@@ -189,11 +189,12 @@ pub async fn run(config_path: &Path, output: &str, listen: Option<&str>) -> u8 {
         eprintln!("rcptsync socketmap: no output named {output:?}; outputs: {}", names.join(", "));
         return exit::USAGE;
     };
-    let hashed = o.template.name.ends_with("-sha256");
-    if o.template.name.starts_with("json") || o.template.name == "postfix-domains" {
+    let name = o.template_name();
+    let hashed = name.ends_with("-sha256");
+    let not_a_key_list = ["postfix-domains", "opensmtpd-domains", "sendmail-access", "sendmail-domains", "bundle"];
+    if name.starts_with("json") || not_a_key_list.contains(&name) {
         eprintln!(
-            "rcptsync socketmap: output {output:?} uses template {}; serve a line-per-key list (postfix, exim, plain or exim-sha256)",
-            o.template.name
+            "rcptsync socketmap: output {output:?} uses template {name}; serve a line-per-key list (postfix, exim, plain or exim-sha256)"
         );
         return exit::USAGE;
     }

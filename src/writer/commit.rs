@@ -10,8 +10,9 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::MapBuild;
@@ -39,12 +40,36 @@ fn io_at<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Co
     move |err| CommitError::Io { path: path.to_path_buf(), what, err }
 }
 
-/// The files of one output: the text file and, with `postmap` or `makemap`,
-/// its database.
+/// What is built beside an output from its complete temp file, and renamed into
+/// place with it: a `postmap`/`makemap` database, or a bundle's signature.
+#[derive(Debug, Clone)]
+pub enum Companion {
+    Map(MapBuild),
+    /// `PATH.minisig`; the signer is set when the bundle is rendered.
+    Signature(Option<Arc<Signer>>),
+}
+
+impl Companion {
+    fn suffix(&self) -> &'static str {
+        match self {
+            Companion::Map(m) => m.suffix(),
+            Companion::Signature(_) => crate::bundle::SIG_SUFFIX,
+        }
+    }
+}
+
+/// The key and trusted comment a bundle is signed with.
+#[derive(Debug)]
+pub struct Signer {
+    pub key: crate::bundle::SigningKey,
+    pub comment: String,
+}
+
+/// The files of one output: the text file and its companion, if any.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub path: PathBuf,
-    pub map: Option<MapBuild>,
+    pub companion: Option<Companion>,
     pub mode: Option<u32>,
     pub hook_timeout: Duration,
 }
@@ -60,7 +85,7 @@ impl Target {
 
     /// Path of the postmap database.
     pub fn map_path(&self) -> Option<PathBuf> {
-        self.map.map(|m| with_suffix(&self.path, m.suffix()))
+        self.companion.as_ref().map(|c| with_suffix(&self.path, c.suffix()))
     }
 
     /// Whether the postmap database (if any) is at least as new as the text file
@@ -155,7 +180,31 @@ impl TempFile {
         if let Err(err) = sealed {
             return Err(CommitError::Io { path: staged.tmp_text.clone(), what: "cannot write temp file", err });
         }
-        if let Some(map) = staged.target.map {
+        if let Some(Companion::Signature(signer)) = &staged.target.companion {
+            let sig_path = with_suffix(&staged.tmp_text, crate::bundle::SIG_SUFFIX);
+            let signer = signer.clone().ok_or_else(|| CommitError::NotStaged(staged.target.path.clone()))?;
+            let signed = File::open(&staged.tmp_text)
+                .map_err(io_at(&staged.tmp_text, "cannot read temp file"))
+                .and_then(|f| {
+                    signer.key.sign(io::BufReader::new(f), &signer.comment).map_err(|e| CommitError::Io {
+                        path: staged.target.path.clone(),
+                        what: "cannot sign",
+                        err: io::Error::other(e.to_string()),
+                    })
+                })?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&sig_path)
+                .map_err(io_at(&sig_path, "cannot write temp file"))?;
+            staged.tmp_map = Some(sig_path.clone());
+            io::Write::write_all(&mut f, signed.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(io_at(&sig_path, "cannot write temp file"))?;
+        }
+        if let Some(Companion::Map(map)) = staged.target.companion {
             let (argv, stdin) = map.argv(&staged.tmp_text);
             let stdin = stdin.then_some(staged.tmp_text.as_path());
             hook::run_with_stdin(&argv, stdin, staged.target.hook_timeout).map_err(|err| CommitError::Postmap {
@@ -323,7 +372,7 @@ mod tests {
     use super::*;
 
     fn target(dir: &Path) -> Target {
-        Target { path: dir.join("out"), map: None, mode: None, hook_timeout: Duration::from_secs(5) }
+        Target { path: dir.join("out"), companion: None, mode: None, hook_timeout: Duration::from_secs(5) }
     }
 
     #[test]

@@ -99,13 +99,38 @@ struct RawOutput {
     hash_salt: Option<Literal>,
     hash_salt_file: Option<PathBuf>,
     hash_salt_env: Option<String>,
+    signing_key_file: Option<PathBuf>,
+    publisher: Option<String>,
+    refresh: Option<String>,
+}
+
+/// A `template = "bundle"` output: the signed bundle a hub publishes for its
+/// edges (README, Fleets).
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    /// The minisign secret key (`rcptsync keygen`), read at each run.
+    pub signing_key_file: PathBuf,
+    /// The name in the bundle's header (default: this host's name).
+    pub publisher: String,
+    /// An unchanged list is re-signed once the bundle is this old.
+    pub refresh: Duration,
+}
+
+/// Default `refresh`: well inside an edge's default `max_age` (24h).
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(6 * 3600);
+
+/// How an output's bytes are made.
+#[derive(Debug, Clone)]
+pub enum Render {
+    Template(TemplateRef),
+    Bundle(BundleSpec),
 }
 
 /// A validated output.
 #[derive(Debug, Clone)]
 pub struct OutputConfig {
     pub name: String,
-    pub template: TemplateRef,
+    pub render: Render,
     pub path: PathBuf,
     /// `postmap = TYPE` or `makemap = TYPE`: the database built beside the text.
     pub map: Option<MapBuild>,
@@ -122,12 +147,32 @@ pub struct OutputConfig {
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl OutputConfig {
+    /// The template's name (`bundle` for a bundle), for messages.
+    pub fn template_name(&self) -> &str {
+        match &self.render {
+            Render::Template(t) => &t.name,
+            Render::Bundle(_) => "bundle",
+        }
+    }
+
     /// Validates one `[[output]]` table; `templates` resolves `template = NAME`.
     pub fn from_toml(c: &mut Checker, at: &str, value: toml::Value, templates: &Templates) -> Option<OutputConfig> {
         let raw = c.section::<RawOutput>(at, value)?;
         let before = c.count();
         if !valid_name(&raw.name) {
             c.push(format!("{at}.name"), format!("{:?} may only contain letters, digits, '.', '_' and '-'", raw.name));
+        }
+        if raw.template.as_deref() == Some("bundle") && raw.template_file.is_none() {
+            return bundle_output(c, at, raw, before);
+        }
+        for (key, set) in [
+            ("signing_key_file", raw.signing_key_file.is_some()),
+            ("publisher", raw.publisher.is_some()),
+            ("refresh", raw.refresh.is_some()),
+        ] {
+            if set {
+                c.push(format!("{at}.{key}"), "is only for template = \"bundle\"".into());
+            }
         }
         let template = match (&raw.template, &raw.template_file) {
             (Some(_), Some(_)) => {
@@ -234,7 +279,7 @@ impl OutputConfig {
         let hash_salt = c.secret(at, "hash_salt", raw.hash_salt, raw.hash_salt_file, raw.hash_salt_env);
         Some(OutputConfig {
             name: raw.name,
-            template: template?,
+            render: Render::Template(template?),
             path,
             map,
             check: raw.check,
@@ -243,5 +288,84 @@ impl OutputConfig {
             hook_timeout,
             hash_salt,
         })
+    }
+}
+
+/// `template = "bundle"`: a signing key is required; no postmap, makemap or
+/// mode games (the bundle and its signature are plain files edges download).
+fn bundle_output(c: &mut Checker, at: &str, raw: RawOutput, before: usize) -> Option<OutputConfig> {
+    for (key, set) in
+        [("postmap", raw.postmap.is_some()), ("makemap", raw.makemap.is_some()), ("check", raw.check.is_some())]
+    {
+        if set {
+            c.push(format!("{at}.{key}"), "is not for a bundle (edges read it with a bundle source)".into());
+        }
+    }
+    let signing_key_file = match &raw.signing_key_file {
+        Some(p) => c.abs(p.clone()),
+        None => {
+            c.push(
+                format!("{at}.signing_key_file"),
+                "is required for template = \"bundle\"; make a key with rcptsync keygen --out PREFIX".into(),
+            );
+            PathBuf::new()
+        }
+    };
+    let refresh = match &raw.refresh {
+        None => DEFAULT_REFRESH,
+        Some(s) => match parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                c.push(format!("{at}.refresh"), "must be longer than 0s".into());
+                DEFAULT_REFRESH
+            }
+            Err(e) => {
+                c.push(format!("{at}.refresh"), e);
+                DEFAULT_REFRESH
+            }
+        },
+    };
+    let publisher = raw.publisher.clone().unwrap_or_else(host_name);
+    if publisher.is_empty() || publisher.contains(char::is_whitespace) {
+        c.push(format!("{at}.publisher"), format!("{publisher:?} must be a name without spaces"));
+    }
+    let mode = raw.mode.as_ref().and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok());
+    if raw.mode.is_some() && mode.is_none_or(|v| v > 0o777) {
+        c.push(format!("{at}.mode"), format!("{:?} is not an octal file mode like \"0644\"", raw.mode));
+    }
+    let hook_timeout = raw.hook_timeout.as_deref().map(parse_duration).transpose().unwrap_or_else(|e| {
+        c.push(format!("{at}.hook_timeout"), e);
+        None
+    });
+    let path = c.abs(raw.path.clone());
+    if path.file_name().is_none() {
+        c.push(format!("{at}.path"), "must name a file".into());
+    }
+    if c.count() > before {
+        return None;
+    }
+    let hash_salt = c.secret(at, "hash_salt", raw.hash_salt, raw.hash_salt_file, raw.hash_salt_env);
+    Some(OutputConfig {
+        name: raw.name,
+        render: Render::Bundle(BundleSpec { signing_key_file, publisher, refresh }),
+        path,
+        map: None,
+        check: None,
+        reload: raw.reload,
+        mode,
+        hook_timeout: hook_timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT),
+        hash_salt,
+    })
+}
+
+/// This host's name (the default publisher of a bundle).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "rcptsync".to_string(),
     }
 }

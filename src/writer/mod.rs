@@ -14,7 +14,7 @@ pub mod sink;
 pub mod template;
 
 use std::collections::HashSet;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,7 +55,11 @@ pub fn target(o: &OutputConfig) -> Target {
     // keeps working. A link that may not be followed (see `preflight`) is
     // replaced itself, never followed.
     let path = crate::secure_fs::resolve_link(&o.path).unwrap_or_else(|_| o.path.clone());
-    Target { path, map: o.map, mode: o.mode, hook_timeout: o.hook_timeout }
+    let companion = match &o.render {
+        config::Render::Bundle(_) => Some(commit::Companion::Signature(None)),
+        config::Render::Template(_) => o.map.map(commit::Companion::Map),
+    };
+    Target { path, companion, mode: o.mode, hook_timeout: o.hook_timeout }
 }
 
 /// Before a run reads anything: every output's symbolic links may be followed
@@ -115,9 +119,26 @@ pub fn render_all(
             // from the first difference on, writes the temp file: a changed output's
             // I/O overlaps the rendering of the others, and nothing becomes visible
             // before commit_all.
-            let sink = OutputSink::new(target(o), stage, want_diff).map_err(|e| format!("output {}: {e}", o.name))?;
+            let mut tg = target(o);
+            let rendered_bundle = match &o.render {
+                config::Render::Template(_) => None,
+                config::Render::Bundle(spec) => {
+                    let r = render_bundle(o, spec, list, &salt).map_err(|e| format!("output {}: {e}", o.name))?;
+                    tg.companion = Some(commit::Companion::Signature(Some(r.1)));
+                    Some(r.0)
+                }
+            };
+            let sink = OutputSink::new(tg, stage, want_diff).map_err(|e| format!("output {}: {e}", o.name))?;
             let mut w = BufWriter::with_capacity(1 << 20, sink);
-            o.template.render_salted_to(list, salt.expose(), &mut w).map_err(|e| format!("output {}: {e}", o.name))?;
+            match (&o.render, rendered_bundle) {
+                (config::Render::Template(t), _) => {
+                    t.render_salted_to(list, salt.expose(), &mut w).map_err(|e| format!("output {}: {e}", o.name))?
+                }
+                (config::Render::Bundle(_), Some(bytes)) => {
+                    w.write_all(&bytes).map_err(|e| format!("output {}: cannot write: {e}", o.name))?
+                }
+                (config::Render::Bundle(_), None) => return Err(format!("output {}: bundle not rendered", o.name)),
+            }
             let sink = w.into_inner().map_err(|e| format!("output {}: {}", o.name, e.error()))?;
             let sink::Finished { len, hash, changed, staged, kept } = sink.finish();
             let diff = match kept {
@@ -127,6 +148,33 @@ pub fn render_all(
             Ok(Rendered { len, hash, changed, diff, staged })
         })
         .collect()
+}
+
+/// A hub's bundle: rendered against the one on disk (so an unchanged list keeps
+/// its bytes) and the signer its signature will be made with.
+fn render_bundle(
+    o: &OutputConfig,
+    spec: &config::BundleSpec,
+    list: &RecipientList,
+    salt: &crate::secret::Secret,
+) -> Result<(Vec<u8>, Arc<commit::Signer>), String> {
+    let key = crate::bundle::SigningKey::load(&spec.signing_key_file).map_err(|e| e.to_string())?;
+    let previous = std::fs::read(&o.path).ok();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let publish = crate::bundle::Publish {
+        publisher: &spec.publisher,
+        sources: list.source_names().to_vec(),
+        key_id: key.id(),
+        salt: o.hash_salt.is_some().then(|| salt.expose()),
+        refresh_secs: i64::try_from(spec.refresh.as_secs()).unwrap_or(i64::MAX),
+        now_unix: now,
+    };
+    let r = crate::bundle::render(list, &publish, previous.as_deref());
+    let comment = r.trusted_comment();
+    Ok((r.bytes, Arc::new(commit::Signer { key, comment })))
 }
 
 fn line_diff(path: &std::path::Path, new: &[u8]) -> (Vec<String>, Vec<String>) {

@@ -222,7 +222,7 @@ mod tests {
     use std::time::Duration;
 
     fn target(dir: &Path) -> Target {
-        Target { path: dir.join("out"), map: None, mode: None, hook_timeout: Duration::from_secs(5) }
+        Target { path: dir.join("out"), companion: None, mode: None, hook_timeout: Duration::from_secs(5) }
     }
 
     /// Feeds `bytes` in pieces of `chunk` bytes, as a BufWriter would.
@@ -317,10 +317,10 @@ mod tests {
     fn a_stale_map_makes_equal_text_changed() {
         let d = tempfile::tempdir().unwrap();
         let t = Target {
-            map: Some(crate::writer::config::MapBuild {
+            companion: Some(crate::writer::commit::Companion::Map(crate::writer::config::MapBuild {
                 tool: crate::writer::config::MapTool::Postmap,
                 kind: crate::writer::config::MapType::Lmdb,
-            }),
+            })),
             ..target(d.path())
         };
         fs::write(&t.path, "x OK\n").unwrap();

@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod exim;
 mod faults;
+mod fleet;
 mod golden;
 mod guard;
 mod hardening;

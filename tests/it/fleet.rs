@@ -1,0 +1,151 @@
+//! Fleets, the hub's half: `rcptsync keygen`, the signed `bundle` output and
+//! `rcptsync bundle verify`, checked against the real `minisign -V`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::util::{TestDir, config_with};
+
+/// A hub: a key pair, a file source and a bundle output (clear or hashed).
+fn hub(salt: Option<&str>) -> TestDir {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    let r = t.run(&["keygen", "--out", "hub"]);
+    r.expect(0);
+    assert!(r.stdout.contains("hub.key") && r.stdout.contains("hub.pub"), "{}", r.stdout);
+    let salt = salt.map(|s| format!("hash_salt = \"{s}\"\n")).unwrap_or_default();
+    t.write("recipients.txt", "alice@example.test\nBob@Example.TEST\n@other.test\n");
+    t.config(&config_with(
+        &format!(
+            "[[output]]\nname = \"bundle\"\ntemplate = \"bundle\"\npath = \"out/bundle\"\nsigning_key_file = \"hub.key\"\n\
+             publisher = \"hub1\"\n{salt}"
+        ),
+        "",
+    ));
+    t
+}
+
+fn minisign_verify(t: &TestDir) -> std::process::Output {
+    Command::new("minisign")
+        .args(["-V", "-q", "-m"])
+        .arg(t.join("out/bundle"))
+        .arg("-p")
+        .arg(t.join("hub.pub"))
+        .output()
+        .expect("minisign (scripts/test-deps.sh installs it)")
+}
+
+#[test]
+fn keygen_writes_minisign_keys_and_never_overwrites_one() {
+    let t = TestDir::new();
+    t.run(&["keygen", "--out", "k"]).expect(0);
+    let key = std::fs::metadata(t.join("k.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let public = t.read("k.pub");
+    assert!(public.starts_with("untrusted comment: minisign public key"), "{public}");
+    assert!(t.read("k.key").starts_with("untrusted comment: "), "minisign's secret key format");
+    let before = t.read("k.key");
+    let r = t.run(&["keygen", "--out", "k"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("never overwrites"), "{}", r.stderr);
+    assert_eq!(t.read("k.key"), before);
+}
+
+#[test]
+fn the_hub_writes_a_bundle_that_minisign_and_rcptsync_verify() {
+    let t = hub(None);
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let bundle = t.read("out/bundle");
+    let (header, entries) = bundle.split_once('\n').unwrap();
+    let header: serde_json::Value = serde_json::from_str(header).unwrap();
+    assert_eq!(header["format"], "rcptsync-bundle");
+    assert_eq!(header["publisher"], "hub1");
+    assert_eq!(header["addresses"], 2);
+    assert_eq!(header["catchalls"], 1);
+    assert_eq!(entries, "@other.test\nalice@example.test\nbob@example.test\n");
+    assert!(t.read("out/bundle.minisig").contains("trusted comment: rcptsync-bundle serial:"));
+
+    if crate::util::real_mta_required() {
+        let out = minisign_verify(&t);
+        assert!(out.status.success(), "minisign -V: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r = t.run(&["bundle", "verify", "out/bundle", "--public-key", "hub.pub"]);
+    r.expect(0);
+    assert!(
+        r.stdout.contains("valid") && r.stdout.contains("from hub1") && r.stdout.contains("2 addresses"),
+        "{}",
+        r.stdout
+    );
+    // The key itself works as well as the file.
+    let key_line = t.read("hub.pub").lines().nth(1).unwrap().to_string();
+    t.run(&["bundle", "verify", "out/bundle", "--public-key", &key_line]).expect(0);
+
+    // Unchanged list: nothing rewritten (an edge's conditional GET stays a 304).
+    let mtime = |p: &str| std::fs::metadata(t.join(p)).unwrap().modified().unwrap();
+    let (b, s) = (mtime("out/bundle"), mtime("out/bundle.minisig"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!((mtime("out/bundle"), mtime("out/bundle.minisig")), (b, s));
+
+    // A change: a new serial, larger than the last.
+    let serial = |t: &TestDir| -> u64 {
+        let text = t.read("out/bundle");
+        let h: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        h["serial"].as_u64().unwrap()
+    };
+    let first = serial(&t);
+    t.write("recipients.txt", "alice@example.test\nbob@example.test\ncarol@example.test\n@other.test\n");
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert!(serial(&t) > first);
+    t.run(&["bundle", "verify", "out/bundle", "--public-key", "hub.pub"]).expect(0);
+
+    // Tampered: both minisign and rcptsync refuse it.
+    let good = t.read("out/bundle");
+    t.write("out/bundle", &good.replace("carol@example.test", "mallory@example.test"));
+    let r = t.run(&["bundle", "verify", "out/bundle", "--public-key", "hub.pub"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("refused") && r.stderr.contains("signature"), "{}", r.stderr);
+    if crate::util::real_mta_required() {
+        assert!(!minisign_verify(&t).status.success(), "minisign accepted a tampered bundle");
+    }
+    // Another key: refused, naming both keys.
+    t.run(&["keygen", "--out", "other"]).expect(0);
+    t.write("out/bundle", &good);
+    let r = t.run(&["bundle", "verify", "out/bundle", "--public-key", "other.pub"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not the configured key"), "{}", r.stderr);
+}
+
+#[test]
+fn a_hashed_bundle_carries_digests_and_the_guard_stops_a_bad_list() {
+    let t = hub(Some("pepper"));
+    t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let bundle = t.read("out/bundle");
+    assert!(!bundle.contains("alice"), "a hashed bundle holds no address in clear text");
+    assert!(bundle.lines().next().unwrap().contains("\"hash\":\"sha256\""));
+    t.run(&["bundle", "verify", "out/bundle", "--public-key", "hub.pub"]).expect(0);
+
+    // The guard refuses an empty list: bundle and signature stay as they were.
+    let sig = t.read("out/bundle.minisig");
+    t.write("recipients.txt", "");
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(t.read("out/bundle"), bundle);
+    assert_eq!(t.read("out/bundle.minisig"), sig);
+}
+
+#[test]
+fn a_bundle_output_needs_a_private_signing_key() {
+    let t = hub(None);
+    std::fs::set_permissions(t.join("hub.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = t.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("hub.key") && all.contains("chmod 600"), "{all}");
+    assert!(!t.join("out/bundle").exists());
+    let t = TestDir::new();
+    t.config(&config_with("[[output]]\nname = \"b\"\ntemplate = \"bundle\"\npath = \"out/b\"\n", ""));
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("signing_key_file") && r.stderr.contains("rcptsync keygen"), "{}", r.stderr);
+}
