@@ -3,6 +3,7 @@
 //! say what the source contains and where each value was found, and they fail
 //! loudly rather than return a partial result.
 
+pub mod bundle;
 pub mod file;
 pub mod google;
 pub mod graph;
@@ -22,6 +23,7 @@ use crate::policy::{Located, RawItem, Rejected, normalise};
 use crate::section::Checker;
 use crate::state::StateDir;
 
+pub use bundle::BundleSourceSpec;
 pub use file::FileSourceSpec;
 pub use google::GoogleSourceSpec;
 pub use graph::{Cloud, GraphSourceSpec};
@@ -38,10 +40,11 @@ pub enum SourceSpec {
     Ldap(Box<LdapSourceSpec>),
     Graph(Box<GraphSourceSpec>),
     Google(Box<GoogleSourceSpec>),
+    Bundle(Box<BundleSourceSpec>),
 }
 
 /// Every `kind`, as the config spells it (for messages).
-pub const KINDS: &str = "file, ldap, graph, google or sql";
+pub const KINDS: &str = "file, ldap, graph, google, sql or bundle";
 
 impl SourceSpec {
     pub fn kind(&self) -> &'static str {
@@ -51,6 +54,7 @@ impl SourceSpec {
             SourceSpec::Ldap(_) => "ldap",
             SourceSpec::Graph(_) => "graph",
             SourceSpec::Google(_) => "google",
+            SourceSpec::Bundle(_) => "bundle",
         }
     }
 
@@ -62,6 +66,7 @@ impl SourceSpec {
             SourceSpec::Ldap(l) => l.validate(c, at),
             SourceSpec::Graph(g) => g.validate(c, at),
             SourceSpec::Google(g) => g.validate(c, at),
+            SourceSpec::Bundle(b) => b.validate(c, at),
         }
     }
 
@@ -72,7 +77,7 @@ impl SourceSpec {
             SourceSpec::Sql(q) => matches!(q.password, Some(Literal(_))),
             SourceSpec::Ldap(l) => matches!(l.bind_password, Some(Literal(_))),
             SourceSpec::Graph(g) => matches!(g.client_secret, Some(Literal(_))),
-            SourceSpec::File(_) | SourceSpec::Google(_) => false,
+            SourceSpec::File(_) | SourceSpec::Google(_) | SourceSpec::Bundle(_) => false,
         }
     }
 }
@@ -219,6 +224,7 @@ pub enum Source {
     Ldap(Box<ldap::LdapSource>),
     Graph(Box<graph::GraphSource>),
     Google(Box<google::GoogleSource>),
+    Bundle(Box<bundle::BundleSource>),
 }
 
 impl Source {
@@ -237,6 +243,9 @@ impl Source {
                 Source::Graph(Box::new(graph::GraphSource::new((**spec).clone(), cache("graph"))))
             }
             SourceSpec::Google(spec) => Source::Google(Box::new(google::GoogleSource::new((**spec).clone()))),
+            SourceSpec::Bundle(spec) => {
+                Source::Bundle(Box::new(bundle::BundleSource::new((**spec).clone(), cache("bundle"))))
+            }
         }
     }
 
@@ -247,6 +256,7 @@ impl Source {
             Source::Ldap(s) => s.fetch().await,
             Source::Graph(s) => s.fetch().await,
             Source::Google(s) => s.fetch().await,
+            Source::Bundle(s) => s.fetch().await,
         }
     }
 
@@ -257,6 +267,7 @@ impl Source {
             Source::Ldap(s) => s.check().await,
             Source::Graph(s) => s.check().await,
             Source::Google(s) => s.check().await,
+            Source::Bundle(s) => s.check().await,
         }
     }
 }

@@ -149,3 +149,114 @@ fn a_bundle_output_needs_a_private_signing_key() {
     assert_eq!(r.code, 78);
     assert!(r.stderr.contains("signing_key_file") && r.stderr.contains("rcptsync keygen"), "{}", r.stderr);
 }
+
+/// An edge reading the hub's bundle from `hub/out/bundle` (copied there by
+/// config management, as far as the edge knows), publishing a Postfix map.
+fn edge(hub: &TestDir, key: &str, extra: &str) -> TestDir {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\npath = \"{}\"\npublic_key_file = \"{}\"\n{extra}\n\
+         [[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n",
+        hub.join("out/bundle").display(),
+        hub.join(key).display()
+    ));
+    t
+}
+
+/// The hub with a Postfix output too, to compare with the edge's.
+fn hub_with_postfix() -> TestDir {
+    let t = hub(None);
+    let cfg = t.read("rcptsync.toml");
+    t.config(&format!(
+        "{cfg}\n[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n[guard]\nmax_removed_percent = 100\n"
+    ));
+    t
+}
+
+#[test]
+fn an_edge_publishes_the_hubs_list_and_refuses_rollbacks_and_other_keys() {
+    let h = hub_with_postfix();
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let e = edge(&h, "hub.pub", "");
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(e.read("out/relay_recipients"), h.read("out/relay_recipients"));
+    let r = e.run(&["check", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stdout.contains("from hub1"), "{}", r.stdout);
+
+    // Keep a copy of this bundle, publish a newer one: the edge follows.
+    let (old, old_sig) = (h.read("out/bundle"), h.read("out/bundle.minisig"));
+    h.write("recipients.txt", "alice@example.test\nbob@example.test\ncarol@example.test\n@other.test\n");
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let published = e.read("out/relay_recipients");
+    assert_eq!(published, h.read("out/relay_recipients"));
+    assert!(published.contains("carol@example.test"));
+
+    // The old copy comes back (a stale mirror, an attacker): refused, output kept.
+    h.write("out/bundle", &old);
+    h.write("out/bundle.minisig", &old_sig);
+    // (A failed source: its last good copy is published, as for any source.)
+    let r = e.run(&["sync", "-c", "rcptsync.toml"]);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("last_good") || r.stdout.contains("last good"), "{all}");
+    assert!(all.contains("lower than the last accepted") && all.contains("rollback"), "{all}");
+    assert_eq!(e.read("out/relay_recipients"), published);
+
+    // Signed by another key: refused, nothing published.
+    let other = TestDir::new();
+    other.run(&["keygen", "--out", "other"]).expect(0);
+    let e2 = TestDir::new();
+    std::fs::create_dir_all(e2.join("out")).unwrap();
+    e2.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\npath = \"{}\"\npublic_key_file = \"{}\"\n\
+         [[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n",
+        h.join("out/bundle").display(),
+        other.join("other.pub").display()
+    ));
+    let r = e2.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("not the configured key"), "{}", r.stderr);
+    assert!(!e2.join("out/relay_recipients").exists(), "nothing published from a foreign bundle");
+
+    // Tampered: refused, output kept.
+    h.write("out/bundle", &old.replace("alice@example.test", "mallory@example.test"));
+    let r = e.run(&["sync", "-c", "rcptsync.toml"]);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("bad signature"), "{}", r.stdout);
+    assert_eq!(e.read("out/relay_recipients"), published);
+}
+
+#[test]
+fn an_edge_refuses_an_expired_bundle() {
+    let h = hub_with_postfix();
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let e = edge(&h, "hub.pub", "max_age = \"1s\"");
+    // Generated at a whole second: two seconds later it is older than 1s.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = e.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("more than max_age") && all.contains("is the hub publishing"), "{all}");
+    assert!(!e.join("out/relay_recipients").exists());
+}
+
+#[test]
+fn a_bundle_source_needs_the_hubs_public_key() {
+    let t = TestDir::new();
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\npath = \"in/bundle\"\nmax_age = \"0s\"\n\
+         [[output]]\nname = \"p\"\ntemplate = \"plain\"\npath = \"out/p\"\n",
+    );
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("source[0].public_key: is required"), "{}", r.stderr);
+    assert!(r.stderr.contains("source[0].max_age: must be longer than 0s"), "{}", r.stderr);
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\npath = \"in/bundle\"\npublic_key = \"RWnope\"\n\
+         [[output]]\nname = \"p\"\ntemplate = \"plain\"\npath = \"out/p\"\n",
+    );
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("source[0].public_key: not a minisign public key"), "{}", r.stderr);
+}
