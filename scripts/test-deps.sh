@@ -9,7 +9,8 @@
 # - downloads Exim's .debs and extracts them under target/test-deps/exim-root
 #   WITHOUT installing them (exim4 conflicts with postfix);
 # - extracts OpenSMTPD and Sendmail the same way (target/test-deps/opensmtpd-root,
-#   sendmail-root): they conflict with postfix too;
+#   sendmail-root): they conflict with postfix too; and nginx (nginx-root), whose
+#   package would start a server on port 80;
 # - writes nss_wrapper passwd/group files that add the compiled-in
 #   "Debian-exim" user and OpenSMTPD's "opensmtpd"/"opensmtpq";
 # - prints `export` lines on stdout. Everything else goes to stderr.
@@ -29,6 +30,9 @@ EXIM_PKGS=(exim4-daemon-light exim4-base exim4-config libidn12)
 # OpenSMTPD and Sendmail conflict with Postfix as packages: extracted like Exim.
 OPENSMTPD_PKGS=(opensmtpd)
 SENDMAIL_PKGS=(sendmail-bin sendmail-cf sendmail-base)
+# nginx serves a hub's bundles to edges in the fleet tests. Extracted: the
+# package would start a server on port 80.
+NGINX_PKGS=(nginx)
 
 log() { echo "test-deps: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -144,6 +148,9 @@ OPENSMTPD_ROOT="$OUT/opensmtpd-root"
 SENDMAIL_ROOT="$OUT/sendmail-root"
 extract "$OPENSMTPD_ROOT" "${OPENSMTPD_PKGS[@]}"
 extract "$SENDMAIL_ROOT" "${SENDMAIL_PKGS[@]}"
+NGINX_ROOT="$OUT/nginx-root"
+extract "$NGINX_ROOT" "${NGINX_PKGS[@]}"
+"$NGINX_ROOT/usr/sbin/nginx" -v 2>/dev/null || die "extracted nginx does not run"
 { "$OPENSMTPD_ROOT/usr/sbin/smtpd" -h 2>&1 || true; } | grep -q "OpenSMTPD" || die "extracted smtpd does not run"
 [ -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ] || die "no sendmail binary under $SENDMAIL_ROOT"
 
@@ -229,3 +236,4 @@ emit RCPTSYNC_TEST_PG_BIN "$PG_BIN"
 emit RCPTSYNC_TEST_PROMTOOL "$PROMTOOL"
 emit RCPTSYNC_TEST_OPENSMTPD_ROOT "$OPENSMTPD_ROOT"
 emit RCPTSYNC_TEST_SENDMAIL_ROOT "$SENDMAIL_ROOT"
+emit RCPTSYNC_TEST_NGINX "$NGINX_ROOT/usr/sbin/nginx"

@@ -546,6 +546,29 @@ impl Cache {
     pub fn save<T: serde::Serialize>(&self, value: &T, what: &str) {
         save_json(&self.path, value, what)
     }
+
+    /// A file kept beside the cache (`NAME.KIND.json.WHAT`), e.g. the copy of
+    /// the last bundle an edge accepted.
+    fn beside(&self, what: &str) -> PathBuf {
+        let mut s = self.path.as_os_str().to_owned();
+        s.push(".");
+        s.push(what);
+        PathBuf::from(s)
+    }
+
+    /// The bytes kept beside the cache; None when missing or unreadable.
+    pub fn load_bytes(&self, what: &str) -> Option<Vec<u8>> {
+        fs::read(self.beside(what)).ok()
+    }
+
+    /// Keeps `bytes` beside the cache (private, durable, by rename).
+    pub fn save_bytes(&self, what: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.beside(what);
+        if let Some(dir) = path.parent() {
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        crate::secure_fs::write_atomic(&path, bytes, 0o600, true)
+    }
 }
 
 /// Writes JSON state by rename, private to the service's user; a failure only

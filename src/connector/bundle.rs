@@ -1,6 +1,12 @@
 //! `kind = "bundle"`: an edge reads the signed bundle its hub published (README,
-//! Fleets). This version reads a bundle copied onto the edge (`path`, e.g. by
-//! Ansible or Salt) with its signature at `PATH.minisig`.
+//! Fleets): from an HTTPS server or object store (`url`, with `URL.minisig`),
+//! or a copy put on the edge by config management (`path`, with
+//! `PATH.minisig`).
+//!
+//! Over HTTPS it asks conditionally (`If-None-Match`, `If-Modified-Since`) and
+//! keeps a copy of the last bundle it accepted in `state_dir`: an unchanged hub
+//! costs one request that answers 304, and the copy is checked again (its age
+//! still counts).
 //!
 //! The signature is checked before anything else is parsed; then the bundle is
 //! refused when it is older than `max_age`, when its serial is lower than the
@@ -28,8 +34,12 @@ const CLOCK_SKEW: i64 = 300;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSourceSpec {
-    /// The bundle, copied here (its signature beside it as PATH.minisig).
-    pub path: PathBuf,
+    /// The bundle, copied here (its signature beside it as PATH.minisig), or
+    pub path: Option<PathBuf>,
+    /// the bundle's https:// URL (its signature at URL.minisig).
+    pub url: Option<String>,
+    /// With `url`: trust only this CA (a private CA), not the system's store.
+    pub ca_file: Option<PathBuf>,
     /// The hub's public key itself (`RW…`), or
     pub public_key: Option<String>,
     /// the hub's `.pub` file.
@@ -43,7 +53,19 @@ pub struct BundleSourceSpec {
 
 impl BundleSourceSpec {
     pub fn validate(&mut self, c: &mut Checker, at: &str) {
-        self.path = c.abs(std::mem::take(&mut self.path));
+        match (&self.path, &self.url) {
+            (Some(p), None) => {
+                self.path = Some(c.abs(p.clone()));
+                if self.ca_file.is_some() {
+                    c.push(format!("{at}.ca_file"), "is only for url".into());
+                }
+            }
+            (None, Some(u)) => {
+                crate::connector::http::check_url(c, at, "url", u, false);
+                self.ca_file = self.ca_file.clone().map(|f| c.abs(f));
+            }
+            _ => c.push(format!("{at}.url"), "set url (https://…) or path (a copied bundle), one of them".into()),
+        }
         match (&self.public_key, &self.public_key_file) {
             (Some(_), Some(_)) => {
                 c.push(format!("{at}.public_key"), "set public_key or public_key_file, not both".into())
@@ -76,12 +98,31 @@ impl BundleSourceSpec {
     }
 }
 
-/// What this edge last accepted (its state directory), against rollbacks.
+/// What this edge last accepted (its state directory), against rollbacks,
+/// and the validators of the copy it keeps (for conditional GETs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Accepted {
     serial: u64,
     entries_sha256: String,
     publisher: String,
+    #[serde(default)]
+    etag: Option<String>,
+    #[serde(default)]
+    last_modified: Option<String>,
+}
+
+/// The largest bundle downloaded (a million addresses are about 25 MB).
+const MAX_BUNDLE: usize = 1 << 30;
+
+/// A bundle and its signature as obtained, before any check.
+struct Obtained {
+    bytes: Vec<u8>,
+    sig: String,
+    /// Where it came from, for messages.
+    from: String,
+    /// Downloaded now, with the validators to keep; None for the kept copy
+    /// (after a 304) or a local file.
+    download: Option<(Option<String>, Option<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +137,14 @@ impl BundleSource {
         BundleSource { spec, cache }
     }
 
+    fn where_(&self) -> String {
+        match (&self.spec.path, &self.spec.url) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => "?".into(),
+        }
+    }
+
     fn key(&self) -> Result<PublicKey, SourceError> {
         match (&self.spec.public_key, &self.spec.public_key_file) {
             (Some(k), _) => PublicKey::parse(k),
@@ -105,9 +154,8 @@ impl BundleSource {
         .map_err(|e| SourceError::new(e.to_string()))
     }
 
-    /// Reads and checks the bundle; returns its header and entry lines.
-    fn read(&self) -> Result<(bundle::Header, Vec<String>), SourceError> {
-        let path = &self.spec.path;
+    /// A local bundle and its signature.
+    fn read_files(&self, path: &std::path::Path) -> Result<Obtained, SourceError> {
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(bundle::SIG_SUFFIX);
         let sig_path = PathBuf::from(sig_path);
@@ -115,14 +163,95 @@ impl BundleSource {
             std::fs::read(path).map_err(|e| SourceError::new(format!("cannot read {}: {e}", path.display())))?;
         let sig = std::fs::read_to_string(&sig_path)
             .map_err(|e| SourceError::new(format!("cannot read the signature {}: {e}", sig_path.display())))?;
+        Ok(Obtained { bytes, sig, from: path.display().to_string(), download: None })
+    }
+
+    /// The bundle over HTTPS: a conditional GET when a copy is kept (a 304
+    /// gives back the copy), else a GET of the bundle and of its signature.
+    async fn download(&self, url: &str, conditional: bool) -> Result<Obtained, SourceError> {
+        let settings = crate::connector::http::HttpSettings::new(&self.spec.ca_file, None, None, Some(3));
+        let http = crate::connector::http::Http::new(&settings)?.with_max_body(MAX_BUNDLE);
+        let kept = match (conditional, &self.cache) {
+            (true, Some(c)) => match (c.load::<Accepted>(), c.load_bytes("bundle"), c.load_bytes("minisig")) {
+                (Some(a), Some(b), Some(s)) => Some((a, b, s)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut headers = Vec::new();
+        if let Some((a, _, _)) = &kept {
+            if let Some(e) = &a.etag {
+                headers.push((reqwest::header::IF_NONE_MATCH, e.clone()));
+            }
+            if let Some(m) = &a.last_modified {
+                headers.push((reqwest::header::IF_MODIFIED_SINCE, m.clone()));
+            }
+        }
+        let resp = http.get_plain(url, &headers).await.map_err(SourceError::new)?;
+        if resp.status == reqwest::StatusCode::NOT_MODIFIED
+            && let Some((_, bytes, sig)) = kept
+        {
+            tracing::debug!(url, "bundle not modified (304); checking the kept copy");
+            let sig = String::from_utf8(sig).map_err(|_| SourceError::new("the kept signature is not text"))?;
+            return Ok(Obtained { bytes, sig, from: format!("{url} (not modified)"), download: None });
+        }
+        if !resp.ok() {
+            return Err(SourceError::new(format!("{}: HTTP {}: {}", resp.what, resp.status.as_u16(), resp.excerpt())));
+        }
+        let sig_url = format!("{url}{}", bundle::SIG_SUFFIX);
+        let sig_resp = http.get_plain(&sig_url, &[]).await.map_err(SourceError::new)?;
+        if !sig_resp.ok() {
+            return Err(SourceError::new(format!(
+                "{}: HTTP {}: the bundle's signature is missing",
+                sig_resp.what,
+                sig_resp.status.as_u16()
+            )));
+        }
+        let sig = String::from_utf8(sig_resp.body.to_vec())
+            .map_err(|_| SourceError::new(format!("{}: the signature is not text", sig_resp.what)))?;
+        Ok(Obtained {
+            bytes: resp.body.to_vec(),
+            sig,
+            from: url.to_string(),
+            download: Some((resp.etag.clone(), resp.last_modified.clone())),
+        })
+    }
+
+    /// Obtains the bundle: a local file, or a download. A fresh download whose
+    /// signature does not match is fetched once more (the hub may have been
+    /// replacing the pair between the two requests).
+    async fn obtain(&self) -> Result<(Obtained, bundle::Header, Vec<String>), SourceError> {
+        if let Some(p) = &self.spec.path {
+            let o = self.read_files(p)?;
+            let (h, e) = self.check_bundle(&o)?;
+            return Ok((o, h, e));
+        }
+        let url = self.spec.url.clone().unwrap_or_default();
+        let o = self.download(&url, true).await?;
+        match self.check_bundle(&o) {
+            Ok((h, e)) => Ok((o, h, e)),
+            Err(first) if o.download.is_some() && first.message.contains("signature") => {
+                tracing::warn!(url = %url, error = %first.message, "bundle and signature disagree; fetching both once more");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let o = self.download(&url, false).await?;
+                let (h, e) = self.check_bundle(&o)?;
+                Ok((o, h, e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks an obtained bundle; returns its header and entry lines.
+    fn check_bundle(&self, o: &Obtained) -> Result<(bundle::Header, Vec<String>), SourceError> {
+        let (bytes, sig, path) = (&o.bytes, &o.sig, &o.from);
         let key = self.key()?;
-        let v = bundle::verify(&bytes, &sig, &key)
-            .map_err(|e| SourceError::new(format!("bundle {} refused: {e}", path.display())))?;
+        let v =
+            bundle::verify(bytes, sig, &key).map_err(|e| SourceError::new(format!("bundle {path} refused: {e}")))?;
         let h = v.header;
         if h.hash.is_some() {
             return Err(SourceError::new(format!(
                 "bundle {} holds hashed entries, which a bundle source cannot read yet; publish a clear one for this edge",
-                path.display()
+                path
             )));
         }
         let now = now_unix();
@@ -131,7 +260,7 @@ impl BundleSource {
         if age > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX) {
             return Err(SourceError::new(format!(
                 "bundle {} (serial {} from {}) was generated {} ago ({}), more than max_age {}: is the hub publishing?",
-                path.display(),
+                path,
                 h.serial,
                 h.publisher,
                 humantime::format_duration(Duration::from_secs(u64::try_from(age).unwrap_or(0))),
@@ -142,24 +271,20 @@ impl BundleSource {
         if age < -CLOCK_SKEW {
             return Err(SourceError::new(format!(
                 "bundle {} claims to be generated at {}, in the future: check the hub's and this host's clocks",
-                path.display(),
-                h.generated
+                path, h.generated
             )));
         }
         if let Some(last) = self.cache.as_ref().and_then(|c| c.load::<Accepted>()) {
             if h.serial < last.serial {
                 return Err(SourceError::new(format!(
                     "bundle {} has serial {}, lower than the last accepted {} (a rollback: an old copy came back)",
-                    path.display(),
-                    h.serial,
-                    last.serial
+                    path, h.serial, last.serial
                 )));
             }
             if h.serial == last.serial && h.entries_sha256 != last.entries_sha256 {
                 return Err(SourceError::new(format!(
                     "bundle {} reuses serial {} for other entries than the ones accepted under it",
-                    path.display(),
-                    h.serial
+                    path, h.serial
                 )));
             }
         }
@@ -177,18 +302,36 @@ fn now_unix() -> i64 {
 
 impl Connector for BundleSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
-        let (h, entries) = self.read()?;
+        let (o, h, entries) = self.obtain().await?;
         if let Some(c) = &self.cache {
-            c.save(
-                &Accepted {
-                    serial: h.serial,
-                    entries_sha256: h.entries_sha256.clone(),
-                    publisher: h.publisher.clone(),
-                },
-                "bundle",
-            );
+            let last = c.load::<Accepted>();
+            let (etag, last_modified) = match &o.download {
+                Some(v) => v.clone(),
+                None => last.as_ref().map(|a| (a.etag.clone(), a.last_modified.clone())).unwrap_or_default(),
+            };
+            let accepted = Accepted {
+                serial: h.serial,
+                entries_sha256: h.entries_sha256.clone(),
+                publisher: h.publisher.clone(),
+                etag,
+                last_modified,
+            };
+            if o.download.is_some() {
+                // The copy first: validators must never describe a copy we lack.
+                let kept = c.save_bytes("bundle", &o.bytes).and_then(|()| c.save_bytes("minisig", o.sig.as_bytes()));
+                if let Err(e) = kept {
+                    tracing::warn!(source = %self.where_(), error = %e, "cannot keep a copy of the bundle; the next fetch is a full download");
+                }
+            }
+            let same = last.as_ref().is_some_and(|l| {
+                l.serial == accepted.serial && l.etag == accepted.etag && l.last_modified == accepted.last_modified
+            });
+            if !same {
+                c.save(&accepted, "bundle");
+            }
         }
-        tracing::info!(path = %self.spec.path.display(), serial = h.serial, publisher = %h.publisher, hub_sources = %h.sources.join(","), "bundle accepted");
+        tracing::info!(from = %o.from, serial = h.serial, publisher = %h.publisher, hub_sources = %h.sources.join(","), "bundle accepted");
+        let hub: std::sync::Arc<str> = format!("{} (hub sources: {})", h.publisher, h.sources.join(", ")).into();
         let items = entries
             .into_iter()
             .enumerate()
@@ -196,7 +339,11 @@ impl Connector for BundleSource {
                 kind: RawKind::of(&value),
                 value,
                 // Line numbers of the bundle file (line 1 is the header).
-                locator: Locator::Line(u32::try_from(i + 2).unwrap_or(u32::MAX)),
+                locator: Locator::Bundle {
+                    serial: h.serial,
+                    hub: hub.clone(),
+                    line: u32::try_from(i + 2).unwrap_or(u32::MAX),
+                },
             })
             .collect();
         Ok(Fetched::Ready(Batch {
@@ -209,7 +356,7 @@ impl Connector for BundleSource {
     }
 
     async fn check(&self) -> Result<String, SourceError> {
-        let (h, _) = self.read()?;
-        Ok(format!("bundle {}: {}", self.spec.path.display(), h.summary()))
+        let (o, h, _) = self.obtain().await?;
+        Ok(format!("bundle {}: {}", o.from, h.summary()))
     }
 }

@@ -90,6 +90,20 @@ pub struct Http {
     client: reqwest::Client,
     max_retries: u32,
     requests: AtomicU64,
+    /// Largest body read ([`MAX_BODY`] unless [`Http::with_max_body`]).
+    max_body: usize,
+}
+
+/// No credentials: for public files such as a hub's signed bundle.
+pub struct NoAuth;
+
+impl TokenSource for NoAuth {
+    fn token_request(&self) -> Result<TokenRequest, String> {
+        Err("this request carries no credentials".into())
+    }
+    fn explain(&self, status: u16, _error: &str, _description: &str) -> String {
+        format!("HTTP {status}")
+    }
 }
 
 /// A response the retry loop let through: success, or an error the caller
@@ -102,6 +116,9 @@ pub struct Response {
     pub what: String,
     /// The `Content-Type` header (a multipart answer names its boundary there).
     pub content_type: Option<String>,
+    /// The validators for a later conditional GET (`ETag`, `Last-Modified`).
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 impl Response {
@@ -220,7 +237,35 @@ impl Http {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SourceError::new(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Http { client, max_retries: settings.max_retries, requests: AtomicU64::new(0) })
+        Ok(Http { client, max_retries: settings.max_retries, requests: AtomicU64::new(0), max_body: MAX_BODY })
+    }
+
+    /// The same client reading bodies up to `limit` bytes (a bundle holds the
+    /// whole list, far more than an API page).
+    pub fn with_max_body(mut self, limit: usize) -> Http {
+        self.max_body = limit;
+        self
+    }
+
+    /// GET without credentials, with extra request headers (e.g. the
+    /// validators of a conditional GET); retried like every request. A 304 is
+    /// returned to the caller as it is.
+    pub async fn get_plain(
+        &self,
+        url: &str,
+        headers: &[(reqwest::header::HeaderName, String)],
+    ) -> Result<Response, String> {
+        self.send(
+            |c| {
+                let mut r = c.get(url);
+                for (k, v) in headers {
+                    r = r.header(k.clone(), v.as_str());
+                }
+                r
+            },
+            None::<&Auth<NoAuth>>,
+        )
+        .await
     }
 
     /// HTTP requests sent so far (retries included).
@@ -299,21 +344,21 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(resp.headers());
-                    let content_type = resp
-                        .headers()
-                        .get(reqwest::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    match read_body(resp).await {
-                        Ok(body) => Ok((status, retry_after, body, content_type)),
+                    let header = |name: reqwest::header::HeaderName| {
+                        resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+                    };
+                    let content_type = header(reqwest::header::CONTENT_TYPE);
+                    let validators = (header(reqwest::header::ETAG), header(reqwest::header::LAST_MODIFIED));
+                    match read_body(resp, self.max_body).await {
+                        Ok(body) => Ok((status, retry_after, body, (content_type, validators))),
                         Err(e) => Err(e),
                     }
                 }
                 Err(e) => Err(describe_transport(&e)),
             };
             let (why, wait) = match outcome {
-                Ok((status, retry_after, body, content_type)) => {
-                    let resp = Response { status, body, what: what.clone(), content_type };
+                Ok((status, retry_after, body, (content_type, (etag, last_modified)))) => {
+                    let resp = Response { status, body, what: what.clone(), content_type, etag, last_modified };
                     if status == StatusCode::UNAUTHORIZED && auth.is_some() && !renewed {
                         // Expired or revoked mid-run: one new token, then the same request.
                         tracing::info!(url = %what, "access token refused (401); renewing it once");
@@ -351,15 +396,15 @@ impl Http {
     }
 }
 
-/// Reads a body up to [`MAX_BODY`]. The chunks are kept as they arrive and
+/// Reads a body up to `limit` bytes. The chunks are kept as they arrive and
 /// joined once at the end: growing one buffer by doubling would leave a trail
 /// of freed blocks the allocator keeps, several times the body's size.
-async fn read_body(mut resp: reqwest::Response) -> Result<Bytes, String> {
-    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(format!(
             "response body of {} bytes exceeds the {} MiB limit",
             resp.content_length().unwrap_or(0),
-            MAX_BODY >> 20
+            limit >> 20
         ));
     }
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -368,8 +413,8 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Bytes, String> {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 total += chunk.len();
-                if total > MAX_BODY {
-                    return Err(format!("response body exceeds the {} MiB limit", MAX_BODY >> 20));
+                if total > limit {
+                    return Err(format!("response body exceeds the {} MiB limit", limit >> 20));
                 }
                 chunks.push(chunk);
             }
@@ -573,6 +618,8 @@ mod tests {
             body: Bytes::from(body.to_string()),
             what: "test".into(),
             content_type: None,
+            etag: None,
+            last_modified: None,
         }
     }
 
@@ -654,6 +701,8 @@ mod tests {
             body: Bytes::from(body.to_string()),
             what: "x".into(),
             content_type: None,
+            etag: None,
+            last_modified: None,
         }
     }
 

@@ -184,6 +184,15 @@ fn an_edge_publishes_the_hubs_list_and_refuses_rollbacks_and_other_keys() {
     let r = e.run(&["check", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert!(r.stdout.contains("from hub1"), "{}", r.stdout);
+    // why names the bundle, its serial and the hub with its sources.
+    let r = e.run(&["why", "bob@example.test", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(
+        r.stdout.contains("source hub (bundle), bundle serial ")
+            && r.stdout.contains("from hub1 (hub sources: list), line 4"),
+        "{}",
+        r.stdout
+    );
 
     // Keep a copy of this bundle, publish a newer one: the edge follows.
     let (old, old_sig) = (h.read("out/bundle"), h.read("out/bundle.minisig"));
@@ -259,4 +268,204 @@ fn a_bundle_source_needs_the_hubs_public_key() {
     let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
     assert_eq!(r.code, 78);
     assert!(r.stderr.contains("source[0].public_key: not a minisign public key"), "{}", r.stderr);
+    t.config(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\nurl = \"http://hub.example/bundle\"\n\
+         public_key_file = \"hub.pub\"\n[[source]]\nname = \"both\"\nkind = \"bundle\"\nurl = \"https://hub.example/b\"\n\
+         path = \"b\"\npublic_key_file = \"hub.pub\"\n[[output]]\nname = \"p\"\ntemplate = \"plain\"\npath = \"out/p\"\n",
+    );
+    let r = t.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 78);
+    assert!(r.stderr.contains("source[0].url") && r.stderr.contains("plain http://"), "{}", r.stderr);
+    assert!(r.stderr.contains("source[1].url: set url (https://…) or path"), "{}", r.stderr);
+}
+
+/// A private nginx (Debian's, extracted) serving `root` over TLS on
+/// 127.0.0.1, with a certificate from a test CA; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path, root: &std::path::Path) -> Nginx {
+        let bin = std::env::var("RCPTSYNC_TEST_NGINX").expect("RCPTSYNC_TEST_NGINX (scripts/test-deps.sh)");
+        let ca = crate::support::db::test_ca(&dir.join("tls"), "root");
+        for d in ["tmp", "logs"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let port = crate::postfix::free_port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{\n  log_format edge '$remote_addr \"$request\" $status $http_user_agent';\n  access_log {d}/logs/access.log edge;\n\
+               client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
+               uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  default_type application/octet-stream;\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/tls/server.pem;\n    ssl_certificate_key {d}/tls/server.key;\n\
+                 root {root};\n  }}\n}}\n",
+            root = root.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("logs/error.log"))
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let mut n = Nginx { child, port, dir: dir.to_path_buf(), ca };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                panic!(
+                    "nginx exited ({status}): {}",
+                    std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default()
+                );
+            }
+            assert!(std::time::Instant::now() < deadline, "nginx did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        n
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("https://127.0.0.1:{}/{file}", self.port)
+    }
+
+    /// The access log's lines: `ADDR "REQUEST" STATUS USER-AGENT`.
+    fn access_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("logs/access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: signalling the nginx master this test started (fast shutdown).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An edge fetching `url` over HTTPS, trusting `ca`.
+fn https_edge(hub: &TestDir, url: &str, ca: &std::path::Path, extra: &str) -> TestDir {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.join("out")).unwrap();
+    t.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\nurl = \"{url}\"\nca_file = \"{}\"\n\
+         public_key_file = \"{}\"\n{extra}\n[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n",
+        ca.display(),
+        hub.join("hub.pub").display()
+    ));
+    t
+}
+
+#[test]
+fn twenty_edges_follow_a_hub_through_a_real_web_server() {
+    if !crate::postfix::enabled("twenty_edges_follow_a_hub_through_a_real_web_server") {
+        return;
+    }
+    let h = hub_with_postfix();
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let web = TestDir::new();
+    let nginx = Nginx::start(web.path(), &h.join("out"));
+    let edges: Vec<TestDir> = (0..20).map(|_| https_edge(&h, &nginx.url("bundle"), &nginx.ca, "")).collect();
+    for e in &edges {
+        e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+        assert_eq!(e.read("out/relay_recipients"), h.read("out/relay_recipients"));
+    }
+    let first_round = nginx.access_log().len();
+    assert_eq!(first_round, 40, "a bundle and its signature per edge: {:#?}", nginx.access_log());
+
+    // An unchanged hub costs each edge one request answered 304, and nothing is written.
+    let mtime = |e: &TestDir| std::fs::metadata(e.join("out/relay_recipients")).unwrap().modified().unwrap();
+    let before: Vec<_> = edges.iter().map(mtime).collect();
+    for e in &edges {
+        e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    }
+    let log = nginx.access_log();
+    let second: Vec<&String> = log[first_round..].iter().collect();
+    assert_eq!(second.len(), 20, "{second:#?}");
+    assert!(second.iter().all(|l| l.contains("\"GET /bundle HTTP/1.1\" 304 rcptsync/")), "{second:#?}");
+    assert_eq!(edges.iter().map(mtime).collect::<Vec<_>>(), before);
+
+    // The hub publishes a change: every edge follows.
+    let (old, old_sig) = (h.read("out/bundle"), h.read("out/bundle.minisig"));
+    h.write("recipients.txt", "alice@example.test\nbob@example.test\ncarol@example.test\n@other.test\n");
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    for e in &edges {
+        e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+        assert_eq!(e.read("out/relay_recipients"), h.read("out/relay_recipients"));
+    }
+    let published = h.read("out/relay_recipients");
+    let (new, new_sig) = (h.read("out/bundle"), h.read("out/bundle.minisig"));
+
+    // Refused, with the edge's map untouched: tampered, truncated, rolled back.
+    let e = &edges[0];
+    let refused = |why: &str, want: &str| {
+        let r = e.run(&["sync", "-c", "rcptsync.toml"]);
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains(want), "{why}: {all}");
+        assert_eq!(e.read("out/relay_recipients"), published, "{why}: the map changed");
+    };
+    h.write("out/bundle", &new.replace("carol@example.test", "mallory@example.test"));
+    refused("tampered", "bad signature");
+    h.write("out/bundle", &new[..new.len() - 10]);
+    refused("truncated", "bad signature");
+    h.write("out/bundle", &old);
+    h.write("out/bundle.minisig", &old_sig);
+    refused("rolled back", "lower than the last accepted");
+    h.write("out/bundle", &new);
+    h.write("out/bundle.minisig", &new_sig);
+
+    // Signed by another key (this edge trusts another hub): nothing published.
+    let other = TestDir::new();
+    other.run(&["keygen", "--out", "other"]).expect(0);
+    let stranger = https_edge(&h, &nginx.url("bundle"), &nginx.ca, "");
+    let cfg = stranger
+        .read("rcptsync.toml")
+        .replace(&h.join("hub.pub").display().to_string(), &other.join("other.pub").display().to_string());
+    stranger.config(&cfg);
+    let r = stranger.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("not the configured key"));
+    assert!(!stranger.join("out/relay_recipients").exists());
+
+    // Expired: the hub stopped re-signing; the edge refuses and keeps its map.
+    let late = https_edge(&h, &nginx.url("bundle"), &nginx.ca, "max_age = \"1s\"");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = late.run(&["sync", "-c", "rcptsync.toml"]);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("more than max_age"), "{}", r.stdout);
+    assert!(!late.join("out/relay_recipients").exists());
+
+    // TLS is verified: without the private CA the edge does not fetch.
+    let untrusting = TestDir::new();
+    untrusting.config(&format!(
+        "state_dir = \"state\"\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\nurl = \"{}\"\npublic_key_file = \"{}\"\n\
+         [[output]]\nname = \"p\"\ntemplate = \"plain\"\npath = \"p\"\n",
+        nginx.url("bundle"),
+        h.join("hub.pub").display()
+    ));
+    let r = untrusting.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(!untrusting.join("p").exists());
 }
