@@ -7,7 +7,7 @@
 //!   HTTPS from the real nginx when `RCPTSYNC_TEST_NGINX` is set (as
 //!   `scripts/test-deps.sh` prints it), else from the copied file (`path`).
 //!
-//! Target (issue #19): edge ≤ 1.3 × the file sync. Median of 3 runs each.
+//! Target (issue #19): edge ≤ 1.3 × the file sync. Median of 5 runs each.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use support::{generate, measure, median};
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn sync(dir: &Path) -> Duration {
     // Cold: no state, no outputs.

@@ -561,13 +561,14 @@ impl Cache {
         fs::read(self.beside(what)).ok()
     }
 
-    /// Keeps `bytes` beside the cache (private, durable, by rename).
+    /// Keeps `bytes` beside the cache (private, by rename; not fsynced: a copy
+    /// lost in a crash only costs a full download).
     pub fn save_bytes(&self, what: &str, bytes: &[u8]) -> io::Result<()> {
         let path = self.beside(what);
         if let Some(dir) = path.parent() {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
-        crate::secure_fs::write_atomic(&path, bytes, 0o600, true)
+        crate::secure_fs::write_atomic(&path, bytes, 0o600, false)
     }
 }
 

@@ -37,8 +37,12 @@ pub fn explain(
     let names = list.source_names();
     let describe = |o: &crate::policy::Origin| -> String {
         let name = names.get(o.source as usize).map(String::as_str).unwrap_or("?");
-        let kind = gathered.iter().find(|g| g.name == name).map(|g| g.kind).unwrap_or("config");
-        format!("source {name} ({kind}), {}", o.locator)
+        let g = gathered.iter().find(|g| g.name == name);
+        let kind = g.map(|g| g.kind).unwrap_or("config");
+        match g.and_then(|g| g.note.as_deref()) {
+            Some(note) => format!("source {name} ({kind}), {note}, {}", o.locator),
+            None => format!("source {name} ({kind}), {}", o.locator),
+        }
     };
 
     let accepted;

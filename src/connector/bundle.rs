@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, PublicKey};
 use crate::connector::{Batch, Connector, Fetched, SourceError};
-use crate::policy::{Locator, RawItem, RawKind};
+use crate::policy::{Located, Locator, RawItem, RawKind, Rejected, validate_item};
 use crate::section::{Checker, parse_duration};
 use crate::state::Cache;
+use rayon::prelude::*;
 
 /// `max_age` when not set: a hub re-signs an unchanged list every 6 hours.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -110,6 +111,9 @@ struct Accepted {
     #[serde(default)]
     last_modified: Option<String>,
 }
+
+/// Lines validated per parallel chunk.
+const CHUNK: usize = 64 * 1024;
 
 /// The largest bundle downloaded (a million addresses are about 25 MB).
 const MAX_BUNDLE: usize = 1 << 30;
@@ -220,29 +224,29 @@ impl BundleSource {
     /// Obtains the bundle: a local file, or a download. A fresh download whose
     /// signature does not match is fetched once more (the hub may have been
     /// replacing the pair between the two requests).
-    async fn obtain(&self) -> Result<(Obtained, bundle::Header, Vec<String>), SourceError> {
+    async fn obtain(&self) -> Result<(Obtained, bundle::Header), SourceError> {
         if let Some(p) = &self.spec.path {
             let o = self.read_files(p)?;
-            let (h, e) = self.check_bundle(&o)?;
-            return Ok((o, h, e));
+            let h = self.check_bundle(&o)?;
+            return Ok((o, h));
         }
         let url = self.spec.url.clone().unwrap_or_default();
         let o = self.download(&url, true).await?;
         match self.check_bundle(&o) {
-            Ok((h, e)) => Ok((o, h, e)),
+            Ok(h) => Ok((o, h)),
             Err(first) if o.download.is_some() && first.message.contains("signature") => {
                 tracing::warn!(url = %url, error = %first.message, "bundle and signature disagree; fetching both once more");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let o = self.download(&url, false).await?;
-                let (h, e) = self.check_bundle(&o)?;
-                Ok((o, h, e))
+                let h = self.check_bundle(&o)?;
+                Ok((o, h))
             }
             Err(e) => Err(e),
         }
     }
 
     /// Checks an obtained bundle; returns its header and entry lines.
-    fn check_bundle(&self, o: &Obtained) -> Result<(bundle::Header, Vec<String>), SourceError> {
+    fn check_bundle(&self, o: &Obtained) -> Result<bundle::Header, SourceError> {
         let (bytes, sig, path) = (&o.bytes, &o.sig, &o.from);
         let key = self.key()?;
         let v =
@@ -288,8 +292,7 @@ impl BundleSource {
                 )));
             }
         }
-        let entries = v.entries.iter().map(|e| e.to_string()).collect();
-        Ok((h, entries))
+        Ok(h)
     }
 }
 
@@ -302,7 +305,7 @@ fn now_unix() -> i64 {
 
 impl Connector for BundleSource {
     async fn fetch(&self) -> Result<Fetched, SourceError> {
-        let (o, h, entries) = self.obtain().await?;
+        let (o, h) = self.obtain().await?;
         if let Some(c) = &self.cache {
             let last = c.load::<Accepted>();
             let (etag, last_modified) = match &o.download {
@@ -331,32 +334,48 @@ impl Connector for BundleSource {
             }
         }
         tracing::info!(from = %o.from, serial = h.serial, publisher = %h.publisher, hub_sources = %h.sources.join(","), "bundle accepted");
-        let hub: std::sync::Arc<str> = format!("{} (hub sources: {})", h.publisher, h.sources.join(", ")).into();
-        let items = entries
-            .into_iter()
+        let note = format!("bundle serial {} from {} (hub sources: {})", h.serial, h.publisher, h.sources.join(", "));
+        // Checked by the hub, but validated again here like any source's
+        // values, in parallel chunks (a million lines).
+        let body = o.bytes.iter().position(|&b| b == b'\n').map_or(&o.bytes[..0], |n| &o.bytes[n + 1..]);
+        let text = std::str::from_utf8(body).map_err(|_| SourceError::new("bundle entries are not UTF-8"))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let chunks: Vec<(Vec<Located>, Vec<Rejected>)> = lines
+            .par_chunks(CHUNK)
             .enumerate()
-            .map(|(i, value)| RawItem {
-                kind: RawKind::of(&value),
-                value,
-                // Line numbers of the bundle file (line 1 is the header).
-                locator: Locator::Bundle {
-                    serial: h.serial,
-                    hub: hub.clone(),
-                    line: u32::try_from(i + 2).unwrap_or(u32::MAX),
-                },
+            .map(|(c, chunk)| {
+                let mut ok = Vec::with_capacity(chunk.len());
+                let mut bad = Vec::new();
+                for (k, value) in chunk.iter().enumerate() {
+                    // Line numbers of the bundle file (line 1 is the header).
+                    let line = u32::try_from(c * CHUNK + k + 2).unwrap_or(u32::MAX);
+                    let locator = Locator::Line(line);
+                    match validate_item(RawItem { kind: RawKind::of(value), value: value.to_string(), locator }) {
+                        Ok(e) => ok.push(e),
+                        Err(r) => bad.push(r),
+                    }
+                }
+                (ok, bad)
             })
             .collect();
+        let mut entries = Vec::with_capacity(lines.len());
+        let mut rejected = Vec::new();
+        for (ok, bad) in chunks {
+            entries.extend(ok);
+            rejected.extend(bad);
+        }
         Ok(Fetched::Ready(Batch {
-            items,
-            entries: Vec::new(),
-            rejected: Vec::new(),
+            items: Vec::new(),
+            entries,
+            rejected,
             left_out: Vec::new(),
             raw_fingerprint: Some(format!("bundle:{}", h.entries_sha256)),
+            note: Some(note),
         }))
     }
 
     async fn check(&self) -> Result<String, SourceError> {
-        let (o, h, _) = self.obtain().await?;
+        let (o, h) = self.obtain().await?;
         Ok(format!("bundle {}: {}", o.from, h.summary()))
     }
 }

@@ -142,6 +142,9 @@ pub struct Batch {
     /// A fingerprint of the source's raw data, when the connector has one
     /// without hashing the items (the file source: a hash of the file's bytes).
     pub raw_fingerprint: Option<String>,
+    /// What `why` adds to every value of this batch (a bundle: its serial and
+    /// hub), said once rather than carried by each value's locator.
+    pub note: Option<String>,
 }
 
 /// A batch after validation: every entry is canonical.
@@ -150,6 +153,7 @@ pub struct Valid {
     pub entries: Vec<Located>,
     pub rejected: Vec<Rejected>,
     pub left_out: Vec<Rejected>,
+    pub note: Option<String>,
 }
 
 impl Batch {
@@ -157,7 +161,7 @@ impl Batch {
     /// through [`crate::policy::validate_item`] (on all cores), and join the
     /// entries the connector validated with the same rule while reading.
     pub fn validate(self) -> Valid {
-        let Batch { items, entries: mut pre, mut rejected, left_out, .. } = self;
+        let Batch { items, entries: mut pre, mut rejected, left_out, note, .. } = self;
         let (mut entries, bad) = normalise(items);
         if entries.is_empty() {
             entries = pre;
@@ -165,7 +169,7 @@ impl Batch {
             entries.append(&mut pre);
         }
         rejected.extend(bad);
-        Valid { entries, rejected, left_out }
+        Valid { entries, rejected, left_out, note }
     }
 
     /// Fingerprint of what the source returned, before validation.

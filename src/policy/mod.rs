@@ -27,9 +27,6 @@ pub use table::{AddressTable, EntryRef};
 pub enum Locator {
     /// A line of a file (1-based).
     Line(u32),
-    /// A line of a hub's bundle (line 1 is its header), with the bundle's
-    /// serial and its hub (publisher and the hub's sources), shared by all lines.
-    Bundle { serial: u64, hub: std::sync::Arc<str>, line: u32 },
     /// A directory object and attribute, e.g. `CN=alice,… proxyAddresses`.
     Object(Box<str>),
     /// Restored from the source's last-known-good slice.
@@ -45,7 +42,6 @@ impl fmt::Display for Locator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Locator::Line(n) => write!(f, "line {n}"),
-            Locator::Bundle { serial, hub, line } => write!(f, "bundle serial {serial} from {hub}, line {line}"),
             Locator::Object(o) => f.write_str(o),
             Locator::LastGood => f.write_str("last-known-good copy"),
             Locator::Include(i) => write!(f, "policy.include[{i}]"),

@@ -40,8 +40,8 @@ fn fetched_ok(s: &SourceConfig, v: Valid, took: Duration) -> Gathered {
         tracing::warn!(source = %s.name, object = %r.locator, value = ?shorten(&r.value), "dropped invalid entry: it {}", r.reason);
     }
     tracing::info!(source = %s.name, kind, entries = v.entries.len(), refused = v.rejected.len(), took_ms = took.as_millis() as u64, "source fetched");
-    let Valid { entries, rejected, left_out } = v;
-    Gathered { name: s.name.clone(), kind, status: SourceStatus::Ok, entries, rejected, left_out, error: None }
+    let Valid { entries, rejected, left_out, note } = v;
+    Gathered { name: s.name.clone(), kind, status: SourceStatus::Ok, entries, rejected, left_out, error: None, note }
 }
 
 fn not_due(s: &SourceConfig, state: &StateDir) -> Gathered {
@@ -57,6 +57,7 @@ fn not_due(s: &SourceConfig, state: &StateDir) -> Gathered {
         rejected: Vec::new(),
         left_out: Vec::new(),
         error: None,
+        note: None,
     }
 }
 
@@ -83,6 +84,7 @@ fn failed(cfg: &Config, s: &SourceConfig, state: &StateDir, e: SourceError) -> G
         rejected: Vec::new(),
         left_out: Vec::new(),
         error: Some(error),
+        note: None,
     }
 }
 

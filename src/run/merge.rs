@@ -72,6 +72,7 @@ pub fn keep_in_grace(state: &StateDir, gathered: &mut Vec<Gathered>, grace: Dura
         rejected: Vec::new(),
         left_out: Vec::new(),
         error: None,
+        note: None,
     });
     tombstones
 }

@@ -50,6 +50,8 @@ pub struct Gathered {
     /// Values a profile rule left out on purpose (for `why`).
     pub left_out: Vec<Rejected>,
     pub error: Option<String>,
+    /// What `why` adds to this source's values (see `Batch::note`).
+    pub note: Option<String>,
 }
 
 /// Errors that stop a run before it can report per-source results.
