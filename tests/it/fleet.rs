@@ -396,6 +396,27 @@ fn twenty_edges_follow_a_hub_through_a_real_web_server() {
     let first_round = nginx.access_log().len();
     assert_eq!(first_round, 40, "a bundle and its signature per edge: {:#?}", nginx.access_log());
 
+    // One more edge feeds a real Postfix: its lmdb map answers for the hub's list.
+    let pf_edge = https_edge(&h, &nginx.url("bundle"), &nginx.ca, "");
+    std::fs::create_dir_all(pf_edge.join("maps")).unwrap();
+    let map = pf_edge.join("maps/relay_recipients");
+    let cfg = pf_edge
+        .read("rcptsync.toml")
+        .replace("path = \"out/relay_recipients\"\n", &format!("path = \"{}\"\npostmap = \"lmdb\"\n", map.display()));
+    pf_edge.config(&cfg);
+    let etc = crate::postfix::Postfix::configure(
+        &pf_edge.join("pf"),
+        "example.test, other.test",
+        &format!("lmdb:{}", map.display()),
+    );
+    crate::postfix::sync_for(&pf_edge, &etc, &[]).expect(0);
+    let pf = crate::postfix::Postfix::run(etc);
+    let r = crate::smtp::rcpt_replies(pf.port, &["alice@example.test", "nobody@example.test", "anyone@other.test"]);
+    assert!(r[0].starts_with("250"), "{r:?}\n{}", pf.log_tail());
+    assert!(r[1].starts_with("550 5.1.1"), "{r:?}");
+    assert!(r[2].starts_with("250"), "catch-all: {r:?}");
+    let first_round = nginx.access_log().len();
+
     // An unchanged hub costs each edge one request answered 304, and nothing is written.
     let mtime = |e: &TestDir| std::fs::metadata(e.join("out/relay_recipients")).unwrap().modified().unwrap();
     let before: Vec<_> = edges.iter().map(mtime).collect();
@@ -416,6 +437,11 @@ fn twenty_edges_follow_a_hub_through_a_real_web_server() {
         e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
         assert_eq!(e.read("out/relay_recipients"), h.read("out/relay_recipients"));
     }
+    crate::postfix::sync_for(&pf_edge, &pf.etc, &[]).expect(0);
+    let r = crate::smtp::rcpt_replies(pf.port, &["carol@example.test", "mallory@example.test"]);
+    assert!(r[0].starts_with("250"), "the real Postfix follows the hub: {r:?}");
+    assert!(r[1].starts_with("550 5.1.1"), "{r:?}");
+    drop(pf);
     let published = h.read("out/relay_recipients");
     let (new, new_sig) = (h.read("out/bundle"), h.read("out/bundle.minisig"));
 
