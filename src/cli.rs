@@ -166,6 +166,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         profile: Option<String>,
         /// Which MTA reads the list (none: a plain list under /var/lib/rcptsync/out).
+        /// OpenSMTPD and Sendmail need the MTA-side lines in the comments too.
         #[arg(long, value_enum, default_value = "none")]
         mta: crate::init::InitMta,
     },

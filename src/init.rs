@@ -21,6 +21,8 @@ pub enum InitSource {
 pub enum InitMta {
     Postfix,
     Exim,
+    Opensmtpd,
+    Sendmail,
     None,
 }
 
@@ -166,6 +168,33 @@ fn output_section(mta: InitMta) -> &'static str {
              template = \"exim\"\n\
              path = \"/etc/exim4/rcptsync/relay_recipients\"\n\
              mode = \"0640\"   # chgrp the file to Debian-exim once; rcptsync keeps owner and mode\n"
+        }
+        InitMta::Opensmtpd => {
+            "\n# OpenSMTPD on the backup MX (smtpd.conf, 6.4 and later):\n\
+             #   table rcpts file:/etc/mail/rcptsync/recipients\n\
+             #   table relaydomains file:/etc/mail/rcptsync/relay-domains\n\
+             #   match from any for domain <relaydomains> rcpt-to <rcpts> action \"relay\"\n\
+             # and systemctl enable --now rcptsync-opensmtpd.path (smtpctl update table is root's).\n\
+             [[output]]\n\
+             name = \"opensmtpd-recipients\"\n\
+             template = \"opensmtpd\"\n\
+             path = \"/etc/mail/rcptsync/recipients\"\n\n\
+             [[output]]\n\
+             name = \"opensmtpd-domains\"\n\
+             template = \"opensmtpd-domains\"\n\
+             path = \"/etc/mail/rcptsync/relay-domains\"\n"
+        }
+        InitMta::Sendmail => {
+            "\n# Sendmail on the backup MX (sendmail.mc; README, Sendmail):\n\
+             #   define(`confTRUSTED_USER', `rcptsync')dnl   (else Sendmail ignores the map)\n\
+             #   FEATURE(`access_db', `hash -T<TMPF> -o /etc/mail/rcptsync/access')dnl\n\
+             #   FEATURE(`blocklist_recipients')dnl\n\
+             #   FEATURE(`relay_hosts_only')dnl\n\
+             [[output]]\n\
+             name = \"sendmail-access\"\n\
+             template = \"sendmail-access\"\n\
+             path = \"/etc/mail/rcptsync/access\"\n\
+             makemap = \"hash\"\n"
         }
         InitMta::None => {
             "\n# A plain list, one address per line, for a look before any MTA uses it.\n\

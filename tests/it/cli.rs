@@ -311,7 +311,7 @@ fn init_prints_a_config_that_checks_for_every_combination() {
         let mut choices: Vec<Option<&str>> = vec![None];
         choices.extend(profiles.iter().map(|p| Some(*p)));
         for profile in choices {
-            for mta in ["postfix", "exim", "none"] {
+            for mta in ["postfix", "exim", "opensmtpd", "sendmail", "none"] {
                 let mut args = vec!["init", "--source", source, "--mta", mta];
                 if let Some(p) = profile {
                     args.extend(["--profile", p]);
@@ -326,7 +326,7 @@ fn init_prints_a_config_that_checks_for_every_combination() {
             }
         }
     }
-    assert_eq!(checked, 3 * (1 + 3 + 1 + 1 + 1 + 6));
+    assert_eq!(checked, 5 * (1 + 3 + 1 + 1 + 1 + 6));
     let r = t.run(&["init", "--source", "sql", "--profile", "nosuch"]);
     r.expect(64);
     assert!(r.stderr.contains("choose one of: postfixadmin"), "{}", r.stderr);
