@@ -81,44 +81,9 @@ else
   log "apt packages already installed"
 fi
 
-# --- 2. Exim, extracted but not installed -----------------------------------
+# --- 2. Exim, OpenSMTPD, Sendmail and nginx: extracted, not installed -------
+# (each conflicts with postfix, or would start a server, as a package)
 mkdir -p "$DEBS" "$EXIM_ROOT" "$NSS"
-if [ ! -f "$EXIM_ROOT/.extracted" ]; then
-  have_all=1
-  for p in "${EXIM_PKGS[@]}"; do
-    compgen -G "$DEBS/${p}_*.deb" >/dev/null || have_all=0
-  done
-  if [ "$have_all" -eq 0 ]; then
-    log "downloading: ${EXIM_PKGS[*]}"
-    # apt-get download as root prints "W: Download is performed unsandboxed as root".
-    # (as root it warns "Download is performed unsandboxed as root"; harmless)
-    if ! (cd "$DEBS" && apt-get download -q "${EXIM_PKGS[@]}") >>"$APT_LOG" 2>&1; then
-      apt_update
-      (cd "$DEBS" && quiet apt-get download -q "${EXIM_PKGS[@]}")
-    fi
-  fi
-  log "extracting exim into $EXIM_ROOT"
-  rm -rf "$EXIM_ROOT"
-  mkdir -p "$EXIM_ROOT"
-  for p in "${EXIM_PKGS[@]}"; do
-    for deb in "$DEBS/${p}"_*.deb; do
-      dpkg -x "$deb" "$EXIM_ROOT"
-    done
-  done
-  # setuid would make the re-exec'd exim run in secure mode (ignores LD_LIBRARY_PATH).
-  chmod u-s,g-s "$EXIM_ROOT/usr/sbin/exim4"
-  touch "$EXIM_ROOT/.extracted"
-else
-  log "exim already extracted"
-fi
-
-EXIM_BIN="$EXIM_ROOT/usr/sbin/exim4"
-[ -x "$EXIM_BIN" ] || die "no exim binary at $EXIM_BIN"
-libidn="$(find "$EXIM_ROOT" -name 'libidn.so.12' | head -n1)"
-[ -n "$libidn" ] || die "libidn.so.12 not found under $EXIM_ROOT"
-EXIM_LIBS="$(dirname "$libidn")"
-
-# --- 2a. OpenSMTPD and Sendmail, extracted but not installed ---------------
 extract() { # dir pkgs...
   local root="$1"
   shift
@@ -144,6 +109,16 @@ extract() { # dir pkgs...
   done
   touch "$root/.extracted"
 }
+extract "$EXIM_ROOT" "${EXIM_PKGS[@]}"
+# setuid would make the re-exec'd exim run in secure mode (ignores LD_LIBRARY_PATH).
+chmod u-s,g-s "$EXIM_ROOT/usr/sbin/exim4"
+
+EXIM_BIN="$EXIM_ROOT/usr/sbin/exim4"
+[ -x "$EXIM_BIN" ] || die "no exim binary at $EXIM_BIN"
+libidn="$(find "$EXIM_ROOT" -name 'libidn.so.12' | head -n1)"
+[ -n "$libidn" ] || die "libidn.so.12 not found under $EXIM_ROOT"
+EXIM_LIBS="$(dirname "$libidn")"
+
 OPENSMTPD_ROOT="$OUT/opensmtpd-root"
 SENDMAIL_ROOT="$OUT/sendmail-root"
 extract "$OPENSMTPD_ROOT" "${OPENSMTPD_PKGS[@]}"

@@ -249,30 +249,7 @@ impl OutputConfig {
                 c.push(format!("{at}.{key}"), "must be a non-empty argv list, e.g. [\"postfix\", \"reload\"]".into());
             }
         }
-        let mode = match &raw.mode {
-            None => None,
-            Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
-                Ok(v) if v <= 0o777 => Some(v),
-                _ => {
-                    c.push(format!("{at}.mode"), format!("{m:?} is not an octal file mode like \"0640\""));
-                    None
-                }
-            },
-        };
-        let hook_timeout = match &raw.hook_timeout {
-            None => DEFAULT_HOOK_TIMEOUT,
-            Some(s) => match parse_duration(s) {
-                Ok(d) => d,
-                Err(e) => {
-                    c.push(format!("{at}.hook_timeout"), e);
-                    DEFAULT_HOOK_TIMEOUT
-                }
-            },
-        };
-        let path = c.abs(raw.path.clone());
-        if path.file_name().is_none() {
-            c.push(format!("{at}.path"), "must name a file".into());
-        }
+        let (mode, hook_timeout, path) = common_keys(c, at, &raw);
         if c.count() > before {
             return None;
         }
@@ -329,18 +306,7 @@ fn bundle_output(c: &mut Checker, at: &str, raw: RawOutput, before: usize) -> Op
     if publisher.is_empty() || publisher.contains(char::is_whitespace) {
         c.push(format!("{at}.publisher"), format!("{publisher:?} must be a name without spaces"));
     }
-    let mode = raw.mode.as_ref().and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok());
-    if raw.mode.is_some() && mode.is_none_or(|v| v > 0o777) {
-        c.push(format!("{at}.mode"), format!("{:?} is not an octal file mode like \"0644\"", raw.mode));
-    }
-    let hook_timeout = raw.hook_timeout.as_deref().map(parse_duration).transpose().unwrap_or_else(|e| {
-        c.push(format!("{at}.hook_timeout"), e);
-        None
-    });
-    let path = c.abs(raw.path.clone());
-    if path.file_name().is_none() {
-        c.push(format!("{at}.path"), "must name a file".into());
-    }
+    let (mode, hook_timeout, path) = common_keys(c, at, &raw);
     if c.count() > before {
         return None;
     }
@@ -353,9 +319,35 @@ fn bundle_output(c: &mut Checker, at: &str, raw: RawOutput, before: usize) -> Op
         check: None,
         reload: raw.reload,
         mode,
-        hook_timeout: hook_timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT),
+        hook_timeout,
         hash_salt,
     })
+}
+
+/// The keys every output has: `mode` (of a new file), `hook_timeout`, `path`.
+fn common_keys(c: &mut Checker, at: &str, raw: &RawOutput) -> (Option<u32>, Duration, PathBuf) {
+    let mode = match &raw.mode {
+        None => None,
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(v) if v <= 0o777 => Some(v),
+            _ => {
+                c.push(format!("{at}.mode"), format!("{m:?} is not an octal file mode like \"0640\""));
+                None
+            }
+        },
+    };
+    let hook_timeout = match &raw.hook_timeout {
+        None => DEFAULT_HOOK_TIMEOUT,
+        Some(s) => parse_duration(s).unwrap_or_else(|e| {
+            c.push(format!("{at}.hook_timeout"), e);
+            DEFAULT_HOOK_TIMEOUT
+        }),
+    };
+    let path = c.abs(raw.path.clone());
+    if path.file_name().is_none() {
+        c.push(format!("{at}.path"), "must name a file".into());
+    }
+    (mode, hook_timeout, path)
 }
 
 /// This host's name (the default publisher of a bundle).

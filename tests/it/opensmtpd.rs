@@ -108,19 +108,7 @@ impl Smtpd {
 
 impl Drop for Smtpd {
     fn drop(&mut self) {
-        // SAFETY: signalling the smtpd parent this test started.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::util::terminate(&mut self.child);
     }
 }
 

@@ -183,3 +183,20 @@ pub fn run_measured(cmd: &mut Command) -> (i32, i64, String) {
     std::mem::forget(child);
     (libc::WEXITSTATUS(status), usage.ru_maxrss, std::fs::read_to_string(err.path()).unwrap())
 }
+
+/// Stops a server a test started: SIGTERM, up to 10 s to exit, then SIGKILL.
+pub fn terminate(child: &mut std::process::Child) {
+    // SAFETY: signalling a child process this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
