@@ -198,13 +198,7 @@ fn flood(port: u16, n: usize) -> Vec<TcpStream> {
     (0..n).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()).collect()
 }
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::util::Stopped as Killed;
 
 #[test]
 fn a_thousand_idle_socketmap_connections_do_not_stop_a_lookup() {

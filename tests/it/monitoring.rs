@@ -51,15 +51,9 @@ fn live_series(t: &TestDir) -> Vec<(String, f64)> {
          [[source]]\nname = \"bad\"\nkind = \"file\"\npath = \"bad.txt\"\n\
          [[output]]\nname = \"plain\"\ntemplate = \"plain\"\npath = \"out/list\"\nreload = [\"true\"]\n"
     ));
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _daemon =
-        Kill(t.cmd(&["daemon", "-c", "rcptsync.toml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let _daemon = crate::util::Stopped(
+        t.cmd(&["daemon", "-c", "rcptsync.toml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
     let wait = |what: &str, ok: &dyn Fn(&Series) -> bool| {
         let end = Instant::now() + Duration::from_secs(15);
         loop {

@@ -184,6 +184,15 @@ pub fn run_measured(cmd: &mut Command) -> (i32, i64, String) {
     (libc::WEXITSTATUS(status), usage.ru_maxrss, std::fs::read_to_string(err.path()).unwrap())
 }
 
+/// A process a test started, stopped (with [`terminate`]) when the guard goes.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
 /// Stops a server a test started: SIGTERM, up to 10 s to exit, then SIGKILL.
 pub fn terminate(child: &mut std::process::Child) {
     // SAFETY: signalling a child process this test started.
