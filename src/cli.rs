@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config};
 use crate::connector::Source;
 use crate::policy::address::{Entry, parse_catchall};
+use crate::policy::digest::digest_entry;
 use crate::report::exit;
 use crate::run::{self, SyncOptions};
 use crate::state::StateDir;
@@ -567,6 +568,11 @@ fn published_contains(cfg: &Config, address: &str) -> Option<bool> {
     let (_, entries) = state.read_list(&state.applied_path()).ok()??;
     let e = Entry::parse(address).ok()?;
     let catchall = parse_catchall(e.domain()).ok()?;
+    // An edge of a hashed bundle keeps digests.
+    let (e, catchall) = match cfg.read_digest_salt().ok()? {
+        Some(salt) => (digest_entry(&e, salt.expose())?, digest_entry(&catchall, salt.expose())?),
+        None => (e, catchall),
+    };
     // read_list verified the entries are sorted and unique.
     Some(entries.binary_search(&e).is_ok() || entries.binary_search(&catchall).is_ok())
 }

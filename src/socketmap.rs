@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{self, Config};
+use crate::policy::digest::salted_sha256 as sha256_hex;
 use crate::report::exit;
 
 /// Largest request accepted (Postfix keys are short).
@@ -92,13 +93,6 @@ fn parse(text: &str, hashed: bool) -> HashSet<String> {
         .filter_map(|l| l.split_whitespace().next())
         .map(|k| if hashed { k.to_string() } else { k.strip_prefix('*').unwrap_or(k).to_lowercase() })
         .collect()
-}
-
-fn sha256_hex(salt: &str, value: &str) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(salt.as_bytes());
-    ctx.update(value.as_bytes());
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads one netstring (`LEN:DATA,`); None at end of stream.

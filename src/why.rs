@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::policy::address::{Entry, parse_catchall};
+use crate::policy::digest::digest_entry;
 use crate::policy::{Drop, RecipientList};
 use crate::run::Gathered;
 
@@ -34,6 +35,33 @@ pub fn explain(
     };
     let policy = &cfg.policy;
     let mut t = String::new();
+    // On an edge of a hashed bundle the list holds digests: every lookup is
+    // of the address's digest with the hub's salt.
+    let salt = match cfg.read_digest_salt() {
+        Ok(s) => s,
+        Err(e) => {
+            return Answer { accepted: false, text: format!("cannot look {entry} up in the hashed list: {e}\n") };
+        }
+    };
+    let key = |e: &Entry| match &salt {
+        Some(s) => digest_entry(e, s.expose()).unwrap_or_else(|| e.clone()),
+        None => e.clone(),
+    };
+    let find = |e: &Entry| -> Option<(usize, bool)> {
+        let k = key(e);
+        if k.is_catchall() {
+            list.catchalls().binary_search(&k).ok().map(|i| (i, true))
+        } else {
+            list.addresses().binary_search(k.as_str()).ok().map(|i| (i, false))
+        }
+    };
+    let origins = |(i, catchall): (usize, bool)| {
+        if catchall { list.catchall_origins(i) } else { list.address_origins(i) }
+    };
+    let hashed_note = |e: &Entry| match &salt {
+        Some(_) => format!(" (as its salted SHA-256 digest {})", key(e).local_part()),
+        None => String::new(),
+    };
     let names = list.source_names();
     let describe = |o: &crate::policy::Origin| -> String {
         let name = names.get(o.source as usize).map(String::as_str).unwrap_or("?");
@@ -46,34 +74,35 @@ pub fn explain(
     };
 
     let accepted;
-    if let Ok(i) = list.addresses().binary_search(entry.as_str()) {
+    let catchall = catchall_of(&entry);
+    if let Some(at) = find(&entry) {
         accepted = true;
-        let _ = writeln!(t, "ACCEPTED {entry}");
-        for o in list.address_origins(i) {
+        let _ = writeln!(t, "ACCEPTED {entry}{}", hashed_note(&entry));
+        for o in origins(at) {
             let _ = writeln!(t, "  from {}", describe(&o));
         }
-    } else if let Ok(i) = list.catchalls().binary_search(&catchall_of(&entry)) {
+    } else if let Some(at) = find(&catchall) {
         accepted = true;
-        let _ = writeln!(t, "ACCEPTED {entry} by the catch-all @{}", entry.domain());
-        for o in list.catchall_origins(i) {
+        let _ = writeln!(t, "ACCEPTED {entry} by the catch-all @{}{}", entry.domain(), hashed_note(&catchall));
+        for o in origins(at) {
             let _ = writeln!(t, "  from {}", describe(&o));
         }
-    } else if let Some((base, i)) = entry
-        .without_extension(policy.recipient_delimiter())
-        .and_then(|b| list.addresses().binary_search(b.as_str()).ok().map(|i| (b, i)))
+    } else if let Some((base, at)) =
+        entry.without_extension(policy.recipient_delimiter()).and_then(|b| find(&b).map(|at| (b, at)))
     {
         accepted = true;
         let _ = writeln!(
             t,
-            "ACCEPTED {entry} as {base}: with recipient_delimiter {:?} the MTA strips the extension and finds {base}",
-            policy.recipient_delimiter()
+            "ACCEPTED {entry} as {base}: with recipient_delimiter {:?} the MTA strips the extension and finds {base}{}",
+            policy.recipient_delimiter(),
+            hashed_note(&base)
         );
-        for o in list.address_origins(i) {
+        for o in origins(at) {
             let _ = writeln!(t, "  from {}", describe(&o));
         }
     } else {
         accepted = false;
-        let _ = writeln!(t, "REJECTED {entry}: it is not in the final list");
+        let _ = writeln!(t, "REJECTED {entry}: it is not in the final list{}", hashed_note(&entry));
         if let Some(base) = entry.without_extension(policy.recipient_delimiter()) {
             let _ = writeln!(t, "  nor is {base}, the address without its extension");
         }
@@ -84,9 +113,10 @@ pub fn explain(
 
     // What each source said about it, including what the policy dropped.
     let mut seen = false;
+    let (entry_key, catchall_key) = (key(&entry), key(&catchall));
     for g in gathered {
         for (e, loc) in &g.entries {
-            if *e != entry && !(e.is_catchall() && e.domain() == entry.domain()) {
+            if *e != entry_key && *e != catchall_key {
                 continue;
             }
             seen = true;

@@ -3,8 +3,8 @@
 //!
 //! A bundle is a text file: a JSON header on the first line, then one entry per
 //! line (catch-alls first, as `@domain`, then addresses; or, in a hashed bundle,
-//! the lowercase hex SHA-256 of `hash_salt` + entry, as the `exim-sha256`
-//! template writes them). Its minisign signature is written beside it
+//! the lowercase hex SHA-256 of `hash_salt` + entry, each group sorted by
+//! digest, exactly the lines the `exim-sha256` template writes). Its minisign signature is written beside it
 //! (`PATH.minisig`), so `minisign -V` can check it; the signature's trusted
 //! comment repeats the bundle's serial and publisher, and the header names the
 //! signing key, so a signature and a bundle can only be paired as published.
@@ -16,6 +16,7 @@ pub mod key;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::RecipientList;
+use crate::policy::digest::{Digests, salt_check};
 
 pub use key::{KeyError, PublicKey, SigningKey};
 
@@ -48,6 +49,11 @@ pub struct Header {
     /// `"sha256"` when the entries are salted SHA-256 digests, else absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// With `hash`: [`crate::policy::digest::salt_check`] of the salt, so an
+    /// edge can tell that it holds the hub's salt (which its Exim ACL and
+    /// socketmap hash queries with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt_check: Option<String>,
     /// Entry lines: `catchalls` catch-alls first, then `addresses` addresses.
     pub catchalls: u64,
     pub addresses: u64,
@@ -138,18 +144,21 @@ fn hex(bytes: &[u8]) -> String {
 pub fn render(list: &RecipientList, p: &Publish<'_>, previous: Option<&[u8]>) -> Rendered {
     let mut entries = Vec::with_capacity(list.len() * 32);
     let mut push = |entry: &str| {
-        match p.salt {
-            Some(salt) => entries.extend_from_slice(sha256_hex(&[salt.as_bytes(), entry.as_bytes()]).as_bytes()),
-            None => entries.extend_from_slice(entry.as_bytes()),
-        }
+        entries.extend_from_slice(entry.as_bytes());
         entries.push(b'\n');
     };
-    for c in list.catchalls() {
-        push(c.as_str());
-    }
-    for a in list.addresses().iter() {
-        push(a.as_str());
-    }
+    let (catchalls, addresses) = match p.salt {
+        Some(salt) => {
+            let d = Digests::of(list, salt);
+            d.catchalls.iter().chain(&d.addresses).for_each(|h| push(h));
+            (d.catchalls.len(), d.addresses.len())
+        }
+        None => {
+            list.catchalls().iter().for_each(|c| push(c.as_str()));
+            list.addresses().iter().for_each(|a| push(a.as_str()));
+            (list.catchalls().len(), list.addresses().len())
+        }
+    };
     let mut header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -160,8 +169,9 @@ pub fn render(list: &RecipientList, p: &Publish<'_>, previous: Option<&[u8]>) ->
         sources: p.sources.clone(),
         key_id: p.key_id.clone(),
         hash: p.salt.map(|_| "sha256".to_string()),
-        catchalls: list.catchalls().len() as u64,
-        addresses: list.addresses().len() as u64,
+        salt_check: p.salt.map(salt_check),
+        catchalls: catchalls as u64,
+        addresses: addresses as u64,
         domains: list.domains().to_vec(),
         catchall_domains: list.catchalls().iter().map(|c| c.domain().to_string()).collect(),
         entries_sha256: sha256_hex(&[&entries]),
@@ -326,6 +336,10 @@ mod tests {
         assert_eq!(v.header.hash.as_deref(), Some("sha256"));
         assert_eq!(v.entries()[0], sha256_hex(&[b"pepper", b"@example.org"]));
         assert_eq!(v.entries()[1], sha256_hex(&[b"pepper", b"alice@example.com"]));
+        assert_eq!(v.header.salt_check, Some(salt_check("pepper")));
+        // The lines the exim-sha256 template writes.
+        let d = Digests::of(&l, "pepper");
+        assert_eq!(d.catchalls.iter().chain(&d.addresses).collect::<Vec<_>>(), v.entries());
         assert!(!String::from_utf8_lossy(&r.bytes).contains("alice"));
     }
 

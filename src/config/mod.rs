@@ -76,6 +76,23 @@ pub struct Config {
     pub template_dir: Option<PathBuf>,
 }
 
+impl Config {
+    /// On an edge of a hashed bundle, the hub's salt (the source's
+    /// `hash_salt`): the list holds digests, and an address is looked up (by
+    /// `why`, the guard's canaries) as its digest.
+    pub fn digest_salt(&self) -> Option<&crate::secret::SecretSource> {
+        self.sources.iter().find_map(|s| match &s.spec {
+            SourceSpec::Bundle(b) => b.salt.as_ref(),
+            _ => None,
+        })
+    }
+
+    /// [`Config::digest_salt`], read.
+    pub fn read_digest_salt(&self) -> Result<Option<crate::secret::Secret>, String> {
+        self.digest_salt().map(|s| s.resolve("hash_salt").map_err(|e| e.to_string())).transpose()
+    }
+}
+
 /// `[[source]]`: a named connector instance.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -146,7 +163,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Keys that hold a literal secret in the file.
 pub fn literal_secret_keys(cfg: &Config) -> Vec<String> {
     let sources =
-        cfg.sources.iter().filter(|s| s.spec.has_literal_secret()).map(|s| format!("source {} password", s.name));
+        cfg.sources.iter().filter_map(|s| s.spec.literal_secret_key().map(|key| format!("source {} {key}", s.name)));
     let outputs = cfg
         .outputs
         .iter()
@@ -207,7 +224,8 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
             l.policy_domains = policy.limits_domains();
         }
     }
-    let outputs = outputs(&mut c, raw.output, &templates);
+    let mut outputs = outputs(&mut c, raw.output, &templates);
+    hashed_edge(&mut c, &sources, &mut outputs, &policy);
     let mut daemon = raw.daemon.and_then(|d| c.section::<DaemonConfig>("daemon", d));
     if let Some(d) = &mut daemon {
         d.validate(&mut c);
@@ -229,6 +247,69 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         profile_dir,
         template_dir,
     })
+}
+
+/// An edge that reads a hashed bundle has only digests: its bundle source is
+/// its only source, every output is a hashed one (which writes the hub's
+/// digests as they came), the policy cannot filter or add addresses it cannot
+/// see, and the outputs' salt is the source's (the hub's), which the socketmap
+/// hashes queries with.
+fn hashed_edge(c: &mut Checker, sources: &[SourceConfig], outputs: &mut [OutputConfig], policy: &Policy) {
+    let Some((i, s, salt)) = sources.iter().enumerate().find_map(|(i, s)| match &s.spec {
+        SourceSpec::Bundle(b) => b.salt.as_ref().map(|salt| (i, s, salt)),
+        _ => None,
+    }) else {
+        return;
+    };
+    let at = format!("source[{i}].hash_salt");
+    if sources.len() > 1 {
+        c.push(
+            at.clone(),
+            format!(
+                "source {} reads a hashed bundle, so it must be the only source: its digests cannot be merged \
+                 with addresses (add the other sources to the hub)",
+                s.name
+            ),
+        );
+    }
+    if policy.edits_entries() {
+        c.push(
+            "policy",
+            format!(
+                "policy.domains, exclude and include cannot apply to the digests of source {}'s hashed bundle: \
+                 set them on the hub",
+                s.name
+            ),
+        );
+    }
+    for (j, o) in outputs.iter_mut().enumerate() {
+        use crate::writer::template::BuiltinTemplate::{EximSha256, JsonSha256};
+        let hashed = match &o.render {
+            crate::writer::config::Render::Template(t) => matches!(t.fast_path(), Some(EximSha256 | JsonSha256)),
+            crate::writer::config::Render::Bundle(_) => false,
+        };
+        if !hashed {
+            c.push(
+                format!("output[{j}].template"),
+                format!(
+                    "output {} would write addresses, but source {} reads a hashed bundle (digests only): use \
+                     template exim-sha256 or json-sha256 (Postfix: rcptsync socketmap), or publish a clear \
+                     bundle for this edge",
+                    o.name, s.name
+                ),
+            );
+        }
+        if o.hash_salt.is_some() {
+            c.push(
+                format!("output[{j}].hash_salt"),
+                format!(
+                    "on an edge of a hashed bundle the salt is source {}'s hash_salt (the hub's): remove it here",
+                    s.name
+                ),
+            );
+        }
+        o.hash_salt = Some(salt.clone());
+    }
 }
 
 /// The profiles and templates the config can name (embedded ones when an

@@ -13,6 +13,12 @@
 //! last one this edge accepted (a rollback), or when it reuses an accepted
 //! serial for other entries. Each refusal is a failed source, so the guard,
 //! the last-known-good copy and the stale-list defence act as for any source.
+//!
+//! A hashed bundle (the hub set `hash_salt`) is read only by a source that
+//! holds the same salt (`hash_salt`, checked against the bundle's
+//! `salt_check`): its digests pass through as digest entries
+//! (`policy::digest`), never hashed again, and the config lets them feed only
+//! hashed outputs.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, PublicKey};
 use crate::connector::{Batch, Connector, Fetched, SourceError};
+use crate::policy::address::Entry;
+use crate::policy::digest::salt_check;
 use crate::policy::{Located, Locator, RawItem, RawKind, Rejected, validate_item};
+use crate::secret::{Literal, SecretSource};
 use crate::section::{Checker, parse_duration};
 use crate::state::Cache;
 use rayon::prelude::*;
@@ -48,8 +57,17 @@ pub struct BundleSourceSpec {
     /// Refuse a bundle generated longer ago than this (default 24h): the hub
     /// is down or the copy is stuck.
     pub max_age: Option<String>,
+    /// For a hashed bundle: the hub's `hash_salt` (or `hash_salt_file`,
+    /// `hash_salt_env`). It says this edge reads digests, and it is checked
+    /// against the bundle; the edge's hashed outputs and socketmap use it.
+    hash_salt: Option<Literal>,
+    hash_salt_file: Option<PathBuf>,
+    hash_salt_env: Option<String>,
     #[serde(skip)]
     pub max_age_parsed: Option<Duration>,
+    /// The salt from the three keys above.
+    #[serde(skip)]
+    pub salt: Option<SecretSource>,
 }
 
 impl BundleSourceSpec {
@@ -82,6 +100,8 @@ impl BundleSourceSpec {
             }
             (None, Some(f)) => self.public_key_file = Some(c.abs(f.clone())),
         }
+        self.salt =
+            c.secret(at, "hash_salt", self.hash_salt.take(), self.hash_salt_file.take(), self.hash_salt_env.take());
         self.max_age_parsed = Some(match &self.max_age {
             None => DEFAULT_MAX_AGE,
             Some(s) => match parse_duration(s) {
@@ -252,11 +272,36 @@ impl BundleSource {
         let v =
             bundle::verify(bytes, sig, &key).map_err(|e| SourceError::new(format!("bundle {path} refused: {e}")))?;
         let h = v.header;
-        if h.hash.is_some() {
-            return Err(SourceError::new(format!(
-                "bundle {} holds hashed entries, which a bundle source cannot read yet; publish a clear one for this edge",
-                path
-            )));
+        match (&h.hash, &self.spec.salt) {
+            (Some(_), None) => {
+                return Err(SourceError::new(format!(
+                    "bundle {path} holds salted SHA-256 digests (the hub sets hash_salt): set hash_salt (or \
+                     hash_salt_file, hash_salt_env) on this source to the hub's salt, and write only hashed \
+                     outputs (exim-sha256, json-sha256; Postfix through rcptsync socketmap)"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(SourceError::new(format!(
+                    "bundle {path} holds addresses in clear text, but this source has hash_salt and expects \
+                     digests: set hash_salt on the hub's bundle output, or remove it here"
+                )));
+            }
+            (Some(hash), Some(salt)) => {
+                if hash != "sha256" {
+                    return Err(SourceError::new(format!(
+                        "bundle {path} is hashed with {hash:?}; this rcptsync reads sha256"
+                    )));
+                }
+                let salt = salt.resolve("hash_salt").map_err(|e| SourceError::new(e.to_string()))?;
+                if h.salt_check.as_deref() != Some(salt_check(salt.expose()).as_str()) {
+                    return Err(SourceError::new(format!(
+                        "bundle {path}: this source's hash_salt is not the salt the hub hashed with (the bundle's \
+                         salt_check differs), so Exim and the socketmap would refuse every recipient: copy the \
+                         hub's hash_salt"
+                    )));
+                }
+            }
+            (None, None) => {}
         }
         let now = now_unix();
         let max_age = self.spec.max_age_parsed.unwrap_or(DEFAULT_MAX_AGE);
@@ -340,6 +385,8 @@ impl Connector for BundleSource {
         let body = o.bytes.iter().position(|&b| b == b'\n').map_or(&o.bytes[..0], |n| &o.bytes[n + 1..]);
         let text = std::str::from_utf8(body).map_err(|_| SourceError::new("bundle entries are not UTF-8"))?;
         let lines: Vec<&str> = text.lines().collect();
+        let hashed = h.hash.is_some();
+        let catchalls = usize::try_from(h.catchalls).unwrap_or(usize::MAX);
         let chunks: Vec<(Vec<Located>, Vec<Rejected>)> = lines
             .par_chunks(CHUNK)
             .enumerate()
@@ -350,7 +397,20 @@ impl Connector for BundleSource {
                     // Line numbers of the bundle file (line 1 is the header).
                     let line = u32::try_from(c * CHUNK + k + 2).unwrap_or(u32::MAX);
                     let locator = Locator::Line(line);
-                    match validate_item(RawItem { kind: RawKind::of(value), value: value.to_string(), locator }) {
+                    // A digest passes through as it is (the header counts the
+                    // catch-alls' digests, which come first).
+                    let checked = if hashed {
+                        Entry::digest(value, c * CHUNK + k < catchalls).map(|e| (e, locator.clone())).ok_or_else(|| {
+                            Rejected {
+                                value: value.to_string(),
+                                locator,
+                                reason: "is not a SHA-256 digest (64 lowercase hex digits)".into(),
+                            }
+                        })
+                    } else {
+                        validate_item(RawItem { kind: RawKind::of(value), value: value.to_string(), locator })
+                    };
+                    match checked {
                         Ok(e) => ok.push(e),
                         Err(r) => bad.push(r),
                     }

@@ -70,15 +70,18 @@ impl SourceSpec {
         }
     }
 
-    /// Whether the config file holds this source's secret as a literal.
-    pub fn has_literal_secret(&self) -> bool {
+    /// The key under which the config file holds this source's secret as a
+    /// literal, if it does.
+    pub fn literal_secret_key(&self) -> Option<&'static str> {
         use crate::secret::SecretSource::Literal;
-        match self {
-            SourceSpec::Sql(q) => matches!(q.password, Some(Literal(_))),
-            SourceSpec::Ldap(l) => matches!(l.bind_password, Some(Literal(_))),
-            SourceSpec::Graph(g) => matches!(g.client_secret, Some(Literal(_))),
-            SourceSpec::File(_) | SourceSpec::Google(_) | SourceSpec::Bundle(_) => false,
-        }
+        let (key, secret) = match self {
+            SourceSpec::Sql(q) => ("password", &q.password),
+            SourceSpec::Ldap(l) => ("bind_password", &l.bind_password),
+            SourceSpec::Graph(g) => ("client_secret", &g.client_secret),
+            SourceSpec::Bundle(b) => ("hash_salt", &b.salt),
+            SourceSpec::File(_) | SourceSpec::Google(_) => return None,
+        };
+        matches!(secret, Some(Literal(_))).then_some(key)
     }
 }
 

@@ -122,9 +122,33 @@ impl Entry {
         }
     }
 
+    /// The entry that carries a salted SHA-256 digest from a hashed bundle: the
+    /// 64 lowercase hex digits as the local part, in [`DIGEST_DOMAIN`] (or
+    /// [`CATCHALL_DIGEST_DOMAIN`] for a catch-all's digest). None when `hex` is
+    /// not such a digest.
+    pub fn digest(hex: &str, catchall: bool) -> Option<Entry> {
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let domain = if catchall { CATCHALL_DIGEST_DOMAIN } else { DIGEST_DOMAIN };
+        Some(Entry { text: format!("{hex}@{domain}").into_boxed_str(), at: 64 })
+    }
+
+    /// For a digest entry, the digest and whether it is a catch-all's.
+    pub fn as_digest(&self) -> Option<(&str, bool)> {
+        split_digest(&self.text)
+    }
+
     /// Re-validates a string that is expected to be canonical already (state files,
     /// which are ours but live on disk and may have been edited or corrupted).
+    /// Digest entries are canonical too.
     pub fn parse_canonical(s: &str) -> Result<Entry, AddressError> {
+        if let Some((hex, domain)) = s.split_once('@')
+            && let Some(e) = Entry::digest(hex, domain == CATCHALL_DIGEST_DOMAIN)
+            && e.as_str() == s
+        {
+            return Ok(e);
+        }
         let e = Entry::parse(s)?;
         if e.as_str() != s {
             return Err(AddressError::NotCanonical);
@@ -191,6 +215,38 @@ pub enum AddressError {
     TooLong,
     #[error("is not in canonical form")]
     NotCanonical,
+    #[error(
+        "is in {RESERVED_DOMAIN}, which rcptsync reserves for the digests of a hashed bundle (.invalid never delivers mail, RFC 2606)"
+    )]
+    Reserved,
+}
+
+/// The domain under which a hashed bundle's digests travel through a sync as
+/// entries (see [`Entry::digest`]). `.invalid` can never be a real mail domain
+/// (RFC 2606), and no source may produce an address in it, so a digest entry
+/// can only come from a hashed bundle.
+pub const RESERVED_DOMAIN: &str = "rcptsync.invalid";
+/// The domain of an address's digest, and of a catch-all's digest.
+pub const DIGEST_DOMAIN: &str = "sha256.rcptsync.invalid";
+pub const CATCHALL_DIGEST_DOMAIN: &str = "catchall.sha256.rcptsync.invalid";
+
+/// For the text of a digest entry, the digest and whether it is a catch-all's.
+/// Only [`Entry::digest`] makes such entries; the parsers refuse the domain.
+pub fn split_digest(text: &str) -> Option<(&str, bool)> {
+    let (hex, domain) = (text.get(..64)?, text.get(64..)?.strip_prefix('@')?);
+    match domain {
+        DIGEST_DOMAIN => Some((hex, false)),
+        CATCHALL_DIGEST_DOMAIN => Some((hex, true)),
+        _ => None,
+    }
+}
+
+/// Whether `domain` (any case) is [`RESERVED_DOMAIN`] or under it.
+fn is_reserved(domain: &[u8]) -> bool {
+    let r = RESERVED_DOMAIN.as_bytes();
+    domain.len() >= r.len()
+        && domain[domain.len() - r.len()..].eq_ignore_ascii_case(r)
+        && (domain.len() == r.len() || domain[domain.len() - r.len() - 1] == b'.')
 }
 
 /// Bytes allowed in a local part on the fast path (ASCII atext minus `#` and `*`,
@@ -247,7 +303,7 @@ fn fast_path(raw: &[u8]) -> Option<usize> {
         }
         prev = b;
     }
-    if domain.is_empty() || domain.len() > MAX_DOMAIN {
+    if domain.is_empty() || domain.len() > MAX_DOMAIN || is_reserved(domain) {
         return None;
     }
     let mut labels = 0;
@@ -331,6 +387,9 @@ pub fn parse_domain(raw: &str) -> Result<String, AddressError> {
 }
 
 fn build(local: &str, domain: &str) -> Result<Entry, AddressError> {
+    if is_reserved(domain.as_bytes()) {
+        return Err(AddressError::Reserved);
+    }
     let len = local.len() + 1 + domain.len();
     if len > MAX_ADDRESS {
         return Err(AddressError::TooLong);
@@ -450,6 +509,24 @@ mod tests {
         assert_eq!(strip("list-request+x@example.com", "+"), Some("list-request@example.com".into()));
         let e = Entry::parse("user+tag@example.com").unwrap().without_extension("+").unwrap();
         assert_eq!((e.local_part(), e.domain()), ("user", "example.com"));
+    }
+
+    #[test]
+    fn the_reserved_domain_is_refused_and_digests_round_trip() {
+        for raw in ["x@rcptsync.invalid", "x@Sha256.RCPTSYNC.invalid", "@rcptsync.invalid"] {
+            assert_eq!(Entry::parse(raw).unwrap_err(), AddressError::Reserved, "{raw}");
+        }
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(err(&format!("{hex}@{DIGEST_DOMAIN}")), AddressError::Reserved, "no source can forge a digest");
+        assert_eq!(ok("x@notrcptsync.invalid"), "x@notrcptsync.invalid", "only the reserved domain and below");
+        let d = Entry::digest(hex, false).unwrap();
+        assert_eq!(d.as_digest(), Some((hex, false)));
+        assert_eq!(Entry::digest(hex, true).unwrap().as_digest(), Some((hex, true)));
+        assert_eq!(Entry::parse_canonical(d.as_str()).unwrap(), d, "state files keep digests");
+        assert!(Entry::digest(&hex.to_uppercase(), false).is_none());
+        assert!(Entry::digest(&hex[1..], false).is_none());
+        assert!(Entry::parse_canonical(&format!("{hex}@other.rcptsync.invalid")).is_err());
+        assert_eq!(Entry::parse("alice@example.com").unwrap().as_digest(), None);
     }
 
     fn ok(s: &str) -> String {

@@ -51,15 +51,23 @@ pub fn delta<'a>(old: impl IntoIterator<Item = &'a str>, new: impl IntoIterator<
 }
 
 /// Canaries missing from the new list. A canary counts as present when it is
-/// listed or its domain is a catch-all (the MTA accepts it either way).
-/// `entries` is the new list, sorted.
-pub fn missing_canaries<'a>(canaries: &'a [String], list: &RecipientList) -> Vec<&'a str> {
+/// listed or its domain is a catch-all (the MTA accepts it either way). With
+/// `digest_salt` (an edge of a hashed bundle) the list holds digests, and so
+/// are the canaries looked up.
+pub fn missing_canaries<'a>(canaries: &'a [String], list: &RecipientList, digest_salt: Option<&str>) -> Vec<&'a str> {
+    let has = |entry: &str| match digest_salt {
+        None => list.contains(entry),
+        Some(salt) => super::address::Entry::parse(entry)
+            .ok()
+            .and_then(|e| super::digest::digest_entry(&e, salt))
+            .is_some_and(|d| list.contains(d.as_str())),
+    };
     canaries
         .iter()
         .map(String::as_str)
         .filter(|c| {
             let catchall = c.rfind('@').map(|at| &c[at..]).unwrap_or("");
-            !list.contains(c) && !list.contains(catchall)
+            !has(c) && !has(catchall)
         })
         .collect()
 }
@@ -257,7 +265,20 @@ mod tests {
             "@example.com",
         ]
         .map(String::from);
-        assert_eq!(missing_canaries(&c, &list), ["cfo@example.com", "y@example.net", "@example.com"]);
+        assert_eq!(missing_canaries(&c, &list, None), ["cfo@example.com", "y@example.net", "@example.com"]);
+        // The same list as a hashed bundle's digests on an edge: the canaries
+        // are looked up as their digests, with the hub's salt.
+        let d = crate::policy::digest::Digests::of(&list, "pepper");
+        let digests = d.catchalls.iter().map(|h| (h, true)).chain(d.addresses.iter().map(|h| (h, false)));
+        let located =
+            digests.map(|(h, c)| (crate::policy::address::Entry::digest(h, c).unwrap(), Locator::LastGood)).collect();
+        let (hashed, _) = Policy::default().apply(vec![("bundle".into(), located)]);
+        assert_eq!(missing_canaries(&c, &hashed, Some("pepper")), ["cfo@example.com", "y@example.net", "@example.com"]);
+        assert_eq!(
+            missing_canaries(&c[..1], &hashed, Some("other")),
+            ["ceo@example.com"],
+            "another salt finds nothing"
+        );
     }
 
     #[test]

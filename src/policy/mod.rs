@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod config;
+pub mod digest;
 pub mod guard;
 mod record;
 pub mod table;
@@ -522,6 +523,12 @@ impl Policy {
             return Err(Drop::Exclude(i));
         }
         Ok(())
+    }
+
+    /// Whether the policy filters or adds entries (domains, exclude, include):
+    /// rules a list of digests cannot follow.
+    pub fn edits_entries(&self) -> bool {
+        self.filters() || !self.include.is_empty()
     }
 
     /// Whether any filter (domains or exclude) is set.

@@ -31,6 +31,12 @@ impl<'a> EntryRef<'a> {
     pub fn is_catchall(self) -> bool {
         self.at == 0
     }
+
+    /// For a digest entry (a hashed bundle's), the digest and whether it is a
+    /// catch-all's.
+    pub fn as_digest(self) -> Option<(&'a str, bool)> {
+        super::address::split_digest(self.text)
+    }
 }
 
 impl Entry {

@@ -32,7 +32,14 @@ pub(super) fn check(run: &Run, list: &RecipientList, report: &mut Report) -> Ste
     let (baseline, delta, mut more) = compare(run, list, &new_fp, largest.map(|l| l.1));
     report.added = delta.added;
     report.removed = delta.removed;
-    let missing = guard::missing_canaries(&cfg.canaries, list);
+    let salt = match run.cfg.read_digest_salt() {
+        Ok(s) => s,
+        Err(e) => {
+            more.push(format!("guard.canaries cannot be looked up in the hashed list: {e}"));
+            None
+        }
+    };
+    let missing = guard::missing_canaries(&cfg.canaries, list, salt.as_ref().map(|s| s.expose()));
     if !missing.is_empty() {
         more.push(format!("guard.canaries missing from the new list: {}", missing.join(", ")));
     }

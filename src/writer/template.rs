@@ -1,8 +1,10 @@
 //! Rendering the final list through a template.
 //!
 //! Every output is a minijinja template over the same context: `recipients` (sorted
-//! list of `{address, local_part, domain, sources}`), `domains`, `catchall_domains`
-//! and `count` (the number of addresses). The built-in templates live in
+//! list of `{address, local_part, domain, sources}`), `domains`, `catchall_domains`,
+//! `count` (the number of addresses), `hash_salt`, and `hashed` (`hashed.catchalls`
+//! and `hashed.recipients`: the salted digests, each sorted by digest, computed
+//! only when a template reads them; see `policy::digest`). The built-in templates live in
 //! `templates/*.j2` and are embedded in the binary.
 //!
 //! A million-entry list through an interpreted template costs a few hundred
@@ -28,6 +30,7 @@ use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::policy::RecipientList;
+use crate::policy::digest::Digests;
 use crate::section::LoadErrors;
 
 mod embedded {
@@ -126,13 +129,15 @@ pub enum BuiltinTemplate {
     OpensmtpdDomains,
     SendmailAccess,
     SendmailDomains,
+    EximSha256,
+    JsonSha256,
 }
 
 const HEADER: &str = "# Managed by rcptsync: do not edit, changes are overwritten on the next sync.\n";
 const OPENSMTPD_LIST: &str = "# @list\n";
 
 impl BuiltinTemplate {
-    pub const ALL: [BuiltinTemplate; 9] = [
+    pub const ALL: [BuiltinTemplate; 11] = [
         BuiltinTemplate::Postfix,
         BuiltinTemplate::PostfixDomains,
         BuiltinTemplate::Exim,
@@ -142,6 +147,8 @@ impl BuiltinTemplate {
         BuiltinTemplate::OpensmtpdDomains,
         BuiltinTemplate::SendmailAccess,
         BuiltinTemplate::SendmailDomains,
+        BuiltinTemplate::EximSha256,
+        BuiltinTemplate::JsonSha256,
     ];
 
     pub fn name(self) -> &'static str {
@@ -155,6 +162,8 @@ impl BuiltinTemplate {
             BuiltinTemplate::OpensmtpdDomains => "opensmtpd-domains",
             BuiltinTemplate::SendmailAccess => "sendmail-access",
             BuiltinTemplate::SendmailDomains => "sendmail-domains",
+            BuiltinTemplate::EximSha256 => "exim-sha256",
+            BuiltinTemplate::JsonSha256 => "json-sha256",
         }
     }
 
@@ -168,17 +177,35 @@ impl BuiltinTemplate {
 
     /// The compiled renderer into memory, for tests (syncs use [`Self::render_to`]).
     #[cfg(test)]
-    pub fn render(self, list: &RecipientList) -> Vec<u8> {
+    pub fn render(self, list: &RecipientList, salt: &str) -> Vec<u8> {
         let mut out = Vec::new();
         // Writing to a Vec cannot fail.
-        let _ = self.render_to(list, &mut out);
+        let _ = self.render_to(list, salt, &mut out);
         out
     }
 
     /// The compiled renderer, byte-identical to the embedded template, writing as
-    /// it goes (give it a buffered writer).
-    pub fn render_to(self, list: &RecipientList, out: &mut impl Write) -> io::Result<()> {
+    /// it goes (give it a buffered writer). `salt` is for the hashed ones.
+    pub fn render_to(self, list: &RecipientList, salt: &str, out: &mut impl Write) -> io::Result<()> {
         match self {
+            BuiltinTemplate::EximSha256 => {
+                let d = Digests::of(list, salt);
+                out.write_all(HEADER.as_bytes())?;
+                for h in d.catchalls.iter().chain(&d.addresses) {
+                    line(out, &[h, "\n"])?;
+                }
+            }
+            BuiltinTemplate::JsonSha256 => {
+                let d = Digests::of(list, salt);
+                line(
+                    out,
+                    &["{\n  \"hash\": \"sha256\",\n  \"salted\": ", if salt.is_empty() { "false" } else { "true" }],
+                )?;
+                out.write_all(b",\n")?;
+                json_array(out, "catchall_domains", d.catchalls.iter().map(String::as_str), false)?;
+                json_array(out, "recipients", d.addresses.iter().map(String::as_str), true)?;
+                out.write_all(b"}\n")?;
+            }
             BuiltinTemplate::Postfix => {
                 out.write_all(HEADER.as_bytes())?;
                 for c in list.catchalls() {
@@ -244,28 +271,30 @@ impl BuiltinTemplate {
                 }
             }
             BuiltinTemplate::Json => {
-                fn array<'a>(
-                    out: &mut impl Write,
-                    name: &str,
-                    items: impl ExactSizeIterator<Item = &'a str>,
-                    last: bool,
-                ) -> io::Result<()> {
-                    let n = items.len();
-                    line(out, &["  \"", name, "\": [\n"])?;
-                    for (i, s) in items.enumerate() {
-                        line(out, &["    \"", s, if i + 1 < n { "\",\n" } else { "\"\n" }])?;
-                    }
-                    out.write_all(if last { b"  ]\n" } else { b"  ],\n" })
-                }
                 out.write_all(b"{\n")?;
-                array(out, "domains", list.domains().iter().map(String::as_str), false)?;
-                array(out, "catchall_domains", list.catchalls().iter().map(|c| c.domain()), false)?;
-                array(out, "recipients", list.addresses().iter().map(|a| a.as_str()), true)?;
+                json_array(out, "domains", list.domains().iter().map(String::as_str), false)?;
+                json_array(out, "catchall_domains", list.catchalls().iter().map(|c| c.domain()), false)?;
+                json_array(out, "recipients", list.addresses().iter().map(|a| a.as_str()), true)?;
                 out.write_all(b"}\n")?;
             }
         }
         Ok(())
     }
+}
+
+/// One array of the JSON templates, as they lay it out.
+fn json_array<'a>(
+    out: &mut impl Write,
+    name: &str,
+    items: impl ExactSizeIterator<Item = &'a str>,
+    last: bool,
+) -> io::Result<()> {
+    let n = items.len();
+    line(out, &["  \"", name, "\": [\n"])?;
+    for (i, s) in items.enumerate() {
+        line(out, &["    \"", s, if i + 1 < n { "\",\n" } else { "\"\n" }])?;
+    }
+    out.write_all(if last { b"  ]\n" } else { b"  ],\n" })
 }
 
 /// Writes the pieces of one line.
@@ -356,7 +385,7 @@ impl TemplateRef {
     /// `Err` like a template error; the writer may know more about it.
     pub fn render_salted_to(&self, list: &Arc<RecipientList>, salt: &str, out: &mut impl Write) -> Result<(), String> {
         match self.fast {
-            Some(b) => b.render_to(list, out).map_err(|e| format!("template {}: cannot write: {e}", self.origin)),
+            Some(b) => b.render_to(list, salt, out).map_err(|e| format!("template {}: cannot write: {e}", self.origin)),
             None => self.render_with(list, salt, out),
         }
     }
@@ -377,6 +406,7 @@ impl TemplateRef {
             catchall_domains => Value::from_object(Domains(list.clone(), DomainKind::CatchAll)),
             count => list.addresses().len(),
             hash_salt => salt,
+            hashed => Value::from_object(Hashed { list: list.clone(), salt: salt.to_string(), digests: Default::default() }),
         };
         tmpl.render_captured_to(ctx, out).map(|_| ()).map_err(|e| format!("template {}: {e:#}", self.origin))
     }
@@ -401,10 +431,7 @@ fn environment() -> Environment<'static> {
 /// `{{ value|sha256(salt) }}`: lowercase hex SHA-256 of `salt` followed by the
 /// value, as Exim's `${sha256:…}` computes it.
 fn sha256_filter(value: String, salt: Option<String>) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(salt.unwrap_or_default().as_bytes());
-    ctx.update(value.as_bytes());
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::policy::digest::salted_sha256(&salt.unwrap_or_default(), &value)
 }
 
 fn sample_list() -> Arc<RecipientList> {
@@ -415,6 +442,33 @@ fn sample_list() -> Arc<RecipientList> {
     ]);
     let p = crate::policy::Policy::default();
     Arc::new(p.apply(vec![("sample".into(), ok)]).0)
+}
+
+/// `hashed`: the list's digests, computed when a template first reads them.
+struct Hashed {
+    list: Arc<RecipientList>,
+    salt: String,
+    digests: std::sync::OnceLock<Digests>,
+}
+
+impl std::fmt::Debug for Hashed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hashed")
+    }
+}
+
+impl Object for Hashed {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let d = self.digests.get_or_init(|| Digests::of(&self.list, &self.salt));
+        match key.as_str()? {
+            "catchalls" => Some(Value::from(d.catchalls.clone())),
+            "recipients" => Some(Value::from(d.addresses.clone())),
+            _ => None,
+        }
+    }
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&["catchalls", "recipients"])
+    }
 }
 
 /// `recipients`: a lazy sequence, so a million entries are not converted up front.
@@ -517,8 +571,20 @@ mod tests {
         let want_a = sha256_filter("alice@example.com".into(), Some("pepper".into()));
         let want_c = sha256_filter("@example.org".into(), Some("pepper".into()));
         let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(lines, [want_c.as_str(), want_a.as_str()]);
+        assert_eq!(lines, [want_c.as_str(), want_a.as_str()], "catch-alls first");
         assert!(!out.contains("alice") && !out.contains("example"), "no address in clear: {out}");
+        // Sorted by digest, not by address.
+        let many = list(&["a@example.com", "b@example.com", "c@example.com", "d@example.com", "e@example.com"]);
+        let out = String::from_utf8(builtin("exim-sha256").render_salted(&many, "pepper").unwrap()).unwrap();
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        let mut sorted = lines.clone();
+        sorted.sort();
+        assert_eq!(lines, sorted);
+        let by_address: Vec<String> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|l| sha256_filter(format!("{l}@example.com"), Some("pepper".into())))
+            .collect();
+        assert_ne!(lines, by_address, "this salt puts them out of address order");
         // The known vector: sha256("abc").
         assert_eq!(
             sha256_filter("abc".into(), None),
@@ -647,6 +713,21 @@ mod tests {
                             return Err("sendmail-access: entries differ from the list".into());
                         }
                     }
+                    "exim-sha256" => {
+                        let hex = |l: &&str| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit());
+                        if lines.len() != list.len() || !lines.iter().all(hex) {
+                            return Err("exim-sha256: not one digest per entry".into());
+                        }
+                    }
+                    "json-sha256" => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&out).map_err(|e| format!("json-sha256 does not parse: {e}"))?;
+                        let n = |k: &str| v[k].as_array().map(Vec::len).unwrap_or(usize::MAX);
+                        if n("recipients") != list.addresses().len() || n("catchall_domains") != list.catchalls().len()
+                        {
+                            return Err("json-sha256 arrays differ from the list".into());
+                        }
+                    }
                     _ => {
                         if lines.iter().any(|l| l.split(' ').count() != 2) {
                             return Err("postfix-domains line is not 'domain OK'".into());
@@ -667,10 +748,11 @@ mod tests {
         ) {
             let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
             let l = list(&refs);
-            for b in BuiltinTemplate::ALL {
+            for (b, salt) in BuiltinTemplate::ALL.into_iter().flat_map(|b| [(b, ""), (b, "pepper")]) {
                 let t = builtin(b.name());
-                let fast = b.render(&l);
-                let slow = t.render_interpreted(&l).unwrap();
+                let fast = b.render(&l, salt);
+                let mut slow = Vec::new();
+                t.render_with(&l, salt, &mut slow).unwrap();
                 prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(slow).unwrap(), "template {}", b.name());
             }
         }

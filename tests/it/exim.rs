@@ -181,6 +181,34 @@ fn exim_checks_a_hashed_list_with_sha256() {
     assert!(r[0].starts_with("550"), "{r:?}");
 }
 
+/// An edge of a hashed bundle (README, Fleets): its list holds the hub's
+/// digests, and the real Exim checks them with the hub's salt.
+#[test]
+fn exim_on_a_hashed_edge_checks_the_hubs_digests() {
+    if !enabled("exim_on_a_hashed_edge_checks_the_hubs_digests") {
+        return;
+    }
+    let (_hub, e) = crate::fleet::hashed_hub_and_edge("");
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    std::fs::create_dir_all(e.join("exim")).unwrap();
+    let rcpts = ["alice@example.test", "BOB@example.test", "nobody@example.test", "Anyone@Other.TEST"];
+    let check = |salt: &str| {
+        exim_rcpt_with(
+            &e.join("exim"),
+            &e.join("out/hashed"),
+            "example.test : other.test",
+            &rcpts,
+            "exim-sha256.conf.in",
+            salt,
+        )
+    };
+    let r = check("pepper");
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[3].starts_with("250"), "{r:?}");
+    assert_eq!(r[2], "550 5.1.1 <nobody@example.test> User unknown in relay recipient table");
+    let r = check("paprika");
+    assert!(r[0].starts_with("550") && r[3].starts_with("550"), "another salt matches nothing: {r:?}");
+}
+
 /// `policy.recipient_delimiter = "+"` on the Exim side: the ACL also looks
 /// `user+tag@domain` up as `user@domain` (the part before the first `+`, when
 /// not empty, as Postfix and `local_part_suffix = +*` split it), in the plain

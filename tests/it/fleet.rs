@@ -483,3 +483,126 @@ fn twenty_edges_follow_a_hub_through_a_real_web_server() {
     assert_ne!(r.code, 0);
     assert!(!untrusting.join("p").exists());
 }
+
+/// A hub publishing a hashed bundle (salt "pepper") with its own `exim-sha256`
+/// and `json-sha256` lists, synced; and an edge holding the hub's salt that
+/// reads the bundle, writing the same two lists. Shared with the Exim and
+/// Postfix tests, which put the edge's list in front of the real MTAs.
+pub fn hashed_hub_and_edge(edge_extra: &str) -> (TestDir, TestDir) {
+    let h = hub(Some("pepper"));
+    let cfg = h.read("rcptsync.toml");
+    h.config(&format!(
+        "{cfg}\n[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\nhash_salt = \"pepper\"\n\
+         [[output]]\nname = \"json\"\ntemplate = \"json-sha256\"\npath = \"out/hashed.json\"\nhash_salt = \"pepper\"\n\
+         [guard]\nmax_removed_percent = 100\n"
+    ));
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let e = TestDir::new();
+    std::fs::create_dir_all(e.join("out")).unwrap();
+    e.write("salt", "pepper\n");
+    e.config(&hashed_edge_config(&h, "salt", edge_extra));
+    (h, e)
+}
+
+fn hashed_edge_config(h: &TestDir, salt_file: &str, extra: &str) -> String {
+    format!(
+        "state_dir = \"state\"\n{extra}\n[[source]]\nname = \"hub\"\nkind = \"bundle\"\npath = \"{}\"\n\
+         public_key_file = \"{}\"\nhash_salt_file = \"{salt_file}\"\n\
+         [[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\n\
+         [[output]]\nname = \"json\"\ntemplate = \"json-sha256\"\npath = \"out/hashed.json\"\n",
+        h.join("out/bundle").display(),
+        h.join("hub.pub").display()
+    )
+}
+
+#[test]
+fn a_hashed_edge_passes_the_hubs_digests_through() {
+    let (h, e) = hashed_hub_and_edge("[guard]\ncanaries = [\"alice@example.test\"]\nmax_removed_percent = 100\n");
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    // The hub's digests, byte for byte, in both lists: never hashed again.
+    assert_eq!(e.read("out/hashed"), h.read("out/hashed"));
+    assert_eq!(e.read("out/hashed.json"), h.read("out/hashed.json"));
+    // The edge's own state holds digests too (its applied list, its copy).
+    let applied = e.read("state/applied.list");
+    assert!(applied.contains("@sha256.rcptsync.invalid"), "{applied}");
+    let all = format!("{}{applied}", e.read("out/hashed"));
+    assert!(!all.contains("alice") && !all.contains("example"), "no clear text on the edge");
+    // why hashes the question with the hub's salt and names the bundle.
+    let r = e.run(&["why", "Bob@example.test", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(
+        r.stdout.contains("ACCEPTED bob@example.test (as its salted SHA-256 digest ")
+            && r.stdout.contains("source hub (bundle), bundle serial ")
+            && r.stdout.contains("from hub1 (hub sources: list)"),
+        "{}",
+        r.stdout
+    );
+    let r = e.run(&["why", "anyone@other.test", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stdout.contains("by the catch-all @other.test"), "{}", r.stdout);
+    let r = e.run(&["why", "nobody@example.test", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("REJECTED nobody@example.test"), "{}", r.stdout);
+
+    // The hub drops the edge's canary: the edge's guard sees it missing among
+    // the digests and keeps its lists.
+    let before = e.read("out/hashed");
+    h.write("recipients.txt", "bob@example.test\n@other.test\n");
+    h.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let r = e.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("canaries missing"), "{}", r.stderr);
+    assert_eq!(e.read("out/hashed"), before);
+    // Without the canary it follows the hub.
+    e.config(&hashed_edge_config(&h, "salt", ""));
+    e.run(&["sync", "-c", "rcptsync.toml", "--force"]).expect(0);
+    assert_eq!(e.read("out/hashed"), h.read("out/hashed"));
+}
+
+#[test]
+fn a_hashed_bundle_needs_the_hubs_salt_and_hashed_outputs() {
+    let (h, e) = hashed_hub_and_edge("");
+    // Another salt: the source fails (Exim and the socketmap would refuse
+    // everyone), nothing is published.
+    e.write("salt", "paprika\n");
+    let r = e.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("not the salt the hub hashed with") && !all.contains("paprika"), "{all}");
+    assert!(!e.join("out/hashed").exists());
+    // An edge without the salt: told how to read it.
+    let clear = edge(&h, "hub.pub", "");
+    let r = clear.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("salted SHA-256 digests") && all.contains("set hash_salt"), "{all}");
+    assert!(!clear.join("out/relay_recipients").exists());
+    // A salt for a clear bundle: refused too.
+    let c = hub(None);
+    c.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let e2 = TestDir::new();
+    e2.write("salt", "pepper\n");
+    e2.config(&hashed_edge_config(&c, "salt", ""));
+    let r = e2.run(&["sync", "-c", "rcptsync.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("holds addresses in clear text"), "{}", r.stderr);
+
+    // check refuses what a hashed edge cannot do, naming each key.
+    let bad = format!(
+        "{}[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n\
+         [[output]]\nname = \"salted\"\ntemplate = \"exim-sha256\"\npath = \"out/salted\"\nhash_salt = \"x\"\n\
+         [[source]]\nname = \"local\"\nkind = \"file\"\npath = \"local.txt\"\n[policy]\nexclude = [\"a*\"]\n",
+        hashed_edge_config(&h, "salt", "")
+    );
+    e.config(&bad);
+    let r = e.run(&["check", "--offline", "-c", "rcptsync.toml"]);
+    assert_eq!(r.code, 78, "{}", r.stderr);
+    for want in [
+        "output[2].template: output postfix would write addresses",
+        "output[3].hash_salt: on an edge of a hashed bundle the salt is source hub's hash_salt",
+        "source[0].hash_salt: source hub reads a hashed bundle, so it must be the only source",
+        "policy: policy.domains, exclude and include cannot apply",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?} in\n{}", r.stderr);
+    }
+}

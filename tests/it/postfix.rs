@@ -310,6 +310,26 @@ fn wait_reply(reply: &dyn Fn(&str) -> String, to: &str, want: &str) -> bool {
     false
 }
 
+/// `rcptsync socketmap --output OUTPUT` of `t`'s config on a free loopback
+/// port, once it listens.
+fn socketmap_on_loopback(t: &TestDir, output: &str) -> (crate::util::Stopped, u16) {
+    let port = free_port();
+    let listen = format!("inet:127.0.0.1:{port}");
+    let server = crate::util::Stopped(
+        t.cmd(&["socketmap", "-c", "rcptsync.toml", "--output", output, "--listen", &listen])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "socketmap server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, port)
+}
+
 /// `rcptsync socketmap` serving a hashed list to the real Postfix
 /// (`relay_recipient_maps = socketmap:inet:…`): hashed keys answer, a sync is
 /// picked up without a restart, and with the server down Postfix tempfails.
@@ -328,27 +348,7 @@ fn postfix_reads_a_hashed_list_through_socketmap() {
     );
     t.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
     assert!(!t.read("out/hashed").contains("alice"));
-    let port = free_port();
-    let listen = format!("inet:127.0.0.1:{port}");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Kill(
-        t.cmd(&["socketmap", "-c", "rcptsync.toml", "--output", "hashed", "--listen", &listen])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "socketmap server did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut server, port) = socketmap_on_loopback(&t, "hashed");
     let etc = Postfix::configure(
         &t.join("pf"),
         "example.test, catch.test",
@@ -371,6 +371,29 @@ fn postfix_reads_a_hashed_list_through_socketmap() {
     let _ = server.0.wait();
     let r = rcpt_replies(pf.port, &["alice@example.test", "nobody@example.test"]);
     assert!(r.iter().all(|l| l.starts_with("451 4.3.0")), "{r:?}\n{}", pf.log_tail());
+}
+
+/// An edge of a hashed bundle serves the hub's digests to the real Postfix
+/// through `rcptsync socketmap`, which hashes each query with the hub's salt
+/// (the edge source's `hash_salt`; the outputs have none of their own).
+#[test]
+fn postfix_on_a_hashed_edge_reads_the_hubs_digests_through_socketmap() {
+    if !enabled("postfix_on_a_hashed_edge_reads_the_hubs_digests_through_socketmap") {
+        return;
+    }
+    let (hub, e) = crate::fleet::hashed_hub_and_edge("");
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(e.read("out/hashed"), hub.read("out/hashed"));
+    let (_server, port) = socketmap_on_loopback(&e, "hashed");
+    let etc = Postfix::configure(
+        &e.join("pf"),
+        "example.test, other.test",
+        &format!("socketmap:inet:127.0.0.1:{port}:relay"),
+    );
+    let pf = Postfix::run(etc);
+    let r = rcpt_replies(pf.port, &["alice@example.test", "Bob@Example.TEST", "nobody@example.test", "any@other.test"]);
+    assert!(r[0].starts_with("250") && r[1].starts_with("250") && r[3].starts_with("250"), "{r:?}\n{}", pf.log_tail());
+    assert!(r[2].starts_with("550 5.1.1"), "{r:?}");
 }
 
 /// The same over a unix socket, as the shipped systemd unit runs it.
