@@ -7,6 +7,10 @@
 //!   HTTPS from the real nginx when `RCPTSYNC_TEST_NGINX` is set (as
 //!   `scripts/test-deps.sh` prints it), else from the copied file (`path`).
 //!
+//! - the hashed pair (no target, for the record): a hub writing a hashed bundle
+//!   and its own `exim-sha256` list, and an edge with the hub's salt reading the
+//!   copied bundle into `exim-sha256` (the hub's digests passed through).
+//!
 //! Target (issue #19): edge ≤ 1.3 × the file sync. Median of 5 runs each.
 
 #[path = "support/mod.rs"]
@@ -37,6 +41,9 @@ fn config(dir: &Path, source: &str, output: &str) {
         format!("state_dir = \"state\"\n[guard]\nmax_removed_percent = 100\n[[source]]\nname = \"bench\"\n{source}\n{output}"),
     )
     .unwrap();
+    // The hashed configs hold their salt: private, as rcptsync asks.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("rcptsync.toml"), std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 const POSTFIX: &str = "[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n";
@@ -159,11 +166,50 @@ fn main() {
         let _ = c.wait();
     }
 
+    // 4. The hashed pair, from the copied file.
+    let (hhub, hedge) = (root.join("hashed-hub"), root.join("hashed-edge"));
+    std::fs::create_dir_all(&hhub).unwrap();
+    std::fs::copy(file.join("recipients.txt"), hhub.join("recipients.txt")).unwrap();
+    for f in ["hub.key", "hub.pub"] {
+        std::fs::copy(hub.join(f), hhub.join(f)).unwrap();
+    }
+    const SALTED: &str = "hash_salt = \"BenchSalt1\"\n";
+    config(
+        &hhub,
+        "kind = \"file\"\npath = \"recipients.txt\"",
+        &format!(
+            "[[output]]\nname = \"bundle\"\ntemplate = \"bundle\"\npath = \"out/bundle\"\nsigning_key_file = \"hub.key\"\n{SALTED}\
+             [[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\n{SALTED}"
+        ),
+    );
+    sync(&hhub);
+    let hashed_hub = median((0..RUNS).map(|_| sync(&hhub)));
+    let hserved = root.join("hashed-served");
+    std::fs::create_dir_all(&hserved).unwrap();
+    for f in ["bundle", "bundle.minisig", "hashed"] {
+        std::fs::copy(hhub.join("out").join(f), hserved.join(f)).unwrap();
+    }
+    config(
+        &hedge,
+        &format!(
+            "kind = \"bundle\"\npath = \"{}\"\npublic_key_file = \"{}\"\n{SALTED}",
+            hserved.join("bundle").display(),
+            public.display()
+        ),
+        "[[output]]\nname = \"hashed\"\ntemplate = \"exim-sha256\"\npath = \"out/hashed\"\n",
+    );
+    sync(&hedge);
+    let hashed_edge = median((0..RUNS).map(|_| sync(&hedge)));
+    let hashed_same = std::fs::read(hedge.join("out/hashed")).ok() == std::fs::read(hserved.join("hashed")).ok();
+
     let ratio = edge_sync.as_secs_f64() / file_sync.as_secs_f64();
     println!("{n} addresses, bundle {} MB, median of {RUNS} cold runs", size / 1_000_000);
     println!("  file sync (file -> postfix)          {:>7.2} s", file_sync.as_secs_f64());
     println!("  hub write (file -> signed bundle)    {:>7.2} s", hub_write.as_secs_f64());
     println!("  edge ({how}) {:>7.2} s", edge_sync.as_secs_f64());
     println!("  edge / file sync: {ratio:.2}x (target <= 1.3x); edge map equals the file sync's: {same}");
+    println!("  hashed hub (file -> hashed bundle + exim-sha256) {:>7.2} s", hashed_hub.as_secs_f64());
+    println!("  hashed edge (copied bundle -> exim-sha256)       {:>7.2} s", hashed_edge.as_secs_f64());
+    println!("  hashed edge's exim-sha256 equals the hub's: {hashed_same}");
     let _ = std::fs::remove_dir_all(&root);
 }

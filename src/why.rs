@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
+use crate::connector::Note;
 use crate::policy::address::{Entry, parse_catchall};
 use crate::policy::digest::digest_entry;
-use crate::policy::{Drop, RecipientList};
+use crate::policy::{Drop, Locator, RecipientList};
 use crate::run::Gathered;
 
 /// The answer: accepted or not, and the explanation lines.
@@ -67,8 +68,10 @@ pub fn explain(
         let name = names.get(o.source as usize).map(String::as_str).unwrap_or("?");
         let g = gathered.iter().find(|g| g.name == name);
         let kind = g.map(|g| g.kind).unwrap_or("config");
-        match g.and_then(|g| g.note.as_deref()) {
-            Some(note) => format!("source {name} ({kind}), {note}, {}", o.locator),
+        match g.and_then(|g| g.note.as_ref()) {
+            Some(note) => {
+                format!("source {name} ({kind}), {}, {}{}", note.text, o.locator, hub_sources(&o.locator, note))
+            }
             None => format!("source {name} ({kind}), {}", o.locator),
         }
     };
@@ -193,6 +196,24 @@ pub fn explain(
         );
     }
     Answer { accepted, text: t }
+}
+
+/// ", from the hub's source ad" for a bundle line that names its hub sources.
+fn hub_sources(locator: &Locator, note: &Note) -> String {
+    let Locator::Hub { sources, .. } = locator else { return String::new() };
+    let named: Vec<&str> = note
+        .hub_sources
+        .iter()
+        .take(64)
+        .enumerate()
+        .filter(|(i, _)| sources & (1 << i) != 0)
+        .map(|(_, n)| n.as_str())
+        .collect();
+    match named.len() {
+        0 => format!(", from the hub's sources ({})", note.hub_sources.join(", ")),
+        1 => format!(", from the hub's source {}", named[0]),
+        _ => format!(", from the hub's sources {}", named.join(", ")),
+    }
 }
 
 fn catchall_of(e: &Entry) -> Entry {

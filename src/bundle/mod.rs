@@ -4,7 +4,9 @@
 //! A bundle is a text file: a JSON header on the first line, then one entry per
 //! line (catch-alls first, as `@domain`, then addresses; or, in a hashed bundle,
 //! the lowercase hex SHA-256 of `hash_salt` + entry, each group sorted by
-//! digest, exactly the lines the `exim-sha256` template writes). Its minisign signature is written beside it
+//! digest, exactly as the `exim-sha256` template writes them), followed by a
+//! space and the indexes of the hub's sources that listed it (`0` or `0,2`,
+//! into the header's `sources`). Its minisign signature is written beside it
 //! (`PATH.minisig`), so `minisign -V` can check it; the signature's trusted
 //! comment repeats the bundle's serial and publisher, and the header names the
 //! signing key, so a signature and a bundle can only be paired as published.
@@ -16,7 +18,8 @@ pub mod key;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::RecipientList;
-use crate::policy::digest::{Digests, salt_check};
+use crate::policy::digest::{Digests, Slot, salt_check};
+use crate::policy::unique_sources;
 
 pub use key::{KeyError, PublicKey, SigningKey};
 
@@ -42,7 +45,9 @@ pub struct Header {
     pub generated_unix: i64,
     /// Who published it (the hub's `publisher`, by default its host name).
     pub publisher: String,
-    /// The hub's sources, for `why` on an edge.
+    /// The hub's sources (with its pseudo-sources `policy.include` and
+    /// `removal-grace`): each entry line names the ones that listed it by
+    /// index, for `why` on an edge.
     pub sources: Vec<String>,
     /// The signing key's id, as minisign prints it (16 hex digits).
     pub key_id: String,
@@ -93,7 +98,6 @@ impl Header {
 #[derive(Debug, Clone)]
 pub struct Publish<'a> {
     pub publisher: &'a str,
-    pub sources: Vec<String>,
     pub key_id: String,
     /// The salt for a hashed bundle (`hash_salt`), or `None` for clear text.
     pub salt: Option<&'a str>,
@@ -142,20 +146,32 @@ fn hex(bytes: &[u8]) -> String {
 /// conditional GET stays a 304); otherwise the serial is the larger of the
 /// previous one + 1 and the current time in milliseconds.
 pub fn render(list: &RecipientList, p: &Publish<'_>, previous: Option<&[u8]>) -> Rendered {
-    let mut entries = Vec::with_capacity(list.len() * 32);
-    let mut push = |entry: &str| {
+    let mut entries = Vec::with_capacity(list.len() * 34);
+    // One line per entry: the entry, a space, the indexes (into the header's
+    // `sources`) of the hub's sources that listed it.
+    let mut push = |entry: &str, sources: &[u16]| {
         entries.extend_from_slice(entry.as_bytes());
+        for (k, s) in unique_sources(sources).enumerate() {
+            entries.push(if k == 0 { b' ' } else { b',' });
+            push_decimal(&mut entries, s);
+        }
         entries.push(b'\n');
     };
     let (catchalls, addresses) = match p.salt {
         Some(salt) => {
             let d = Digests::of(list, salt);
-            d.catchalls.iter().chain(&d.addresses).for_each(|h| push(h));
+            for (h, slot) in d.catchalls.iter().chain(&d.addresses) {
+                let sources = match *slot {
+                    Slot::Address(i) => list.address_sources(i),
+                    Slot::CatchAll(i) => list.catchall_sources(i),
+                };
+                push(h, sources);
+            }
             (d.catchalls.len(), d.addresses.len())
         }
         None => {
-            list.catchalls().iter().for_each(|c| push(c.as_str()));
-            list.addresses().iter().for_each(|a| push(a.as_str()));
+            list.catchalls().iter().enumerate().for_each(|(i, c)| push(c.as_str(), list.catchall_sources(i)));
+            list.addresses().iter().enumerate().for_each(|(i, a)| push(a.as_str(), list.address_sources(i)));
             (list.catchalls().len(), list.addresses().len())
         }
     };
@@ -166,7 +182,10 @@ pub fn render(list: &RecipientList, p: &Publish<'_>, previous: Option<&[u8]>) ->
         generated: String::new(),
         generated_unix: 0,
         publisher: p.publisher.into(),
-        sources: p.sources.clone(),
+        // Every source of the list, with the policy's pseudo-sources (an
+        // edge's why can say an address came from the hub's policy.include):
+        // the entry lines name them by index.
+        sources: list.source_names().to_vec(),
         key_id: p.key_id.clone(),
         hash: p.salt.map(|_| "sha256".to_string()),
         salt_check: p.salt.map(salt_check),
@@ -193,6 +212,14 @@ pub fn render(list: &RecipientList, p: &Publish<'_>, previous: Option<&[u8]>) ->
     bytes.push(b'\n');
     bytes.extend_from_slice(&entries);
     Rendered { bytes, header }
+}
+
+/// Appends `n` in decimal (source indexes: almost always one digit).
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    if n >= 10 {
+        push_decimal(out, n / 10);
+    }
+    out.push(b'0' + (n % 10) as u8);
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
@@ -228,10 +255,16 @@ pub struct Verified<'a> {
 }
 
 impl<'a> Verified<'a> {
-    /// The entry lines.
+    /// The entries, without the hub sources each line names.
     pub fn entries(&self) -> Vec<&'a str> {
-        self.body.lines().collect()
+        self.body.lines().map(|l| split_line(l).0).collect()
     }
+}
+
+/// An entry line: the entry, and the indexes of the hub's sources (comma
+/// separated; empty when the line names none).
+pub fn split_line(line: &str) -> (&str, &str) {
+    line.split_once(' ').unwrap_or((line, ""))
 }
 
 /// Checks `bytes` against its signature (the `.minisig` text) and `key`, then
@@ -299,14 +332,7 @@ mod tests {
     }
 
     fn publish<'a>(key: &SigningKey, salt: Option<&'a str>, now: i64) -> Publish<'a> {
-        Publish {
-            publisher: "hub1",
-            sources: vec!["ad".into()],
-            key_id: key.id(),
-            salt,
-            refresh_secs: 3600,
-            now_unix: now,
-        }
+        Publish { publisher: "hub1", key_id: key.id(), salt, refresh_secs: 3600, now_unix: now }
     }
 
     fn signed(key: &SigningKey, r: &Rendered) -> String {
@@ -328,6 +354,32 @@ mod tests {
     }
 
     #[test]
+    fn each_line_names_the_hub_sources_that_listed_it() {
+        let key = SigningKey::generate().unwrap();
+        let items = |vals: &[&str]| {
+            let raw = vals
+                .iter()
+                .map(|v| RawItem { value: v.to_string(), kind: RawKind::of(v), locator: Locator::Line(1) })
+                .collect();
+            normalise(raw).0
+        };
+        let l = Policy::default()
+            .apply(vec![
+                ("ad".into(), items(&["alice@example.com", "@example.org"])),
+                ("m365".into(), items(&["alice@example.com", "bob@example.com"])),
+            ])
+            .0;
+        let r = render(&l, &publish(&key, None, 1_800_000_000), None);
+        let v = verify(&r.bytes, &signed(&key, &r), &key.public()).unwrap();
+        assert_eq!(v.header.sources, ["ad", "m365", "policy.include"]);
+        assert_eq!(v.body, "@example.org 0\nalice@example.com 0,1\nbob@example.com 1\n");
+        let r = render(&l, &publish(&key, Some("pepper"), 1_800_000_000), None);
+        let v = verify(&r.bytes, &signed(&key, &r), &key.public()).unwrap();
+        let alice = sha256_hex(&[b"pepper", b"alice@example.com"]);
+        assert!(v.body.contains(&format!("{alice} 0,1\n")), "{}", v.body);
+    }
+
+    #[test]
     fn hashed_entries_are_the_exim_sha256_digests() {
         let key = SigningKey::generate().unwrap();
         let l = list(&["alice@example.com", "@example.org"]);
@@ -339,7 +391,7 @@ mod tests {
         assert_eq!(v.header.salt_check, Some(salt_check("pepper")));
         // The lines the exim-sha256 template writes.
         let d = Digests::of(&l, "pepper");
-        assert_eq!(d.catchalls.iter().chain(&d.addresses).collect::<Vec<_>>(), v.entries());
+        assert_eq!(d.catchall_hexes().chain(d.address_hexes()).collect::<Vec<_>>(), v.entries());
         assert!(!String::from_utf8_lossy(&r.bytes).contains("alice"));
     }
 

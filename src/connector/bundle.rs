@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, PublicKey};
-use crate::connector::{Batch, Connector, Fetched, SourceError};
+use crate::connector::{Batch, Connector, Fetched, Note, SourceError};
 use crate::policy::address::Entry;
 use crate::policy::digest::salt_check;
 use crate::policy::{Located, Locator, RawItem, RawKind, Rejected, validate_item};
@@ -341,6 +341,22 @@ impl BundleSource {
     }
 }
 
+/// The bits of the hub's sources an entry line names (`0` or `0,2`), when
+/// each index is below `n`. An index past 63 is valid but not recorded.
+fn hub_sources(named: &str, n: usize) -> Option<u64> {
+    let mut bits = 0u64;
+    for i in named.split(',') {
+        let i: usize = i.parse().ok()?;
+        if i >= n {
+            return None;
+        }
+        if i < 64 {
+            bits |= 1 << i;
+        }
+    }
+    Some(bits)
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -379,7 +395,9 @@ impl Connector for BundleSource {
             }
         }
         tracing::info!(from = %o.from, serial = h.serial, publisher = %h.publisher, hub_sources = %h.sources.join(","), "bundle accepted");
-        let note = format!("bundle serial {} from {} (hub sources: {})", h.serial, h.publisher, h.sources.join(", "));
+        let note =
+            Note { text: format!("bundle serial {} from {}", h.serial, h.publisher), hub_sources: h.sources.clone() };
+        let n_sources = h.sources.len();
         // Checked by the hub, but validated again here like any source's
         // values, in parallel chunks (a million lines).
         let body = o.bytes.iter().position(|&b| b == b'\n').map_or(&o.bytes[..0], |n| &o.bytes[n + 1..]);
@@ -393,10 +411,19 @@ impl Connector for BundleSource {
             .map(|(c, chunk)| {
                 let mut ok = Vec::with_capacity(chunk.len());
                 let mut bad = Vec::new();
-                for (k, value) in chunk.iter().enumerate() {
+                for (k, text) in chunk.iter().enumerate() {
                     // Line numbers of the bundle file (line 1 is the header).
                     let line = u32::try_from(c * CHUNK + k + 2).unwrap_or(u32::MAX);
-                    let locator = Locator::Line(line);
+                    let (value, named) = bundle::split_line(text);
+                    let Some(sources) = hub_sources(named, n_sources) else {
+                        bad.push(Rejected {
+                            value: text.to_string(),
+                            locator: Locator::Line(line),
+                            reason: format!("does not name its hub sources (indexes below {n_sources})"),
+                        });
+                        continue;
+                    };
+                    let locator = Locator::Hub { line, sources };
                     // A digest passes through as it is (the header counts the
                     // catch-alls' digests, which come first).
                     let checked = if hashed {
@@ -437,5 +464,20 @@ impl Connector for BundleSource {
     async fn check(&self) -> Result<String, SourceError> {
         let (o, h) = self.obtain().await?;
         Ok(format!("bundle {}: {}", o.from, h.summary()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hub_sources;
+
+    #[test]
+    fn an_entry_line_names_existing_hub_sources_only() {
+        assert_eq!(hub_sources("0", 1), Some(1));
+        assert_eq!(hub_sources("0,2", 3), Some(0b101));
+        assert_eq!(hub_sources("70", 80), Some(0), "valid, past what a mask records");
+        for bad in ["", "3", "0,", "a", "-1", "0 1"] {
+            assert_eq!(hub_sources(bad, 3), None, "{bad:?}");
+        }
     }
 }

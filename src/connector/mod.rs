@@ -147,7 +147,16 @@ pub struct Batch {
     pub raw_fingerprint: Option<String>,
     /// What `why` adds to every value of this batch (a bundle: its serial and
     /// hub), said once rather than carried by each value's locator.
-    pub note: Option<String>,
+    pub note: Option<Note>,
+}
+
+/// What `why` says about every value of a batch.
+#[derive(Debug, Clone, Default)]
+pub struct Note {
+    /// Said once per value (a bundle: its serial and hub).
+    pub text: String,
+    /// The names behind [`crate::policy::Locator::Hub`]'s source bits.
+    pub hub_sources: Vec<String>,
 }
 
 /// A batch after validation: every entry is canonical.
@@ -156,7 +165,7 @@ pub struct Valid {
     pub entries: Vec<Located>,
     pub rejected: Vec<Rejected>,
     pub left_out: Vec<Rejected>,
-    pub note: Option<String>,
+    pub note: Option<Note>,
 }
 
 impl Batch {

@@ -54,20 +54,30 @@ pub fn digest_entry(entry: &Entry, salt: &str) -> Option<Entry> {
     Entry::digest(&salted_sha256(salt, entry.as_str()), entry.is_catchall())
 }
 
+/// Where a digest's entry is in its list, for its sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `list.addresses()[i]`.
+    Address(usize),
+    /// `list.catchalls()[i]`.
+    CatchAll(usize),
+}
+
 /// A list as digests, each group sorted by digest.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Digests {
     /// Digests of the catch-alls (`@domain`).
-    pub catchalls: Vec<String>,
+    pub catchalls: Vec<(String, Slot)>,
     /// Digests of the addresses.
-    pub addresses: Vec<String>,
+    pub addresses: Vec<(String, Slot)>,
 }
 
 impl Digests {
     /// Hashes every entry of `list` with `salt` (on all cores), passing
     /// digest entries through as they are.
     pub fn of(list: &RecipientList, salt: &str) -> Digests {
-        let mut catchalls: Vec<String> = list.catchalls().iter().map(|c| digest_of(c, salt)).collect();
+        let mut catchalls: Vec<(String, Slot)> =
+            list.catchalls().iter().enumerate().map(|(i, c)| (digest_of(c, salt), Slot::CatchAll(i))).collect();
         let mut addresses = Vec::with_capacity(list.addresses().len());
         let hashed: Vec<(String, bool)> = list
             .addresses()
@@ -80,11 +90,21 @@ impl Digests {
                 None => (salted_sha256(salt, a.as_str()), false),
             })
             .collect();
-        for (hex, catchall) in hashed {
-            if catchall { catchalls.push(hex) } else { addresses.push(hex) }
+        for (i, (hex, catchall)) in hashed.into_iter().enumerate() {
+            if catchall { catchalls.push((hex, Slot::Address(i))) } else { addresses.push((hex, Slot::Address(i))) }
         }
-        catchalls.par_sort_unstable();
-        addresses.par_sort_unstable();
+        catchalls.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        addresses.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Digests { catchalls, addresses }
+    }
+
+    /// The catch-alls' digests, in order.
+    pub fn catchall_hexes(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.catchalls.iter().map(|(h, _)| h.as_str())
+    }
+
+    /// The addresses' digests, in order.
+    pub fn address_hexes(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.addresses.iter().map(|(h, _)| h.as_str())
     }
 }

@@ -269,7 +269,7 @@ mod tests {
         // The same list as a hashed bundle's digests on an edge: the canaries
         // are looked up as their digests, with the hub's salt.
         let d = crate::policy::digest::Digests::of(&list, "pepper");
-        let digests = d.catchalls.iter().map(|h| (h, true)).chain(d.addresses.iter().map(|h| (h, false)));
+        let digests = d.catchall_hexes().map(|h| (h, true)).chain(d.address_hexes().map(|h| (h, false)));
         let located =
             digests.map(|(h, c)| (crate::policy::address::Entry::digest(h, c).unwrap(), Locator::LastGood)).collect();
         let (hashed, _) = Policy::default().apply(vec![("bundle".into(), located)]);

@@ -37,12 +37,15 @@ pub enum Locator {
     /// Kept by `guard.removal_grace`: absent from every source since `since`,
     /// published until `until` (unix seconds).
     Grace { since: u64, until: u64 },
+    /// A line of a hub's bundle, and which of the hub's sources listed it
+    /// (bit i: the bundle header's source i; `why` names them).
+    Hub { line: u32, sources: u64 },
 }
 
 impl fmt::Display for Locator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Locator::Line(n) => write!(f, "line {n}"),
+            Locator::Line(n) | Locator::Hub { line: n, .. } => write!(f, "line {n}"),
             Locator::Object(o) => f.write_str(o),
             Locator::LastGood => f.write_str("last-known-good copy"),
             Locator::Include(i) => write!(f, "policy.include[{i}]"),

@@ -51,7 +51,7 @@ pub struct Gathered {
     pub left_out: Vec<Rejected>,
     pub error: Option<String>,
     /// What `why` adds to this source's values (see `Batch::note`).
-    pub note: Option<String>,
+    pub note: Option<crate::connector::Note>,
 }
 
 /// Errors that stop a run before it can report per-source results.

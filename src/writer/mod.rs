@@ -166,8 +166,6 @@ fn render_bundle(
         .unwrap_or(0);
     let publish = crate::bundle::Publish {
         publisher: &spec.publisher,
-        // The hub's configured sources (not the policy's own pseudo-source).
-        sources: list.source_names().iter().filter(|n| n.as_str() != crate::policy::INCLUDE_SOURCE).cloned().collect(),
         key_id: key.id(),
         salt: o.hash_salt.is_some().then(|| salt.expose()),
         refresh_secs: i64::try_from(spec.refresh.as_secs()).unwrap_or(i64::MAX),

@@ -191,7 +191,7 @@ impl BuiltinTemplate {
             BuiltinTemplate::EximSha256 => {
                 let d = Digests::of(list, salt);
                 out.write_all(HEADER.as_bytes())?;
-                for h in d.catchalls.iter().chain(&d.addresses) {
+                for h in d.catchall_hexes().chain(d.address_hexes()) {
                     line(out, &[h, "\n"])?;
                 }
             }
@@ -202,8 +202,8 @@ impl BuiltinTemplate {
                     &["{\n  \"hash\": \"sha256\",\n  \"salted\": ", if salt.is_empty() { "false" } else { "true" }],
                 )?;
                 out.write_all(b",\n")?;
-                json_array(out, "catchall_domains", d.catchalls.iter().map(String::as_str), false)?;
-                json_array(out, "recipients", d.addresses.iter().map(String::as_str), true)?;
+                json_array(out, "catchall_domains", d.catchall_hexes(), false)?;
+                json_array(out, "recipients", d.address_hexes(), true)?;
                 out.write_all(b"}\n")?;
             }
             BuiltinTemplate::Postfix => {
@@ -461,8 +461,8 @@ impl Object for Hashed {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let d = self.digests.get_or_init(|| Digests::of(&self.list, &self.salt));
         match key.as_str()? {
-            "catchalls" => Some(Value::from(d.catchalls.clone())),
-            "recipients" => Some(Value::from(d.addresses.clone())),
+            "catchalls" => Some(Value::from(d.catchall_hexes().map(String::from).collect::<Vec<_>>())),
+            "recipients" => Some(Value::from(d.address_hexes().map(String::from).collect::<Vec<_>>())),
             _ => None,
         }
     }

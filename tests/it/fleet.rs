@@ -62,7 +62,9 @@ fn the_hub_writes_a_bundle_that_minisign_and_rcptsync_verify() {
     assert_eq!(header["publisher"], "hub1");
     assert_eq!(header["addresses"], 2);
     assert_eq!(header["catchalls"], 1);
-    assert_eq!(entries, "@other.test\nalice@example.test\nbob@example.test\n");
+    // Each line names the hub's sources that listed it (by index into "sources").
+    assert_eq!(entries, "@other.test 0\nalice@example.test 0\nbob@example.test 0\n");
+    assert_eq!(header["sources"], serde_json::json!(["list", "policy.include"]));
     assert!(t.read("out/bundle.minisig").contains("trusted comment: rcptsync-bundle serial:"));
 
     if crate::util::real_mta_required() {
@@ -169,7 +171,8 @@ fn hub_with_postfix() -> TestDir {
     let t = hub(None);
     let cfg = t.read("rcptsync.toml");
     t.config(&format!(
-        "{cfg}\n[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n[guard]\nmax_removed_percent = 100\n"
+        "{cfg}\n[[output]]\nname = \"postfix\"\ntemplate = \"postfix\"\npath = \"out/relay_recipients\"\n[guard]\nmax_removed_percent = 100\n\
+         [policy]\ninclude = [\"postmaster@example.test\"]\n"
     ));
     t
 }
@@ -184,15 +187,18 @@ fn an_edge_publishes_the_hubs_list_and_refuses_rollbacks_and_other_keys() {
     let r = e.run(&["check", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert!(r.stdout.contains("from hub1"), "{}", r.stdout);
-    // why names the bundle, its serial and the hub with its sources.
+    // why names the bundle, its serial, the hub and the hub's source.
     let r = e.run(&["why", "bob@example.test", "-c", "rcptsync.toml"]);
     r.expect(0);
     assert!(
         r.stdout.contains("source hub (bundle), bundle serial ")
-            && r.stdout.contains("from hub1 (hub sources: list), line 4"),
+            && r.stdout.contains(" from hub1, line 4, from the hub's source list\n"),
         "{}",
         r.stdout
     );
+    let r = e.run(&["why", "postmaster@example.test", "-c", "rcptsync.toml"]);
+    r.expect(0);
+    assert!(r.stdout.contains("from the hub's source policy.include\n"), "{}", r.stdout);
 
     // Keep a copy of this bundle, publish a newer one: the edge follows.
     let (old, old_sig) = (h.read("out/bundle"), h.read("out/bundle.minisig"));
@@ -533,7 +539,8 @@ fn a_hashed_edge_passes_the_hubs_digests_through() {
     assert!(
         r.stdout.contains("ACCEPTED bob@example.test (as its salted SHA-256 digest ")
             && r.stdout.contains("source hub (bundle), bundle serial ")
-            && r.stdout.contains("from hub1 (hub sources: list)"),
+            && r.stdout.contains(" from hub1, line ")
+            && r.stdout.contains(", from the hub's source list\n"),
         "{}",
         r.stdout
     );
