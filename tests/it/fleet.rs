@@ -613,3 +613,30 @@ fn a_hashed_bundle_needs_the_hubs_salt_and_hashed_outputs() {
         assert!(r.stderr.contains(want), "missing {want:?} in\n{}", r.stderr);
     }
 }
+
+/// The hashed pair over HTTPS: the real nginx serves a hashed bundle; the
+/// edge publishes the hub's digests, and an unchanged hub costs one 304.
+#[test]
+fn a_hashed_edge_fetches_the_hubs_digests_through_a_real_web_server() {
+    if !crate::postfix::enabled("a_hashed_edge_fetches_the_hubs_digests_through_a_real_web_server") {
+        return;
+    }
+    let (h, e) = hashed_hub_and_edge("");
+    let web = TestDir::new();
+    let nginx = Nginx::start(web.path(), &h.join("out"));
+    let cfg = e.read("rcptsync.toml").replace(
+        &format!("path = \"{}\"\n", h.join("out/bundle").display()),
+        &format!("url = \"{}\"\nca_file = \"{}\"\n", nginx.url("bundle"), nginx.ca.display()),
+    );
+    assert!(cfg.contains("url = "), "{cfg}");
+    e.config(&cfg);
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    assert_eq!(e.read("out/hashed"), h.read("out/hashed"));
+    assert_eq!(e.read("out/hashed.json"), h.read("out/hashed.json"));
+    let first = nginx.access_log().len();
+    assert_eq!(first, 2, "{:#?}", nginx.access_log());
+    e.run(&["sync", "-c", "rcptsync.toml"]).expect(0);
+    let log = nginx.access_log();
+    assert_eq!(log.len(), 3, "{log:#?}");
+    assert!(log[2].contains("\"GET /bundle HTTP/1.1\" 304 rcptsync/"), "{log:#?}");
+}
