@@ -18,7 +18,7 @@ pub mod key;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::RecipientList;
-use crate::policy::digest::{Digests, Slot, salt_check};
+use crate::policy::digest::{Digests, Slot, salt_check, sha256_hex};
 use crate::policy::unique_sources;
 
 pub use key::{KeyError, PublicKey, SigningKey};
@@ -121,23 +121,6 @@ impl Rendered {
 
 fn trusted_comment(h: &Header) -> String {
     format!("{FORMAT} serial:{} publisher:{} timestamp:{}", h.serial, h.publisher, h.generated_unix)
-}
-
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    hex(ctx.finish().as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Renders `list` as a bundle. `previous` is the bundle on disk (if any): when

@@ -143,9 +143,8 @@ impl Entry {
     /// which are ours but live on disk and may have been edited or corrupted).
     /// Digest entries are canonical too.
     pub fn parse_canonical(s: &str) -> Result<Entry, AddressError> {
-        if let Some((hex, domain)) = s.split_once('@')
-            && let Some(e) = Entry::digest(hex, domain == CATCHALL_DIGEST_DOMAIN)
-            && e.as_str() == s
+        if let Some((hex, catchall)) = split_digest(s)
+            && let Some(e) = Entry::digest(hex, catchall)
         {
             return Ok(e);
         }

@@ -19,9 +19,15 @@ use super::address::Entry;
 
 /// Lowercase hex SHA-256 of `salt` followed by `value`.
 pub fn salted_sha256(salt: &str, value: &str) -> String {
+    sha256_hex(&[salt.as_bytes(), value.as_bytes()])
+}
+
+/// Lowercase hex SHA-256 of the parts, one after the other.
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(salt.as_bytes());
-    ctx.update(value.as_bytes());
+    for p in parts {
+        ctx.update(p);
+    }
     let mut s = String::with_capacity(64);
     for b in ctx.finish().as_ref() {
         s.push(char::from(HEX[usize::from(b >> 4)]));

@@ -197,11 +197,8 @@ impl BuiltinTemplate {
             }
             BuiltinTemplate::JsonSha256 => {
                 let d = Digests::of(list, salt);
-                line(
-                    out,
-                    &["{\n  \"hash\": \"sha256\",\n  \"salted\": ", if salt.is_empty() { "false" } else { "true" }],
-                )?;
-                out.write_all(b",\n")?;
+                let salted = if salt.is_empty() { "false" } else { "true" };
+                line(out, &["{\n  \"hash\": \"sha256\",\n  \"salted\": ", salted, ",\n"])?;
                 json_array(out, "catchall_domains", d.catchall_hexes(), false)?;
                 json_array(out, "recipients", d.address_hexes(), true)?;
                 out.write_all(b"}\n")?;
